@@ -1,0 +1,165 @@
+//! The command line: one clap definition for the daemon and its subcommands.
+//!
+//! Global options (`--config`, `--log-format`, `--role`) may stand before or after a
+//! subcommand. This module only describes arguments; `main` dispatches them.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relayd",
+    version,
+    about = "Webhook relay: verify, store exactly once, relay through RabbitMQ, deliver signed."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: config/relayd.toml when it exists.
+    #[arg(long, global = true, env = "RELAYD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format; overrides `log.format` from the configuration.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Roles this process runs, as a comma list.
+    #[arg(
+        long,
+        global = true,
+        env = "RELAYD_ROLE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all",
+        value_name = "ROLES"
+    )]
+    pub role: Vec<Role>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (creating the database if needed) and exit.
+    Migrate,
+    /// Load and validate the configuration, print it with secrets redacted, and exit.
+    CheckConfig,
+}
+
+/// A part of relayd that one process may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Role {
+    /// Every role this build provides.
+    All,
+    /// Receive provider webhooks, verify them, store them in the outbox.
+    Ingest,
+    /// Publish due outbox rows to RabbitMQ.
+    Relay,
+    /// Consume RabbitMQ and deliver to destination services.
+    Worker,
+}
+
+impl Role {
+    /// Roles this build can run. A role missing here is refused when named and skipped
+    /// (with a warning) by `all`, never pretended.
+    pub const AVAILABLE: &'static [Role] = &[Role::Ingest];
+
+    /// Every concrete role, available or not.
+    const CONCRETE: &'static [Role] = &[Role::Ingest, Role::Relay, Role::Worker];
+}
+
+/// The concrete roles to start, and the roles `all` had to leave out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoleSelection {
+    pub roles: BTreeSet<Role>,
+    pub unavailable: Vec<Role>,
+}
+
+/// Expands `all` and refuses roles that this build cannot run.
+pub fn select_roles(requested: &[Role]) -> Result<RoleSelection, String> {
+    let mut roles = BTreeSet::new();
+    let mut unavailable = Vec::new();
+    for &role in requested {
+        if role == Role::All {
+            for &concrete in Role::CONCRETE {
+                if Role::AVAILABLE.contains(&concrete) {
+                    roles.insert(concrete);
+                } else if !unavailable.contains(&concrete) {
+                    unavailable.push(concrete);
+                }
+            }
+        } else if Role::AVAILABLE.contains(&role) {
+            roles.insert(role);
+        } else {
+            return Err(format!(
+                "role `{}` is not available in this build of relayd (available: {})",
+                role_name(role),
+                Role::AVAILABLE
+                    .iter()
+                    .map(|r| role_name(*r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if roles.is_empty() {
+        return Err("no role to run".into());
+    }
+    Ok(RoleSelection { roles, unavailable })
+}
+
+/// The name of a role as written on the command line.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::All => "all",
+        Role::Ingest => "ingest",
+        Role::Relay => "relay",
+        Role::Worker => "worker",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_work_before_and_after_the_subcommand() {
+        let before = Cli::try_parse_from(["relayd", "--config", "a.toml", "migrate"]).unwrap();
+        let after = Cli::try_parse_from(["relayd", "migrate", "--config", "a.toml"]).unwrap();
+        assert_eq!(before.config, after.config);
+        assert!(matches!(after.command, Some(Command::Migrate)));
+    }
+
+    #[test]
+    fn roles_parse_as_a_comma_list() {
+        let cli = Cli::try_parse_from(["relayd", "--role", "ingest,relay"]).unwrap();
+        assert_eq!(cli.role, vec![Role::Ingest, Role::Relay]);
+        assert!(Cli::try_parse_from(["relayd", "--role", "ingest,bogus"]).is_err());
+    }
+
+    #[test]
+    fn all_runs_what_exists_and_reports_the_rest() {
+        let selection = select_roles(&[Role::All]).unwrap();
+        assert_eq!(selection.roles, Role::AVAILABLE.iter().copied().collect());
+        for role in selection.unavailable {
+            assert!(!Role::AVAILABLE.contains(&role));
+        }
+    }
+
+    #[test]
+    fn naming_an_unavailable_role_is_refused() {
+        for &role in Role::CONCRETE {
+            let result = select_roles(&[role]);
+            assert_eq!(result.is_ok(), Role::AVAILABLE.contains(&role), "{role:?}");
+        }
+    }
+}

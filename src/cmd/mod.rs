@@ -1,0 +1,33 @@
+//! One module per subcommand, each with its own `run`. `main` picks one.
+
+pub mod check_config;
+pub mod migrate;
+pub mod serve;
+
+use anyhow::Context;
+
+use crate::cli::Cli;
+use crate::config::Config;
+
+/// Loads the configuration named on the command line (or the default file).
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Config::load(cli.config.as_deref()).context("invalid configuration")
+}
+
+/// Loads the configuration and installs logging with `--log-format` taking precedence.
+fn load_config_and_init_logging(cli: &Cli) -> anyhow::Result<Config> {
+    let config = load_config(cli)?;
+    crate::telemetry::init(
+        cli.log_format.unwrap_or(config.log.format),
+        &config.log.level,
+    );
+    Ok(config)
+}
+
+/// The multi-threaded runtime every async subcommand runs on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

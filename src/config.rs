@@ -1,0 +1,605 @@
+//! Typed, layered, validated configuration.
+//!
+//! Layers, later wins: built-in defaults → the TOML file (`config/relayd.toml` or
+//! `--config FILE`) → environment variables `RELAYD__SECTION__KEY`. Unknown keys are
+//! errors. A secret written as `env:NAME` is read from that variable during
+//! [`Config::load`]; secrets never appear in `Debug`, `Display` or serialized output.
+//! This module only reads and checks; it opens no connection.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given. Missing is fine: defaults apply.
+pub const DEFAULT_CONFIG_PATH: &str = "config/relayd.toml";
+
+/// A configuration error that names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("{0}")]
+    Parse(#[from] config::ConfigError),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration of one relayd process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub broker: BrokerConfig,
+    pub ingest: IngestConfig,
+    pub ops: OpsConfig,
+    pub relay: RelayConfig,
+    pub worker: WorkerConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    pub sources: Vec<SourceConfig>,
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host[:port]/database`; may be `env:NAME`.
+    pub url: Secret,
+    /// Connections shared by every role of this process.
+    pub pool_size: usize,
+    /// How long a request waits for a free connection (or a new one) before failing.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/relayd"),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `amqp://user:password@host:port/vhost` (or `amqps://` with a hostname); may be `env:NAME`.
+    pub url: Secret,
+    /// Namespace for every exchange and queue, so tenants and tests never share one.
+    pub prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefix: "relayd".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Public listener for `POST /webhooks/{source}`.
+    pub listen: SocketAddr,
+    /// Bodies larger than this are refused with 413 before anything is verified.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Health, readiness, metrics and admin; keep it off the public network.
+    pub listen: SocketAddr,
+    /// Bearer token for `/admin`; the admin API is disabled while unset.
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Outbox rows claimed and published per transaction.
+    pub batch_size: usize,
+    /// Fallback polling when no wake-up arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Deliveries in flight per process, across every destination.
+    pub concurrency: usize,
+    pub retry: RetryConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay before each retry; when exhausted the delivery is `dead`. The default spans
+    /// about three days, like Stripe's own schedule.
+    pub schedule: Vec<humantime_serde::Serde<Duration>>,
+}
+
+impl RetryConfig {
+    /// The delay before retry `n` (0-based), or `None` when the schedule is exhausted.
+    pub fn delay(&self, retry: usize) -> Option<Duration> {
+        self.schedule.get(retry).map(|d| **d)
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        let hours = |h: u64| Duration::from_secs(3600 * h);
+        Self {
+            schedule: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                minutes(2),
+                minutes(10),
+                minutes(30),
+                hours(1),
+                hours(2),
+                hours(4),
+                hours(8),
+                hours(12),
+                hours(24),
+                hours(24),
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` target filter such as `info` or `relayd=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/SIGINT, in-flight work gets this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(25),
+        }
+    }
+}
+
+/// One inbound endpoint: `POST /webhooks/{name}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    /// Several secrets allow rotation: any one may match.
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// For timestamped schemes, `|now - t|` must be within this.
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Which signature scheme a source speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Stripe,
+}
+
+/// One downstream HTTP service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub name: String,
+    pub url: String,
+    /// Standard Webhooks `whsec_…` secret the deliveries are signed with.
+    pub signing_secret: Secret,
+    /// Sources this destination subscribes to; empty means every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Event type globs (`invoice.*`); empty means every type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Concurrent requests to this destination.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_max_in_flight() -> usize {
+    16
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// A secret value. Written `env:NAME` in configuration, it is read from that variable
+/// when the configuration is loaded. It never prints.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value itself. Call sites are the few places that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Replaces an `env:NAME` reference with the variable's value.
+    fn resolve(&mut self, key: &str) -> Result<(), Error> {
+        if let Some(name) = self.0.strip_prefix("env:") {
+            match std::env::var(name) {
+                Ok(value) if !value.is_empty() => self.0 = value,
+                Ok(_) => {
+                    return Err(invalid(
+                        key,
+                        format!("environment variable {name} is empty"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        key,
+                        format!("environment variable {name} is not set"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file, then `RELAYD__…` variables; resolves `env:`
+    /// secrets and validates. `path` is `--config`; without it the default file is
+    /// optional.
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let file = match path {
+            Some(path) => config::File::from(path).required(true),
+            None => config::File::with_name(DEFAULT_CONFIG_PATH).required(false),
+        };
+        let path_shown = path.map_or(DEFAULT_CONFIG_PATH.to_string(), |p| p.display().to_string());
+        let layered = config::Config::builder()
+            .add_source(file.format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("RELAYD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|source| Error::File {
+                path: path_shown,
+                source,
+            })?;
+        let mut config: Config = layered.try_deserialize()?;
+        config.resolve_secrets()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), Error> {
+        self.database.url.resolve("database.url")?;
+        self.broker.url.resolve("broker.url")?;
+        if let Some(token) = &mut self.ops.admin_token {
+            token.resolve("ops.admin_token")?;
+        }
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            for (j, secret) in source.secrets.iter_mut().enumerate() {
+                secret.resolve(&format!("sources[{i}].secrets[{j}]"))?;
+            }
+        }
+        for (i, destination) in self.destinations.iter_mut().enumerate() {
+            destination
+                .signing_secret
+                .resolve(&format!("destinations[{i}].signing_secret"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: URLs, names, references between sections.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_url(
+            "database.url",
+            self.database.url.expose(),
+            &["postgres", "postgresql"],
+        )?;
+        check_url("broker.url", self.broker.url.expose(), &["amqp", "amqps"])?;
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if !is_valid_name(&self.broker.prefix) {
+            return Err(invalid("broker.prefix", NAME_RULE));
+        }
+        if self.ingest.max_body_bytes == 0 {
+            return Err(invalid("ingest.max_body_bytes", "must be at least 1"));
+        }
+        if self.relay.batch_size == 0 {
+            return Err(invalid("relay.batch_size", "must be at least 1"));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level",
+                "not a valid filter such as `info` or `relayd=debug,info`",
+            ));
+        }
+        if let Some(token) = &self.ops.admin_token {
+            if token.expose().len() < 16 {
+                return Err(invalid("ops.admin_token", "must be at least 16 characters"));
+            }
+        }
+
+        let mut source_names = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let key = |field: &str| format!("sources[{i}].{field}");
+            if !is_valid_name(&source.name) {
+                return Err(invalid(key("name"), NAME_RULE));
+            }
+            if !source_names.insert(source.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate source name {:?}", source.name),
+                ));
+            }
+            if source.secrets.is_empty() {
+                return Err(invalid(key("secrets"), "at least one secret is required"));
+            }
+            if source.secrets.iter().any(|s| s.expose().is_empty()) {
+                return Err(invalid(key("secrets"), "a secret must not be empty"));
+            }
+        }
+
+        let mut destination_names = HashSet::new();
+        for (i, destination) in self.destinations.iter().enumerate() {
+            let key = |field: &str| format!("destinations[{i}].{field}");
+            if !is_valid_name(&destination.name) {
+                return Err(invalid(key("name"), NAME_RULE));
+            }
+            if !destination_names.insert(destination.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate destination name {:?}", destination.name),
+                ));
+            }
+            check_url(&key("url"), &destination.url, &["http", "https"])?;
+            if crate::signing::decode_whsec(destination.signing_secret.expose()).is_none() {
+                return Err(invalid(
+                    key("signing_secret"),
+                    "must be a Standard Webhooks secret: `whsec_` followed by base64",
+                ));
+            }
+            for (j, source) in destination.sources.iter().enumerate() {
+                if !source_names.contains(source.as_str()) {
+                    return Err(invalid(
+                        format!("destinations[{i}].sources[{j}]"),
+                        format!("unknown source {source:?}"),
+                    ));
+                }
+            }
+            for (j, pattern) in destination.event_types.iter().enumerate() {
+                if let Err(e) = glob::Pattern::new(pattern) {
+                    return Err(invalid(
+                        format!("destinations[{i}].event_types[{j}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
+            if destination.max_in_flight == 0 {
+                return Err(invalid(key("max_in_flight"), "must be at least 1"));
+            }
+            if destination.timeout.is_zero() {
+                return Err(invalid(key("timeout"), "must be longer than 0s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, every secret shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        // URLs are secrets as a whole (they may hold passwords), but the host and
+        // database are what an operator checks: show the URL with its password hidden.
+        shown.database.url = Secret::new(redact_url_password(self.database.url.expose()));
+        shown.broker.url = Secret::new(redact_url_password(self.broker.url.expose()));
+        let mut table = toml::Table::try_from(&shown).unwrap_or_default();
+        for (section, shown_url) in [
+            ("database", &shown.database.url),
+            ("broker", &shown.broker.url),
+        ] {
+            if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                t.insert("url".into(), toml::Value::String(shown_url.0.clone()));
+            }
+        }
+        toml::to_string_pretty(&table).unwrap_or_default()
+    }
+}
+
+const NAME_RULE: &str = "must be 1-64 characters of a-z, 0-9, '-' or '_'";
+
+/// Names become URL path segments and broker queue names: keep them plain.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<(), Error> {
+    let url = url::Url::parse(value).map_err(|e| invalid(key, format!("not a valid URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(invalid(
+            key,
+            format!(
+                "scheme must be one of {}, not {:?}",
+                schemes.join(", "),
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(key, "URL has no host"));
+    }
+    Ok(())
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:[redacted]@host/…`.
+fn redact_url_password(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            // Only fails for URLs that cannot have a password, which this one has.
+            let _ = url.set_password(Some("redacted"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => REDACTED.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn url_password_is_redacted() {
+        let shown = redact_url_password("amqp://guest:hunter2@127.0.0.1:5672/%2f");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("guest"), "{shown}");
+    }
+
+    #[test]
+    fn names_are_restricted_to_path_and_queue_safe_characters() {
+        assert!(is_valid_name("stripe-live_2"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("Stripe"));
+        assert!(!is_valid_name("a/b"));
+        assert!(!is_valid_name(&"a".repeat(65)));
+    }
+}

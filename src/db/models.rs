@@ -1,0 +1,78 @@
+//! Rows as Rust types: `New*` structs for inserts, and the delivery states.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::schema::{deliveries, events};
+
+/// A verified provider event about to be stored.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEvent<'a> {
+    pub id: Uuid,
+    pub source: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub payload: &'a [u8],
+    pub content_type: &'a str,
+    pub headers: serde_json::Value,
+}
+
+/// One outbox row: the event owed to one destination.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = deliveries)]
+pub struct NewDelivery<'a> {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub destination: &'a str,
+    pub status: &'a str,
+}
+
+/// A delivery row as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub destination: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_status_code: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The states of a delivery (DESIGN.md §4). Stored as text with a CHECK constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Stored, not yet published to the broker.
+    Pending,
+    /// Published and confirmed by the broker; waiting for a worker.
+    Queued,
+    /// Claimed by a worker whose lease has not expired.
+    Delivering,
+    /// Failed; the relay republishes it at `next_attempt_at`.
+    Retrying,
+    /// The destination answered 2xx.
+    Delivered,
+    /// Retries exhausted; replayable by an operator.
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Delivering => "delivering",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+}

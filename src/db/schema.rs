@@ -1,0 +1,49 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    deliveries (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        destination -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        lease_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        last_status_code -> Nullable<Int4>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (id) {
+        id -> Int8,
+        delivery_id -> Uuid,
+        attempt -> Int4,
+        started_at -> Timestamptz,
+        duration_ms -> Int4,
+        status_code -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        response_snippet -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Uuid,
+        source -> Text,
+        event_id -> Text,
+        event_type -> Text,
+        payload -> Bytea,
+        content_type -> Text,
+        headers -> Jsonb,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(deliveries -> events (event_id));
+diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
+
+diesel::allow_tables_to_appear_in_same_query!(deliveries, delivery_attempts, events,);

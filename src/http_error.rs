@@ -1,0 +1,87 @@
+//! The one HTTP error type of relayd's listeners, with its explicit status mapping.
+//!
+//! Every error answer is JSON: `{"error": "<code>", "message": "<detail>"}`. Client
+//! errors are logged once at `warn` with their reason; internal and storage errors are
+//! logged once at `error` with their cause and answered with a generic message, so no
+//! internal detail (or secret) leaks to the caller.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+/// Seconds a provider should wait before retrying when storage is unavailable.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no source named {0:?} is configured")]
+    UnknownSource(String),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    InvalidPayload(String),
+    #[error("body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    /// The database (or another dependency) cannot take the request now; the caller
+    /// should retry. The cause is logged, not answered.
+    #[error("storage unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The stable machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownSource(_) => "unknown_source",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BadRequest(_) => "bad_request",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::UnknownSource(_) | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidSignature(_) | Self::InvalidPayload(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Unavailable(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "storage unavailable")
+            }
+            Self::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "internal error")
+            }
+            other => tracing::warn!(error = other.code(), reason = %other, "request refused"),
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unavailable(_)) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+        }
+        response.json(json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

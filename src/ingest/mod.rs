@@ -1,0 +1,272 @@
+//! The ingest role: the public webhook listener.
+//!
+//! `POST /webhooks/{source}` reads the raw body (bounded by `ingest.max_body_bytes`),
+//! verifies it with the source's verifier, and in one transaction stores the event
+//! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
+//! outbox row per subscribed destination, then `NOTIFY`s the relay. It answers only
+//! after the commit, so a 200 means the event is durable. It never talks to the broker
+//! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
+//! requests finish within the grace period.
+
+pub mod routing;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::Context;
+use diesel_async::AsyncConnection;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::app::AppContext;
+use crate::db::models::{DeliveryStatus, NewDelivery, NewEvent};
+use crate::db::{deliveries, events};
+use crate::http_error::ApiError;
+use routing::Router;
+
+/// The content type stored when a provider sends none.
+const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+/// A configured source, ready to verify requests.
+struct Source {
+    verifier: Box<dyn verify::Verifier>,
+}
+
+/// Everything a request handler needs; built once per role start.
+struct IngestState {
+    ctx: Arc<AppContext>,
+    sources: HashMap<String, Source>,
+    router: Router,
+    max_body_bytes: usize,
+}
+
+/// Runs the ingest listener on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Arc<AppContext>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let state = web::Data::new(IngestState {
+        sources: config
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    Source {
+                        verifier: verify::for_source(s),
+                    },
+                )
+            })
+            .collect(),
+        router: Router::new(&config.destinations),
+        max_body_bytes: config.ingest.max_body_bytes,
+        ctx: ctx.clone(),
+    });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .listen(listener)
+        .context("listening for webhooks")?
+        .disable_signals()
+        .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
+        .run();
+    crate::app::serve_until_cancelled(server, shutdown).await
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(crate::app::healthz))
+        .service(
+            web::resource("/webhooks/{source}")
+                .route(web::post().to(receive))
+                .default_service(web::to(crate::app::method_not_allowed)),
+        )
+        // The path of the service relayd replaces, so Stripe's dashboard needs no change.
+        .service(
+            web::resource("/stripe/webhook")
+                .route(web::post().to(receive_stripe_alias))
+                .default_service(web::to(crate::app::method_not_allowed)),
+        )
+        .default_service(web::to(crate::app::not_found));
+}
+
+async fn receive_stripe_alias(
+    state: web::Data<IngestState>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    receive_for(state, "stripe".into(), request, body).await
+}
+
+async fn receive(
+    state: web::Data<IngestState>,
+    source: web::Path<String>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    receive_for(state, source.into_inner(), request, body).await
+}
+
+async fn receive_for(
+    state: web::Data<IngestState>,
+    source_name: String,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let span = tracing::info_span!(
+        "webhook",
+        source = %source_name,
+        event.id = tracing::field::Empty,
+        event.r#type = tracing::field::Empty,
+    );
+    async move {
+        let source = state
+            .sources
+            .get(&source_name)
+            .ok_or_else(|| ApiError::UnknownSource(source_name.clone()))?;
+        let body = read_body(&request, body, state.max_body_bytes).await?;
+        let verified = source
+            .verifier
+            .verify(request.headers(), &body, SystemTime::now())
+            .map_err(|e| match e {
+                verify::Error::InvalidSignature(m) => ApiError::InvalidSignature(m),
+                verify::Error::InvalidPayload(m) => ApiError::InvalidPayload(m),
+            })?;
+        let span = tracing::Span::current();
+        span.record("event.id", verified.event_id.as_str());
+        span.record("event.type", verified.event_type.as_str());
+
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(DEFAULT_CONTENT_TYPE);
+        let event = NewEvent {
+            id: Uuid::now_v7(),
+            source: &source_name,
+            event_id: &verified.event_id,
+            event_type: &verified.event_type,
+            payload: &body,
+            content_type,
+            headers: kept_headers(request.headers(), source.verifier.kept_headers()),
+        };
+        let destinations: Vec<&str> = state
+            .router
+            .destinations_for(&source_name, &verified.event_type)
+            .collect();
+        let stored = store(&state.ctx, &event, &destinations).await?;
+        let (status, id) = match stored {
+            Stored::Accepted { id, deliveries } => {
+                tracing::info!(event.uuid = %id, deliveries, "accepted");
+                ("accepted", Some(id))
+            }
+            Stored::Duplicate { id } => {
+                tracing::info!("duplicate");
+                ("duplicate", id)
+            }
+        };
+        Ok(HttpResponse::Ok().json(json!({
+            "status": status,
+            "id": id,
+            "event_id": verified.event_id,
+        })))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads the whole body, refusing it as soon as it exceeds `limit` (and before reading
+/// anything when `Content-Length` already says so).
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The headers kept with the event, as a JSON object of UTF-8 values.
+fn kept_headers(headers: &HeaderMap, names: &[&str]) -> serde_json::Value {
+    let kept: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_string(), serde_json::Value::from(value)))
+        })
+        .collect();
+    serde_json::Value::Object(kept)
+}
+
+enum Stored {
+    Accepted {
+        id: Uuid,
+        deliveries: usize,
+    },
+    /// `id` is the stored event's; `None` only if it was pruned in the meantime.
+    Duplicate {
+        id: Option<Uuid>,
+    },
+}
+
+/// Stores the event and its outbox rows atomically, or recognises a duplicate.
+/// Any storage failure is `Unavailable`: the provider retries later and, since nothing
+/// was committed, nothing is lost or doubled.
+async fn store(
+    ctx: &AppContext,
+    event: &NewEvent<'_>,
+    destinations: &[&str],
+) -> Result<Stored, ApiError> {
+    let mut conn = ctx.pool.get().await.map_err(|e| {
+        ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection"))
+    })?;
+    let rows: Vec<NewDelivery<'_>> = destinations
+        .iter()
+        .map(|destination| NewDelivery {
+            id: Uuid::now_v7(),
+            event_id: event.id,
+            destination,
+            status: DeliveryStatus::Pending.as_str(),
+        })
+        .collect();
+    let stored = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            let Some(id) = events::insert_if_new(conn, event).await? else {
+                let id = events::find_id(conn, event.source, event.event_id).await?;
+                return Ok(Stored::Duplicate { id });
+            };
+            let count = deliveries::insert_all(conn, &rows).await?;
+            if count > 0 {
+                deliveries::notify_outbox(conn).await?;
+            }
+            Ok(Stored::Accepted {
+                id,
+                deliveries: count,
+            })
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(anyhow::Error::new(e).context("storing the event")))?;
+    Ok(stored)
+}

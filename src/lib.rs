@@ -1,0 +1,17 @@
+//! relayd: receives provider webhooks, verifies them, stores each event exactly once in
+//! PostgreSQL (an outbox), relays it through RabbitMQ and delivers it, signed, to every
+//! subscribed downstream service.
+//!
+//! Roles (`ingest`) sit on top; they meet only through `app`, `db` and the shared
+//! modules below them, and never import each other.
+
+pub mod app;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod db;
+pub mod http_error;
+pub mod ingest;
+pub mod ops;
+pub mod signing;
+pub mod telemetry;

@@ -1,0 +1,24 @@
+//! The `relayd` binary: parses the command line and dispatches. Nothing else lives here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relayd::cli::{Cli, Command};
+use relayd::cmd;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig) => cmd::check_config::run(&cli),
+        Some(Command::Migrate) => cmd::migrate::run(&cli),
+        None => cmd::serve::run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole context chain on one line: "loading config: key: why".
+            eprintln!("relayd: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

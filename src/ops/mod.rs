@@ -1,0 +1,59 @@
+//! The ops listener, present in every process whatever its roles: liveness
+//! (`/healthz`) and readiness (`/readyz`). It is never exposed on the ingest listener.
+//! It stops with the process's shutdown token.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppContext;
+
+/// A readiness probe answers within this, whatever the database does.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the ops listener on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Arc<AppContext>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = web::Data::from(ctx);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(crate::app::healthz))
+            .route("/readyz", web::get().to(readyz))
+            .default_service(web::to(crate::app::not_found))
+    })
+    // Probes and scrapes are light: one worker thread is plenty and keeps the cores for
+    // the roles.
+    .workers(1)
+    .listen(listener)
+    .context("listening for ops")?
+    .disable_signals()
+    .shutdown_timeout(2)
+    .run();
+    crate::app::serve_until_cancelled(server, shutdown).await
+}
+
+/// `GET /readyz`: 200 when every dependency of this process's roles is reachable,
+/// 503 with the reasons otherwise.
+async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
+    match crate::db::ping(&ctx.pool, READINESS_TIMEOUT).await {
+        Ok(()) => {
+            HttpResponse::Ok().json(json!({ "status": "ready", "checks": { "database": "ok" } }))
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready: database unreachable");
+            HttpResponse::ServiceUnavailable().json(json!({
+                "status": "unavailable",
+                "checks": { "database": reason },
+            }))
+        }
+    }
+}
