@@ -20,14 +20,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/relayd.toml";
 /// A configuration error that names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("configuration file {path}: {source}")]
-    File {
-        path: String,
-        #[source]
-        source: config::ConfigError,
-    },
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
     #[error("{0}")]
-    Parse(#[from] config::ConfigError),
+    Parse(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
@@ -382,11 +378,13 @@ impl Config {
                     .try_parsing(true),
             )
             .build()
-            .map_err(|source| Error::File {
+            .map_err(|e| Error::File {
                 path: path_shown,
-                source,
+                message: e.to_string(),
             })?;
-        let mut config: Config = layered.try_deserialize()?;
+        let mut config: Config = layered
+            .try_deserialize()
+            .map_err(|e| Error::Parse(tidy_key_paths(&e.to_string())))?;
         config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
@@ -565,6 +563,20 @@ fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The config crate writes `sources[0]kind`; show `sources[0].kind` like our own errors.
+fn tidy_key_paths(message: &str) -> String {
+    let mut tidy = String::with_capacity(message.len() + 8);
+    let mut previous = None;
+    for c in message.chars() {
+        if previous == Some(']') && (c.is_ascii_alphabetic() || c == '_') {
+            tidy.push('.');
+        }
+        tidy.push(c);
+        previous = Some(c);
+    }
+    tidy
+}
+
 /// `scheme://user:secret@host/…` → `scheme://user:[redacted]@host/…`.
 fn redact_url_password(value: &str) -> String {
     match url::Url::parse(value) {
@@ -585,6 +597,14 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn key_paths_get_their_dots() {
+        assert_eq!(
+            tidy_key_paths("bad value for key `sources[0]kind` and `a[1][2]b`"),
+            "bad value for key `sources[0].kind` and `a[1][2].b`"
+        );
     }
 
     #[test]

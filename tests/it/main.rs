@@ -1,1 +1,7 @@
-mod placeholder {}
+//! relayd's integration tests, one binary: real PostgreSQL (a fresh database per test),
+//! relayd started in-process on `127.0.0.1:0` or as the real binary.
+
+mod cli;
+mod ingest;
+mod migrations;
+mod support;

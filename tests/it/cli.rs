@@ -1,0 +1,207 @@
+//! The real binary: check-config, role selection, and the daemon's graceful stop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, TestDb};
+
+/// Runs the binary on `config`, with the variable VALID's `env:` secret reads set.
+fn relayd(args: &[&str], config: &str) -> std::process::Output {
+    let file = support::temp_file(config);
+    Command::new(support::relayd_binary())
+        .args(args)
+        .arg("--config")
+        .arg(&file.0)
+        .env_remove("RELAYD_ROLE")
+        .env("RELAYD_IT_SECRET_FROM_ENV", "whsec_from_env")
+        .output()
+        .expect("run relayd")
+}
+
+const VALID: &str = r#"
+[database]
+url = "postgres://relayd:db-password-123@127.0.0.1:5432/relayd"
+[broker]
+url = "amqp://guest:broker-password-456@127.0.0.1:5672/%2f"
+[ops]
+admin_token = "admin-token-0123456789abcdef"
+[[sources]]
+name = "stripe"
+kind = "stripe"
+secrets = ["whsec_source_secret_789", "env:RELAYD_IT_SECRET_FROM_ENV"]
+[[destinations]]
+name = "billing"
+url = "http://127.0.0.1:8080/hooks"
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+sources = ["stripe"]
+event_types = ["invoice.*"]
+"#;
+
+#[test]
+fn check_config_prints_the_config_with_every_secret_redacted() {
+    let file = support::temp_file(VALID);
+    let output = Command::new(support::relayd_binary())
+        .args(["check-config", "--config"])
+        .arg(&file.0)
+        .env(
+            "RELAYD_IT_SECRET_FROM_ENV",
+            "whsec_secret_from_the_environment",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for secret in [
+        "db-password-123",
+        "broker-password-456",
+        "admin-token-0123456789abcdef",
+        "whsec_source_secret_789",
+        "whsec_secret_from_the_environment",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:5432/relayd"),
+        "non-secret parts stay visible:\n{stdout}"
+    );
+    assert!(stdout.contains("invoice.*"), "{stdout}");
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_naming_the_key() {
+    let cases = [
+        ("unparseable URL", VALID.replace("postgres://relayd:db-password-123@127.0.0.1:5432/relayd", "not a url"), "database.url"),
+        ("unknown key", VALID.replace("[ops]", "[ops]\nadmin_tokn = \"x\""), "admin_tokn"),
+        ("unknown source kind", VALID.replace("kind = \"stripe\"", "kind = \"paypal\""), "paypal"),
+        (
+            "duplicate source name",
+            format!("{VALID}\n[[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"whsec_x\"]\n"),
+            "sources[1].name",
+        ),
+        ("destination with an unknown source", VALID.replace("sources = [\"stripe\"]", "sources = [\"shopify\"]"), "destinations[0].sources[0]"),
+        ("missing env secret", VALID.replace("RELAYD_IT_SECRET_FROM_ENV", "RELAYD_IT_UNSET_VARIABLE"), "sources[0].secrets[1]"),
+        ("bad signing secret", VALID.replace("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain"), "destinations[0].signing_secret"),
+        ("bad duration", VALID.replace("kind = \"stripe\"", "kind = \"stripe\"\ntolerance = \"soon\""), "tolerance"),
+    ];
+    for (case, config, key) in cases {
+        let output = relayd(&["check-config"], &config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{case}: accepted");
+        assert!(
+            stderr.contains(key),
+            "{case}: error does not name {key}: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{case}: one clear line: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = support::temp_file(VALID);
+    let output = Command::new(support::relayd_binary())
+        .args(["check-config", "--config"])
+        .arg(&file.0)
+        .env("RELAYD_IT_SECRET_FROM_ENV", "whsec_x")
+        .env("RELAYD__DATABASE__POOL_SIZE", "3")
+        .env("RELAYD__LOG__FORMAT", "json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("pool_size = 3"), "{stdout}");
+    assert!(stdout.contains("format = \"json\""), "{stdout}");
+}
+
+#[test]
+fn naming_an_unavailable_role_fails_with_a_clear_message() {
+    let output = relayd(&["--role", "worker"], "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("role `worker` is not available"),
+        "{stderr}"
+    );
+}
+
+/// Starts the real daemon, waits for it to serve, sends SIGTERM and expects exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_stops_gracefully_on_sigterm_with_exit_code_zero() {
+    let db = TestDb::create().await;
+    let config = format!(
+        r#"
+[database]
+url = "{}"
+[ingest]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+[[sources]]
+name = "stripe"
+kind = "stripe"
+secrets = ["whsec_x"]
+"#,
+        db.url
+    );
+    let file = support::temp_file(&config);
+    let mut child = Command::new(support::relayd_binary())
+        .args(["--role", "all", "--config"])
+        .arg(&file.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("relayd started")) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("relayd did not start: {lines:#?}"));
+        lines.push(line);
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not available") && l.contains("relay,worker")),
+        "--role all warns once about the missing roles: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "--log-format json from the config gives JSON lines: {lines:#?}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        db.count("SELECT count(*) FROM events").await,
+        0,
+        "migrated at startup"
+    );
+}

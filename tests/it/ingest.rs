@@ -1,0 +1,440 @@
+//! The ingest role over HTTP: every row of DESIGN.md §3's table, with the database
+//! checked after each answer.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{
+    self, post_stripe, stripe_event, stripe_signature, Relayd, TestDb, STRIPE_SECRET,
+};
+
+async fn json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.expect("JSON body");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_event_is_stored_byte_for_byte_with_one_pending_row_per_destination() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![
+        support::destination("billing", &[], &["invoice.*"]),
+        support::destination("audit", &["stripe"], &[]),
+    ];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let body = stripe_event("evt_accept_1", "invoice.paid");
+
+    let (status, answer) =
+        json(post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+    assert_eq!(answer["event_id"], "evt_accept_1");
+    let id = answer["id"].as_str().expect("id");
+
+    let stored_equal = db
+        .count(&format!(
+            "SELECT count(*) FROM events WHERE id = '{id}' AND source = 'stripe' AND event_id = 'evt_accept_1' \
+             AND event_type = 'invoice.paid' AND content_type = 'application/json' \
+             AND payload = decode('{}', 'hex')",
+            hex::encode(&body)
+        ))
+        .await;
+    assert_eq!(stored_equal, 1, "the raw body is stored unchanged");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE headers ? 'stripe-signature'")
+            .await,
+        0,
+        "signature headers are not kept"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM deliveries WHERE event_id = '{id}' AND status = 'pending' AND attempts = 0 \
+             AND destination IN ('billing', 'audit')"
+        ))
+        .await,
+        2
+    );
+    relayd.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_event_is_answered_duplicate_and_stored_once() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &[])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let body = stripe_event("evt_dup_1", "invoice.paid");
+
+    let (_, first) = json(post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await).await;
+    // The same provider event, re-signed later and sent to the alias path.
+    let (status, second) =
+        json(post_stripe(&client, &relayd.url("/stripe/webhook"), &body).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(second["status"], "duplicate");
+    assert_eq!(
+        second["id"], first["id"],
+        "a duplicate names the stored event"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 1);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_event_is_stored_once_under_concurrency() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![
+        support::destination("billing", &[], &[]),
+        support::destination("audit", &[], &[]),
+    ];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let body = stripe_event("evt_race_1", "invoice.paid");
+    let url = relayd.url("/webhooks/stripe");
+
+    let requests = (0..64).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        let body = body.clone();
+        tokio::spawn(async move { json(post_stripe(&client, &url, &body).await).await })
+    });
+    let mut accepted = 0;
+    let mut ids = std::collections::HashSet::new();
+    for request in requests {
+        let (status, answer) = request.await.unwrap();
+        assert_eq!(status, 200, "every concurrent duplicate gets 200: {answer}");
+        if answer["status"] == "accepted" {
+            accepted += 1;
+        } else {
+            assert_eq!(answer["status"], "duplicate");
+        }
+        ids.insert(answer["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(accepted, 1, "exactly one request stores the event");
+    assert_eq!(ids.len(), 1, "every answer names the same stored event");
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries").await,
+        2,
+        "one set of deliveries"
+    );
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_signatures_are_refused_and_nothing_is_stored() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &[])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    let body = stripe_event("evt_bad_sig", "invoice.paid");
+    let now = support::now();
+
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing header", None),
+        (
+            "wrong secret",
+            Some(stripe_signature("whsec_someone_else", now, &body)),
+        ),
+        ("garbage header", Some("t=abc,v1=not-hex".into())),
+        ("no v1", Some(format!("t={now}"))),
+        (
+            "stale timestamp",
+            Some(stripe_signature(STRIPE_SECRET, now - 301, &body)),
+        ),
+        (
+            "future timestamp",
+            Some(stripe_signature(STRIPE_SECRET, now + 301, &body)),
+        ),
+    ];
+    for (case, header) in cases {
+        let mut request = client.post(&url).body(body.clone());
+        if let Some(header) = header {
+            request = request.header("stripe-signature", header);
+        }
+        let (status, answer) = json(request.send().await.unwrap()).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert_eq!(answer["error"], "invalid_signature", "{case}");
+    }
+    // A body altered after signing.
+    let header = stripe_signature(STRIPE_SECRET, now, &body);
+    let tampered = stripe_event("evt_bad_sig", "invoice.voided");
+    let response = client
+        .post(&url)
+        .header("stripe-signature", header)
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 0);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_signed_with_a_rotated_secret_is_accepted() {
+    let db = TestDb::migrated().await;
+    let relayd = Relayd::ingest(support::config(&db.url)).await;
+    let body = stripe_event("evt_rotated", "invoice.paid");
+    let response = reqwest::Client::new()
+        .post(relayd.url("/webhooks/stripe"))
+        .header(
+            "stripe-signature",
+            stripe_signature(support::STRIPE_OLD_SECRET, support::now(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json(response).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")));
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_body_that_is_not_a_stripe_event_is_an_invalid_payload() {
+    let db = TestDb::migrated().await;
+    let relayd = Relayd::ingest(support::config(&db.url)).await;
+    let client = reqwest::Client::new();
+    for body in [
+        &b"{\"type\":\"invoice.paid\"}"[..],
+        b"{\"id\":\"evt_1\"}",
+        b"[1,2,3]",
+        b"\xff\xfe",
+    ] {
+        let (status, answer) =
+            json(post_stripe(&client, &relayd.url("/webhooks/stripe"), body).await).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"], "invalid_payload");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_source_is_404_and_unknown_paths_are_json_404s() {
+    let db = TestDb::migrated().await;
+    let relayd = Relayd::ingest(support::config(&db.url)).await;
+    let client = reqwest::Client::new();
+    let body = stripe_event("evt_unknown", "invoice.paid");
+
+    let (status, answer) =
+        json(post_stripe(&client, &relayd.url("/webhooks/shopify"), &body).await).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("unknown_source"))
+    );
+    let (status, answer) = json(client.get(relayd.url("/nope")).send().await.unwrap()).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
+    let (status, answer) = json(
+        client
+            .get(relayd.url("/webhooks/stripe"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_over_the_limit_is_413_and_not_stored() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.ingest.max_body_bytes = 1024;
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let big = serde_json::json!({"id": "evt_big", "type": "invoice.paid", "pad": "x".repeat(2048)})
+        .to_string();
+    let (status, answer) =
+        json(post_stripe(&client, &relayd.url("/webhooks/stripe"), big.as_bytes()).await).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    // Exactly at the limit is fine.
+    let empty_pad =
+        serde_json::json!({"id": "evt_fits", "type": "invoice.paid", "pad": ""}).to_string();
+    let fitting = serde_json::json!({"id": "evt_fits", "type": "invoice.paid", "pad": "y".repeat(1024 - empty_pad.len())})
+        .to_string();
+    assert_eq!(fitting.len(), 1024);
+    let (status, _) =
+        json(post_stripe(&client, &relayd.url("/webhooks/stripe"), fitting.as_bytes()).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE event_id = 'evt_big'")
+            .await,
+        0
+    );
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_unavailable_is_503_with_retry_after() {
+    // Nothing listens on port 1: every connection attempt fails at once.
+    let relayd = Relayd::ingest(support::config("postgres://postgres@127.0.0.1:1/relayd")).await;
+    let client = reqwest::Client::new();
+    let response = post_stripe(
+        &client,
+        &relayd.url("/webhooks/stripe"),
+        &stripe_event("evt_down", "x.y"),
+    )
+    .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"], "unavailable");
+    assert!(
+        !answer.to_string().contains("127.0.0.1:1"),
+        "no internal detail in the body: {answer}"
+    );
+
+    let readyz = client.get(relayd.ops_url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    let healthz = client.get(relayd.ops_url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200, "alive even when not ready");
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_route_to_matching_destinations_only() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.sources.push(relayd::config::SourceConfig {
+        name: "stripe-connect".into(),
+        ..config.sources[0].clone()
+    });
+    config.destinations = vec![
+        support::destination("invoices", &[], &["invoice.*"]),
+        support::destination("payments", &["stripe"], &["payment_intent.succeeded"]),
+        support::destination("connect-audit", &["stripe-connect"], &[]),
+    ];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        ("stripe", "evt_r1", "invoice.paid", vec!["invoices"]),
+        (
+            "stripe",
+            "evt_r2",
+            "payment_intent.succeeded",
+            vec!["payments"],
+        ),
+        ("stripe", "evt_r3", "payment_intent.failed", vec![]),
+        (
+            "stripe-connect",
+            "evt_r4",
+            "invoice.created",
+            vec!["connect-audit", "invoices"],
+        ),
+        (
+            "stripe-connect",
+            "evt_r5",
+            "payment_intent.succeeded",
+            vec!["connect-audit"],
+        ),
+    ];
+    for (source, id, event_type, expected) in cases {
+        let url = relayd.url(&format!("/webhooks/{source}"));
+        let (status, _) =
+            json(post_stripe(&client, &url, &stripe_event(id, event_type)).await).await;
+        assert_eq!(status, 200);
+        let mut conn = db.connect().await;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use relayd::db::schema::{deliveries, events};
+        let mut got: Vec<String> = deliveries::table
+            .inner_join(events::table)
+            .filter(events::event_id.eq(id))
+            .select(deliveries::destination)
+            .load(&mut conn)
+            .await
+            .unwrap();
+        got.sort();
+        assert_eq!(got, expected, "{source} {event_type}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM events").await,
+        5,
+        "unrouted events are stored too"
+    );
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_listener_serves_healthz_but_never_admin_and_ops_reports_ready() {
+    let db = TestDb::migrated().await;
+    let relayd = Relayd::ingest(support::config(&db.url)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(relayd.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in ["/admin", "/admin/", "/admin/api/stats", "/readyz"] {
+        assert_eq!(
+            client.get(relayd.url(path)).send().await.unwrap().status(),
+            404,
+            "{path}"
+        );
+    }
+    let (status, answer) = json(client.get(relayd.ops_url("/readyz")).send().await.unwrap()).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("ready")));
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_request_finishes_during_graceful_stop() {
+    let db = TestDb::migrated().await;
+    let relayd = Relayd::ingest(support::config(&db.url)).await;
+    let url = relayd.url("/webhooks/stripe");
+    let body = stripe_event("evt_graceful", "invoice.paid");
+    let header = stripe_signature(STRIPE_SECRET, support::now(), &body);
+    // Send the headers now and the body only after shutdown has begun.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .post(url)
+            .header("stripe-signature", header)
+            .header("content-length", body.len())
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(relayd.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.send(Ok(body)).await.unwrap();
+    drop(tx);
+    let response = request
+        .await
+        .unwrap()
+        .expect("in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    stopping.await.unwrap().expect("clean stop");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE event_id = 'evt_graceful'")
+            .await,
+        1
+    );
+}
