@@ -1,0 +1,26 @@
+# relayd tasks. `just --list` shows them.
+
+# Development secrets for the shipped config/relayd.toml (never use them in production).
+export STRIPE_WEBHOOK_SECRET := env_var_or_default("STRIPE_WEBHOOK_SECRET", "whsec_local_development_secret")
+export EXAMPLE_SIGNING_SECRET := env_var_or_default("EXAMPLE_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+
+# Run relayd with every role on the shipped config.
+run *ARGS:
+    cargo run -- --role all {{ARGS}}
+
+# Apply the embedded migrations (creates the database if needed).
+migrate:
+    cargo run -- migrate
+
+# The whole test suite (needs PostgreSQL and RabbitMQ on localhost).
+test:
+    cargo test
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Everything CI runs.
+ci:
+    bash .ci/run
