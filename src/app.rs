@@ -13,6 +13,7 @@ use std::sync::Arc;
 use actix_web::HttpResponse;
 use anyhow::Context;
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,7 @@ use crate::cli::{role_name, Role};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::http_error::ApiError;
-use crate::{ingest, ops};
+use crate::{broker, ingest, ops, relay};
 
 /// What every role of one process shares.
 pub struct AppContext {
@@ -28,6 +29,11 @@ pub struct AppContext {
     pub pool: DbPool,
     /// The roles this process runs; readiness depends on them.
     pub roles: BTreeSet<Role>,
+    /// Ingest signals here after committing outbox rows; the relay waits on it (and
+    /// forwards PostgreSQL notifications from other processes to it).
+    pub outbox_wake: Arc<Notify>,
+    /// Connection state of this process's broker threads.
+    pub broker_health: Arc<broker::Health>,
 }
 
 impl AppContext {
@@ -41,6 +47,8 @@ impl AppContext {
             config,
             pool,
             roles,
+            outbox_wake: Arc::new(Notify::new()),
+            broker_health: broker::Health::new(),
         }))
     }
 }
@@ -77,8 +85,14 @@ impl Daemon {
                         ingest::run(ctx.clone(), listener, shutdown.child_token()),
                     ));
                 }
+                Role::Relay => {
+                    tasks.spawn(named(
+                        "relay",
+                        relay::run(ctx.clone(), shutdown.child_token()),
+                    ));
+                }
                 // `cli::select_roles` only lets available roles through.
-                Role::All | Role::Relay | Role::Worker => {
+                Role::All | Role::Worker => {
                     anyhow::bail!("role {} is not available in this build", role_name(*role))
                 }
             }

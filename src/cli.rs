@@ -65,7 +65,7 @@ pub enum Role {
 impl Role {
     /// Roles this build can run. A role missing here is refused when named and skipped
     /// (with a warning) by `all`, never pretended.
-    pub const AVAILABLE: &'static [Role] = &[Role::Ingest];
+    pub const AVAILABLE: &'static [Role] = &[Role::Ingest, Role::Relay];
 
     /// Every concrete role, available or not.
     const CONCRETE: &'static [Role] = &[Role::Ingest, Role::Relay, Role::Worker];

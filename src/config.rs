@@ -80,6 +80,17 @@ pub struct BrokerConfig {
     pub url: Secret,
     /// Namespace for every exchange and queue, so tenants and tests never share one.
     pub prefix: String,
+    /// Destination queues are `quorum` (replicated, the default) or `classic`.
+    pub queue_type: QueueType,
+    /// How long a dead-lettered message stays in the dead-letter queue.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_ttl: Duration,
+    /// A published batch not confirmed within this fails (and is published again later).
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// AMQP heartbeat: a silent broker is detected after about twice this.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -87,8 +98,23 @@ impl Default for BrokerConfig {
         Self {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: "relayd".into(),
+            queue_type: QueueType::Quorum,
+            dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
+            confirm_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(10),
         }
     }
+}
+
+/// The RabbitMQ queue type of destination queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, durable, poison-message aware: RabbitMQ's recommendation for data
+    /// that must not be lost.
+    Quorum,
+    /// Single-node queues, for brokers without quorum support.
+    Classic,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +161,11 @@ pub struct RelayConfig {
     /// Fallback polling when no wake-up arrives.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// A row still `queued` this long after publication is published again — but only
+    /// when its destination queue holds no ready message (then the broker lost it; a
+    /// backlog means it is only waiting).
+    #[serde(with = "humantime_serde")]
+    pub requeue_after: Duration,
 }
 
 impl Default for RelayConfig {
@@ -142,6 +173,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
+            requeue_after: Duration::from_secs(600),
         }
     }
 }
@@ -426,8 +458,23 @@ impl Config {
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be at least 1"));
         }
-        if self.relay.batch_size == 0 {
-            return Err(invalid("relay.batch_size", "must be at least 1"));
+        if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
+            return Err(invalid("relay.batch_size", "must be between 1 and 10000"));
+        }
+        if self.relay.poll_interval.is_zero() {
+            return Err(invalid("relay.poll_interval", "must be longer than 0s"));
+        }
+        if self.broker.confirm_timeout.is_zero() {
+            return Err(invalid("broker.confirm_timeout", "must be longer than 0s"));
+        }
+        if self.broker.heartbeat.as_secs() > u64::from(u16::MAX) {
+            return Err(invalid("broker.heartbeat", "must be at most 65535s"));
+        }
+        if self.broker.dead_letter_ttl.as_millis() > u128::from(u32::MAX) {
+            return Err(invalid(
+                "broker.dead_letter_ttl",
+                "must be at most 49 days (RabbitMQ's limit)",
+            ));
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));

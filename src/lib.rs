@@ -2,10 +2,11 @@
 //! PostgreSQL (an outbox), relays it through RabbitMQ and delivers it, signed, to every
 //! subscribed downstream service.
 //!
-//! Roles (`ingest`) sit on top; they meet only through `app`, `db` and the shared
+//! Roles (`ingest`, `relay`) sit on top; they meet only through `app`, `db` and the shared
 //! modules below them, and never import each other.
 
 pub mod app;
+pub mod broker;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -13,5 +14,6 @@ pub mod db;
 pub mod http_error;
 pub mod ingest;
 pub mod ops;
+pub mod relay;
 pub mod signing;
 pub mod telemetry;

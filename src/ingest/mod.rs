@@ -164,6 +164,11 @@ async fn receive_for(
         let stored = store(&state.ctx, &event, &destinations).await?;
         let (status, id) = match stored {
             Stored::Accepted { id, deliveries } => {
+                if deliveries > 0 {
+                    // The relay of this process, if any, publishes without waiting for
+                    // NOTIFY's round trip or its poll interval.
+                    state.ctx.outbox_wake.notify_one();
+                }
                 tracing::info!(event.uuid = %id, deliveries, "accepted");
                 ("accepted", Some(id))
             }

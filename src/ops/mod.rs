@@ -41,19 +41,39 @@ pub async fn run(
     crate::app::serve_until_cancelled(server, shutdown).await
 }
 
-/// `GET /readyz`: 200 when every dependency of this process's roles is reachable,
-/// 503 with the reasons otherwise.
+/// `GET /readyz`: 200 when every dependency of this process's roles is reachable
+/// (the database always; the broker for roles that use it), 503 with the reasons
+/// otherwise.
 async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
     match crate::db::ping(&ctx.pool, READINESS_TIMEOUT).await {
         Ok(()) => {
-            HttpResponse::Ok().json(json!({ "status": "ready", "checks": { "database": "ok" } }))
+            checks.insert("database".into(), "ok".into());
         }
         Err(reason) => {
-            tracing::warn!(%reason, "not ready: database unreachable");
-            HttpResponse::ServiceUnavailable().json(json!({
-                "status": "unavailable",
-                "checks": { "database": reason },
-            }))
+            ready = false;
+            checks.insert("database".into(), reason.into());
         }
+    }
+    match ctx.broker_health.status() {
+        None => {}
+        Some(Ok(())) => {
+            checks.insert("broker".into(), "ok".into());
+        }
+        Some(Err(down)) => {
+            ready = false;
+            checks.insert(
+                "broker".into(),
+                format!("not connected: {}", down.join(", ")).into(),
+            );
+        }
+    }
+    if ready {
+        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
+    } else {
+        tracing::warn!(checks = %serde_json::Value::Object(checks.clone()), "not ready");
+        HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "checks": checks }))
     }
 }

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, TestDb};
+use crate::support::{self, TestBroker, TestDb};
 
 /// Runs the binary on `config`, with the variable VALID's `env:` secret reads set.
 fn relayd(args: &[&str], config: &str) -> std::process::Output {
@@ -142,10 +142,13 @@ fn naming_an_unavailable_role_fails_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_stops_gracefully_on_sigterm_with_exit_code_zero() {
     let db = TestDb::create().await;
+    let broker = TestBroker::new(&[]);
     let config = format!(
         r#"
 [database]
 url = "{}"
+[broker]
+prefix = "{}"
 [ingest]
 listen = "127.0.0.1:0"
 [ops]
@@ -157,7 +160,7 @@ name = "stripe"
 kind = "stripe"
 secrets = ["whsec_x"]
 "#,
-        db.url
+        db.url, broker.prefix
     );
     let file = support::temp_file(&config);
     let mut child = Command::new(support::relayd_binary())
@@ -184,7 +187,7 @@ secrets = ["whsec_x"]
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("not available") && l.contains("relay,worker")),
+            .any(|l| l.contains("not available") && l.contains("\"worker\"")),
         "--role all warns once about the missing roles: {lines:#?}"
     );
     assert!(

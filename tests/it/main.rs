@@ -4,4 +4,5 @@
 mod cli;
 mod ingest;
 mod migrations;
+mod relay;
 mod support;

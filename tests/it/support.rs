@@ -78,6 +78,72 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Inserts `count` events with one delivery each to `destination`, in `status`,
+    /// due at `now() + next_attempt_in` (an SQL interval such as `'-1 second'`), with
+    /// an optional lease. Returns the delivery ids.
+    pub async fn seed_deliveries(
+        &self,
+        count: usize,
+        destination: &str,
+        status: &str,
+        next_attempt_in: &str,
+        lease_in: Option<&str>,
+    ) -> Vec<uuid::Uuid> {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            id: uuid::Uuid,
+        }
+        let lease = lease_in.map_or("NULL".to_string(), |l| format!("now() + interval '{l}'"));
+        let sql = format!(
+            "WITH e AS ( \
+               INSERT INTO events (id, source, event_id, event_type, payload, content_type) \
+               SELECT gen_random_uuid(), 'stripe', 'evt_seed_' || gen_random_uuid(), 'invoice.paid', \
+                      convert_to('{{\"seed\":' || g || '}}', 'UTF8'), 'application/json' \
+               FROM generate_series(1, {count}) g RETURNING id) \
+             INSERT INTO deliveries (id, event_id, destination, status, next_attempt_at, lease_until) \
+             SELECT gen_random_uuid(), id, '{destination}', '{status}', now() + interval '{next_attempt_in}', {lease} \
+             FROM e RETURNING id"
+        );
+        let mut conn = self.connect().await;
+        let ids: Vec<Id> = diesel::sql_query(sql)
+            .load(&mut conn)
+            .await
+            .expect("seed deliveries");
+        ids.into_iter().map(|i| i.id).collect()
+    }
+
+    /// The status of every delivery with these ids, in no particular order.
+    pub async fn statuses(&self, ids: &[uuid::Uuid]) -> Vec<String> {
+        use diesel::{ExpressionMethods, QueryDsl};
+        use relayd::db::schema::deliveries;
+        let mut conn = self.connect().await;
+        deliveries::table
+            .filter(deliveries::id.eq_any(ids))
+            .select(deliveries::status)
+            .load(&mut conn)
+            .await
+            .expect("load statuses")
+    }
+
+    /// Waits until `sql` (a count) reaches `expected`, or panics after `timeout`.
+    pub async fn wait_count(&self, sql: &str, expected: i64, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let n = self.count(sql).await;
+            if n == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sql}: {n}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
@@ -116,6 +182,8 @@ pub async fn admin_connection() -> AsyncPgConnection {
 pub fn config(database_url: &str) -> Config {
     let mut config = Config::default();
     config.database.url = Secret::new(database_url);
+    // Never the shared default namespace: tests pass their own TestBroker's prefix.
+    config.broker.prefix = "it-unset".into();
     config.database.connect_timeout = Duration::from_secs(2);
     config.ingest.listen = "127.0.0.1:0".parse().unwrap();
     config.ops.listen = "127.0.0.1:0".parse().unwrap();
@@ -143,7 +211,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
 
 /// A relayd running inside the test process.
 pub struct Relayd {
-    pub ingest: SocketAddr,
+    pub ingest: Option<SocketAddr>,
     pub ops: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -161,7 +229,7 @@ impl Relayd {
         let daemon = Daemon::start(ctx, shutdown.clone())
             .await
             .expect("start relayd");
-        let ingest = daemon.ingest_addr.expect("ingest runs");
+        let ingest = daemon.ingest_addr;
         let ops = daemon.ops_addr;
         let task = tokio::spawn(daemon.wait());
         Self {
@@ -178,11 +246,32 @@ impl Relayd {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.ingest)
+        format!(
+            "http://{}{path}",
+            self.ingest.expect("the ingest role runs")
+        )
     }
 
     pub fn ops_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.ops)
+    }
+
+    /// Waits until `/readyz` answers 200 (database and broker connected).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = client.get(self.ops_url("/readyz")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "relayd not ready within 20s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops every role and returns how the daemon ended.
@@ -261,5 +350,168 @@ pub struct TempFile(pub PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A broker namespace of its own (exchanges and queues under a unique prefix), deleted
+/// when dropped.
+pub struct TestBroker {
+    pub prefix: String,
+    destinations: Vec<String>,
+}
+
+pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl TestBroker {
+    pub fn new(destinations: &[&str]) -> Self {
+        Self {
+            prefix: format!("it-{}", uuid::Uuid::now_v7().simple()),
+            destinations: destinations.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// Sets the broker section of `config` to this namespace.
+    pub fn configure(&self, config: &mut Config) {
+        config.broker.url = Secret::new(BROKER_URL);
+        config.broker.prefix = self.prefix.clone();
+    }
+
+    pub fn queue(&self, destination: &str) -> String {
+        format!("{}.destination.{destination}", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// Runs `f` with a fresh channel on a thread of its own (amiquip blocks).
+    pub fn with_channel<T: Send + 'static>(
+        f: impl FnOnce(&amiquip::Channel) -> T + Send + 'static,
+    ) -> T {
+        std::thread::spawn(move || {
+            let mut connection =
+                amiquip::Connection::insecure_open(BROKER_URL).expect("connect to RabbitMQ");
+            let channel = connection.open_channel(None).expect("open a channel");
+            let result = f(&channel);
+            let _ = channel.close();
+            let _ = connection.close();
+            result
+        })
+        .join()
+        .expect("broker helper thread")
+    }
+
+    /// Takes every message from `queue` (acknowledging them), waiting until at least
+    /// `at_least` arrived or `timeout` passed, then a short quiet period for extras.
+    pub async fn drain(&self, queue: &str, at_least: usize, timeout: Duration) -> Vec<Message> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut messages = Vec::new();
+        loop {
+            let queue = queue.to_string();
+            let batch = Self::with_channel(move |channel| {
+                let mut got = Vec::new();
+                while let Ok(Some(get)) = channel.basic_get(queue.clone(), true) {
+                    got.push(Message::from(get.delivery));
+                }
+                got
+            });
+            let empty = batch.is_empty();
+            messages.extend(batch);
+            if messages.len() >= at_least && empty {
+                return messages;
+            }
+            if std::time::Instant::now() > deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(if messages.len() >= at_least {
+                300
+            } else {
+                20
+            }))
+            .await;
+        }
+    }
+
+    /// Ready messages in `queue` (passive declare).
+    pub fn ready(&self, queue: &str) -> u32 {
+        let queue = queue.to_string();
+        Self::with_channel(move |channel| {
+            channel
+                .queue_declare_passive(queue)
+                .expect("queue exists")
+                .declared_message_count()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Publishes one message straight to a destination queue (through the default
+    /// exchange), bypassing relayd.
+    pub fn publish_raw(&self, destination: &str, body: &[u8], properties: amiquip::AmqpProperties) {
+        let queue = self.queue(destination);
+        let body = body.to_vec();
+        Self::with_channel(move |channel| {
+            channel
+                .basic_publish(
+                    "",
+                    amiquip::Publish::with_properties(&body, queue, properties),
+                )
+                .expect("publish")
+        });
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let queues: Vec<String> = self
+            .destinations
+            .iter()
+            .map(|d| self.queue(d))
+            .chain([self.dead_letter_queue()])
+            .collect();
+        // A failed delete closes its channel: one channel per delete.
+        for queue in queues {
+            let _ = std::panic::catch_unwind(|| {
+                Self::with_channel(move |channel| {
+                    let _ = channel.queue_delete(queue, amiquip::QueueDeleteOptions::default());
+                })
+            });
+        }
+        for exchange in [
+            format!("{prefix}.deliveries"),
+            format!("{prefix}.dead-letter"),
+        ] {
+            let _ = std::panic::catch_unwind(|| {
+                Self::with_channel(move |channel| {
+                    let _ = channel.exchange_delete(exchange, false);
+                })
+            });
+        }
+    }
+}
+
+/// A message taken from a queue.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub properties: amiquip::AmqpProperties,
+}
+
+impl From<amiquip::Delivery> for Message {
+    fn from(delivery: amiquip::Delivery) -> Self {
+        Self {
+            body: delivery.body,
+            properties: delivery.properties,
+        }
+    }
+}
+
+impl Message {
+    pub fn message_id(&self) -> String {
+        self.properties.message_id().clone().unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<amiquip::AmqpValue> {
+        self.properties.headers().as_ref()?.get(name).cloned()
     }
 }

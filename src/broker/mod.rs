@@ -1,0 +1,105 @@
+//! RabbitMQ behind a small async face.
+//!
+//! amiquip is a blocking client: every amiquip connection and channel lives on an OS
+//! thread this module owns, and no amiquip type leaves it. The rest of relayd sees a
+//! [`Publisher`] (confirmed batch publishing) and the topology names. Threads
+//! reconnect on their own with exponential backoff and jitter, redeclare the topology,
+//! and report their state in [`Health`]. A connection is only ever closed on its own
+//! thread (closing joins amiquip's I/O thread, which must not block a tokio worker).
+
+mod publisher;
+mod session;
+mod topology;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use publisher::Publisher;
+pub use topology::Topology;
+
+/// Why a message or a broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("the broker connection was lost: {0}")]
+    ConnectionLost(String),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("no queue is bound for destination {0:?}")]
+    Unroutable(String),
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// One delivery to publish: the raw payload plus what a worker needs to find its row.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// `message_id`: the delivery row's id.
+    pub delivery_id: Uuid,
+    /// The routing key, and the name of the destination queue's suffix.
+    pub destination: String,
+    /// The stored event's id (relayd's uuid).
+    pub event_uuid: Uuid,
+    /// The provider's event id.
+    pub event_id: String,
+    pub source: String,
+    pub event_type: String,
+    /// The number of the attempt this message will lead to (1 for the first).
+    pub attempt: i32,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Header names carried by every published message.
+pub mod headers {
+    pub const EVENT_UUID: &str = "x-relayd-event";
+    pub const EVENT_ID: &str = "x-relayd-event-id";
+    pub const SOURCE: &str = "x-relayd-source";
+    pub const EVENT_TYPE: &str = "x-relayd-event-type";
+    pub const DESTINATION: &str = "x-relayd-destination";
+    pub const ATTEMPT: &str = "x-relayd-attempt";
+}
+
+/// Connection state of this process's broker threads, for `/readyz` and metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    components: std::sync::Mutex<BTreeMap<&'static str, bool>>,
+    /// Whether any component has ever registered (roles without a broker never do).
+    used: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Records whether `component` (e.g. `publisher`) is connected.
+    pub fn set(&self, component: &'static str, connected: bool) {
+        self.used.store(true, Ordering::Relaxed);
+        if let Ok(mut components) = self.components.lock() {
+            components.insert(component, connected);
+        }
+    }
+
+    /// `None` when no broker component runs in this process; otherwise whether every
+    /// component is connected, with the names of those that are not.
+    pub fn status(&self) -> Option<Result<(), Vec<&'static str>>> {
+        if !self.used.load(Ordering::Relaxed) {
+            return None;
+        }
+        let components = self.components.lock().ok()?;
+        let down: Vec<&'static str> = components
+            .iter()
+            .filter(|(_, up)| !**up)
+            .map(|(name, _)| *name)
+            .collect();
+        Some(if down.is_empty() { Ok(()) } else { Err(down) })
+    }
+}

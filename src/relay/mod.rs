@@ -1,0 +1,210 @@
+//! The relay role: outbox → RabbitMQ.
+//!
+//! Each turn claims due delivery rows (`FOR UPDATE SKIP LOCKED`, so replicas never
+//! publish the same row at once), publishes them as one confirmed batch, and marks
+//! `queued` exactly the rows the broker confirmed, all in one transaction. A crash
+//! before the commit leaves the rows claimable: they are published again, and the
+//! worker's claim drops the duplicate. The relay never marks a row it did not see
+//! confirmed. It wakes on the in-process signal from ingest, on PostgreSQL `NOTIFY`,
+//! or on `relay.poll_interval`; a full batch is followed at once by the next. On
+//! shutdown it finishes (publishes and commits) the batch in hand, then stops.
+
+mod listen;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel_async::AsyncConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppContext;
+use crate::broker::{OutgoingMessage, Publisher, Topology};
+use crate::db::deliveries::{self, DueDelivery};
+use crate::db::models::DeliveryStatus;
+
+/// Runs the relay until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topology = Topology::new(
+        &ctx.config.broker,
+        ctx.config.destinations.iter().map(|d| d.name.clone()),
+    );
+    let publisher = Publisher::start(&ctx.config.broker, topology, ctx.broker_health.clone())
+        .context("starting the publisher")?;
+    let listener = tokio::spawn(listen::forward_notifications(
+        ctx.config.database.url.expose().to_string(),
+        ctx.outbox_wake.clone(),
+        shutdown.clone(),
+    ));
+
+    let relay = Relay {
+        ctx: ctx.clone(),
+        publisher,
+    };
+    let poll_interval = ctx.config.relay.poll_interval;
+    let mut error_delays = backoff();
+    while !shutdown.is_cancelled() {
+        // A wake-up that arrives while this turn runs leaves a permit, so the wait below
+        // returns at once: no notification is lost between the query and the wait.
+        let wait = match relay.turn().await {
+            Ok(turn) if turn.published == ctx.config.relay.batch_size => {
+                error_delays = backoff();
+                continue;
+            }
+            Ok(turn) => {
+                error_delays = backoff();
+                if turn.failed > 0 {
+                    // The broker is down or refusing: retry on the poll interval rather
+                    // than spinning on wake-ups.
+                    Some(poll_interval)
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                let delay = error_delays.next().unwrap_or(poll_interval);
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "relay turn failed");
+                Some(delay)
+            }
+        };
+        match wait {
+            Some(delay) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = ctx.outbox_wake.notified() => {}
+                    _ = tokio::time::sleep(poll_interval) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+    let _ = listener.await;
+    Ok(())
+}
+
+/// Retry delays after a failed turn (database unreachable, …): 100 ms doubling to 5 s.
+fn backoff() -> impl Iterator<Item = Duration> {
+    tokio_retry::strategy::ExponentialBackoff::from_millis(2)
+        .factor(50)
+        .max_delay(Duration::from_secs(5))
+        .map(tokio_retry::strategy::jitter)
+}
+
+struct Relay {
+    ctx: Arc<AppContext>,
+    publisher: Publisher,
+}
+
+/// What one turn did.
+#[derive(Debug, Default)]
+struct Turn {
+    published: usize,
+    failed: usize,
+    postponed: usize,
+}
+
+impl Relay {
+    /// Claims, publishes and marks one batch in one transaction.
+    async fn turn(&self) -> anyhow::Result<Turn> {
+        let config = &self.ctx.config.relay;
+        let mut conn = self
+            .ctx
+            .pool
+            .get()
+            .await
+            .context("getting a database connection")?;
+        let turn = conn
+            .transaction::<_, anyhow::Error, _>(async |conn| {
+                let due = deliveries::claim_due(conn, config.batch_size).await?;
+                if due.is_empty() {
+                    return Ok(Turn::default());
+                }
+                let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
+                let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
+                let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
+                let results = self.publisher.publish_batch(messages).await;
+
+                let mut confirmed = Vec::with_capacity(ids.len());
+                let mut first_error = None;
+                for (id, result) in ids.iter().zip(&results) {
+                    match result {
+                        Ok(()) => confirmed.push(*id),
+                        Err(e) => {
+                            first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                deliveries::mark_queued(conn, &confirmed, config.requeue_after).await?;
+                deliveries::postpone_queued(conn, &to_postpone, config.requeue_after).await?;
+                let turn = Turn {
+                    published: confirmed.len(),
+                    failed: ids.len() - confirmed.len(),
+                    postponed: to_postpone.len(),
+                };
+                if let Some(error) = first_error {
+                    tracing::warn!(failed = turn.failed, published = turn.published, %error, "some deliveries were not published; they stay due");
+                } else {
+                    tracing::debug!(published = turn.published, postponed = turn.postponed, "relayed a batch");
+                }
+                Ok(turn)
+            })
+            .await?;
+        Ok(turn)
+    }
+
+    /// Splits due rows into those to publish and `queued` rows to leave alone for now.
+    /// A row still `queued` past its re-check time is re-published only when its
+    /// destination queue is empty (the broker lost it); behind a backlog it is only
+    /// waiting, and re-publishing it would make the backlog feed itself.
+    async fn split_lost_from_waiting(
+        &self,
+        due: Vec<DueDelivery>,
+    ) -> (Vec<DueDelivery>, Vec<uuid::Uuid>) {
+        let queued = DeliveryStatus::Queued.as_str();
+        let destinations: BTreeSet<String> = due
+            .iter()
+            .filter(|d| d.status == queued)
+            .map(|d| d.destination.clone())
+            .collect();
+        if destinations.is_empty() {
+            return (due, Vec::new());
+        }
+        let busy: HashSet<String> = match self
+            .publisher
+            .ready_counts(destinations.iter().cloned().collect())
+            .await
+        {
+            Ok(counts) => counts
+                .into_iter()
+                .filter(|(_, ready)| *ready > 0)
+                .map(|(d, _)| d)
+                .collect(),
+            // Unknown depth: assume a backlog rather than risk feeding one.
+            Err(_) => destinations.into_iter().collect(),
+        };
+        let (waiting, publish): (Vec<DueDelivery>, Vec<DueDelivery>) = due
+            .into_iter()
+            .partition(|d| d.status == queued && busy.contains(&d.destination));
+        (publish, waiting.into_iter().map(|d| d.id).collect())
+    }
+}
+
+fn outgoing(row: DueDelivery) -> OutgoingMessage {
+    OutgoingMessage {
+        delivery_id: row.id,
+        destination: row.destination,
+        event_uuid: row.event_uuid,
+        event_id: row.event_id,
+        source: row.source,
+        event_type: row.event_type,
+        attempt: row.attempts + 1,
+        content_type: row.content_type,
+        body: row.payload,
+    }
+}

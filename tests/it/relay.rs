@@ -1,0 +1,431 @@
+//! The relay role against real PostgreSQL and RabbitMQ: what reaches the queues, when,
+//! how often, and what happens when the broker or the relay fails.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use relayd::broker::{OutgoingMessage, Publisher, Topology};
+use relayd::cli::Role;
+use relayd::config::Config;
+use relayd::db::deliveries;
+
+use crate::support::{self, post_stripe, stripe_event, Relayd, TestBroker, TestDb};
+
+fn config(db: &TestDb, broker: &TestBroker, destinations: &[&str]) -> Config {
+    let mut config = support::config(&db.url);
+    broker.configure(&mut config);
+    config.destinations = destinations
+        .iter()
+        .map(|d| support::destination(d, &[], &[]))
+        .collect();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_delivery_reaches_its_quorum_queue_intact_and_is_marked_queued() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let relayd = Relayd::start(
+        config(&db, &broker, &["billing"]),
+        &[Role::Ingest, Role::Relay],
+    )
+    .await;
+    relayd.wait_ready().await;
+
+    let body = stripe_event("evt_relay_1", "invoice.paid");
+    let response = post_stripe(
+        &reqwest::Client::new(),
+        &relayd.url("/webhooks/stripe"),
+        &body,
+    )
+    .await;
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let event_uuid = answer["id"].as_str().unwrap().to_string();
+
+    let messages = broker
+        .drain(&broker.queue("billing"), 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(messages.len(), 1, "published exactly once");
+    let message = &messages[0];
+    assert_eq!(message.body, body, "byte-identical body");
+    assert_eq!(
+        message.properties.content_type().as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(*message.properties.delivery_mode(), Some(2), "persistent");
+    let text = |name: &str| match message.header(name) {
+        Some(amiquip::AmqpValue::LongString(s)) => s,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("x-relayd-event"), event_uuid);
+    assert_eq!(text("x-relayd-event-id"), "evt_relay_1");
+    assert_eq!(text("x-relayd-source"), "stripe");
+    assert_eq!(text("x-relayd-event-type"), "invoice.paid");
+    assert_eq!(text("x-relayd-destination"), "billing");
+    assert!(matches!(
+        message.header("x-relayd-attempt"),
+        Some(amiquip::AmqpValue::LongInt(1))
+    ));
+
+    let delivery_id: uuid::Uuid = message
+        .message_id()
+        .parse()
+        .expect("message_id is the delivery id");
+    assert_eq!(db.statuses(&[delivery_id]).await, ["queued"]);
+
+    // The queue is quorum and dead-letters to the prefix's exchange: re-declaring it with
+    // those arguments succeeds, and with any other type fails.
+    let queue = broker.queue("billing");
+    let dlx = format!("{}.dead-letter", broker.prefix);
+    let declare = |queue_type: &str| {
+        let queue = queue.clone();
+        let dlx = dlx.clone();
+        let queue_type = queue_type.to_string();
+        TestBroker::with_channel(move |channel| {
+            let mut args = amiquip::FieldTable::new();
+            args.insert(
+                "x-queue-type".into(),
+                amiquip::AmqpValue::LongString(queue_type),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                amiquip::AmqpValue::LongString(dlx),
+            );
+            let options = amiquip::QueueDeclareOptions {
+                durable: true,
+                arguments: args,
+                ..Default::default()
+            };
+            channel.queue_declare(queue, options).is_ok()
+        })
+    };
+    let (same, other) = (declare("quorum"), declare("classic"));
+    assert!(same && !other, "quorum queue with its dead-letter exchange");
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_ingest_wakes_the_relay_without_waiting_for_the_poll_interval() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let mut config = config(&db, &broker, &["billing"]);
+    config.relay.poll_interval = Duration::from_secs(30);
+    let relayd = Relayd::start(config, &[Role::Ingest, Role::Relay]).await;
+    relayd.wait_ready().await;
+    // Let the relay's first (empty) turn finish so it is waiting for a wake-up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let body = stripe_event(&format!("evt_fast_{i}"), "invoice.paid");
+        assert_eq!(
+            post_stripe(&client, &relayd.url("/webhooks/stripe"), &body)
+                .await
+                .status(),
+            200
+        );
+        let accepted = Instant::now();
+        let got = broker
+            .drain(&broker.queue("billing"), 1, Duration::from_secs(5))
+            .await;
+        assert_eq!(got.len(), 1);
+        latencies.push(accepted.elapsed());
+    }
+    eprintln!("accepted → on the queue (includes the test's polling): {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(3)),
+        "published on the wake-up, far before the 30 s poll interval: {latencies:?}"
+    );
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_from_another_process_wakes_a_relay_only_instance() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let mut relay_config = config(&db, &broker, &["billing"]);
+    relay_config.relay.poll_interval = Duration::from_secs(30);
+    let relay = Relayd::start(relay_config, &[Role::Relay]).await;
+    relay.wait_ready().await;
+    let ingest = Relayd::ingest(config(&db, &broker, &["billing"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = stripe_event("evt_notify", "invoice.paid");
+    assert_eq!(
+        post_stripe(
+            &reqwest::Client::new(),
+            &ingest.url("/webhooks/stripe"),
+            &body
+        )
+        .await
+        .status(),
+        200
+    );
+    let accepted = Instant::now();
+    let got = broker
+        .drain(&broker.queue("billing"), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        accepted.elapsed() < Duration::from_secs(3),
+        "woken by NOTIFY: {:?}",
+        accepted.elapsed()
+    );
+    ingest.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_down_keeps_rows_pending_and_everything_is_published_once_after_recovery() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let mut down = config(&db, &broker, &["billing"]);
+    // Nothing listens on port 1: the publisher can never connect.
+    down.broker.url = relayd::config::Secret::new("amqp://guest:guest@127.0.0.1:1/%2f");
+    down.relay.poll_interval = Duration::from_millis(100);
+    let relayd = Relayd::start(down, &[Role::Ingest, Role::Relay]).await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let body = stripe_event(&format!("evt_down_{i}"), "invoice.paid");
+        assert_eq!(
+            post_stripe(&client, &relayd.url("/webhooks/stripe"), &body)
+                .await
+                .status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            .await,
+        20
+    );
+    let readyz = client.get(relayd.ops_url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    let reason: serde_json::Value = readyz.json().await.unwrap();
+    assert!(
+        reason["checks"]["broker"]
+            .as_str()
+            .unwrap()
+            .contains("publisher"),
+        "{reason}"
+    );
+    relayd.stop().await.unwrap();
+
+    // The broker is back (the relay now reaches the real one).
+    let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Relay]).await;
+    let messages = broker
+        .drain(&broker.queue("billing"), 20, Duration::from_secs(15))
+        .await;
+    let ids: HashSet<String> = messages.iter().map(|m| m.message_id()).collect();
+    assert_eq!(messages.len(), 20, "every row published, none twice");
+    assert_eq!(ids.len(), 20);
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'queued'",
+        20,
+        Duration::from_secs(5),
+    )
+    .await;
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_relays_on_one_database_publish_each_due_row_once() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let ids = db
+        .seed_deliveries(2000, "billing", "pending", "-1 second", None)
+        .await;
+    let mut relay_config = config(&db, &broker, &["billing"]);
+    relay_config.relay.batch_size = 50;
+    let (a, b) = tokio::join!(
+        Relayd::start(relay_config.clone(), &[Role::Relay]),
+        Relayd::start(relay_config, &[Role::Relay]),
+    );
+    let messages = broker
+        .drain(&broker.queue("billing"), ids.len(), Duration::from_secs(60))
+        .await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for message in &messages {
+        *per_id.entry(message.message_id()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), ids.len(), "every row published");
+    assert!(per_id.values().all(|n| *n == 1), "no row published twice");
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE status <> 'queued'")
+            .await,
+        0
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// A relay that dies after the broker confirmed a batch but before its transaction
+/// committed: the rows are still claimable, and the next relay publishes them again.
+/// The queue then holds each message twice; the worker's conditional claim is what
+/// makes the second copy harmless.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let ids = db
+        .seed_deliveries(10, "billing", "pending", "-1 second", None)
+        .await;
+    let config = config(&db, &broker, &["billing"]);
+
+    let topology = Topology::new(&config.broker, ["billing".to_string()]);
+    let health = relayd::broker::Health::new();
+    let publisher = Publisher::start(&config.broker, topology, health.clone()).unwrap();
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    // Open a transaction, claim and publish, then "die": the connection goes away
+    // without a commit.
+    diesel::sql_query("BEGIN").execute(&mut conn).await.unwrap();
+    let due = deliveries::claim_due(&mut conn, 100).await.unwrap();
+    assert_eq!(due.len(), 10);
+    let mut published = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published.is_empty() && Instant::now() < deadline {
+        let messages: Vec<OutgoingMessage> = due
+            .iter()
+            .map(|d| OutgoingMessage {
+                delivery_id: d.id,
+                destination: d.destination.clone(),
+                event_uuid: d.event_uuid,
+                event_id: d.event_id.clone(),
+                source: d.source.clone(),
+                event_type: d.event_type.clone(),
+                attempt: 1,
+                content_type: d.content_type.clone(),
+                body: d.payload.clone(),
+            })
+            .collect();
+        let results = publisher.publish_batch(messages).await;
+        if results.iter().all(Result::is_ok) {
+            published = results;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await; // still connecting
+        }
+    }
+    assert_eq!(published.len(), 10, "the broker confirmed the batch");
+    drop(conn);
+    drop(publisher);
+    assert_eq!(
+        db.statuses(&ids).await,
+        vec!["pending"; 10],
+        "nothing was marked"
+    );
+
+    let relayd = Relayd::start(config, &[Role::Relay]).await;
+    let messages = broker
+        .drain(&broker.queue("billing"), 20, Duration::from_secs(15))
+        .await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for message in &messages {
+        *per_id.entry(message.message_id()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 10);
+    assert!(
+        per_id.values().all(|n| *n == 2),
+        "each row twice: once per relay: {per_id:?}"
+    );
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'queued'",
+        10,
+        Duration::from_secs(5),
+    )
+    .await;
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_rows_wait_for_their_time_and_expired_leases_are_republished() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let retry_later = db
+        .seed_deliveries(3, "billing", "retrying", "1 hour", None)
+        .await;
+    let retry_now = db
+        .seed_deliveries(3, "billing", "retrying", "-1 second", None)
+        .await;
+    let leased = db
+        .seed_deliveries(3, "billing", "delivering", "1 hour", Some("1 hour"))
+        .await;
+    let lease_expired = db
+        .seed_deliveries(3, "billing", "delivering", "-1 second", Some("-1 second"))
+        .await;
+    let done = db
+        .seed_deliveries(3, "billing", "delivered", "-1 hour", None)
+        .await;
+    let dead = db
+        .seed_deliveries(3, "billing", "dead", "-1 hour", None)
+        .await;
+
+    let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Relay]).await;
+    let messages = broker
+        .drain(&broker.queue("billing"), 6, Duration::from_secs(10))
+        .await;
+    let published: HashSet<uuid::Uuid> = messages
+        .iter()
+        .map(|m| m.message_id().parse().unwrap())
+        .collect();
+    let expected: HashSet<uuid::Uuid> = retry_now.iter().chain(&lease_expired).copied().collect();
+    assert_eq!(published, expected);
+    assert_eq!(db.statuses(&retry_later).await, vec!["retrying"; 3]);
+    assert_eq!(db.statuses(&leased).await, vec!["delivering"; 3]);
+    assert_eq!(db.statuses(&done).await, vec!["delivered"; 3]);
+    assert_eq!(db.statuses(&dead).await, vec!["dead"; 3]);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_queued_rows_are_republished_only_when_their_queue_is_empty() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing", "ledger"]);
+    let mut config = config(&db, &broker, &["billing", "ledger"]);
+    config.relay.poll_interval = Duration::from_millis(100);
+    // Declare the topology, then put a backlog in front of billing only.
+    let relayd = Relayd::start(config.clone(), &[Role::Relay]).await;
+    relayd.wait_ready().await;
+    relayd.stop().await.unwrap();
+    broker.publish_raw("billing", b"backlog", amiquip::AmqpProperties::default());
+
+    let waiting = db
+        .seed_deliveries(2, "billing", "queued", "-1 second", None)
+        .await;
+    let lost = db
+        .seed_deliveries(2, "ledger", "queued", "-1 second", None)
+        .await;
+    let relayd = Relayd::start(config, &[Role::Relay]).await;
+
+    let republished = broker
+        .drain(&broker.queue("ledger"), 2, Duration::from_secs(10))
+        .await;
+    let ids: HashSet<uuid::Uuid> = republished
+        .iter()
+        .map(|m| m.message_id().parse().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        lost.iter().copied().collect(),
+        "lost rows are published again"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        broker.ready(&broker.queue("billing")),
+        1,
+        "nothing added behind the backlog"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM deliveries WHERE status = 'queued' AND next_attempt_at > now() + interval '5 minutes' \
+             AND id IN ('{}', '{}')",
+            waiting[0], waiting[1]
+        ))
+        .await,
+        2,
+        "waiting rows are re-checked later instead"
+    );
+    relayd.stop().await.unwrap();
+}
