@@ -21,7 +21,7 @@ use crate::cli::{role_name, Role};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::http_error::ApiError;
-use crate::{broker, ingest, ops, relay};
+use crate::{broker, ingest, ops, relay, worker};
 
 /// What every role of one process shares.
 pub struct AppContext {
@@ -41,8 +41,8 @@ impl AppContext {
     pub fn new(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Arc<Self>> {
         let names: Vec<&str> = roles.iter().map(|r| role_name(*r)).collect();
         let application_name = format!("relayd-{}", names.join("-"));
-        let pool = db::build_pool(&config.database, &application_name)
-            .context("building the database pool")?;
+        let pool =
+            db::build_pool(&config.database, &application_name).context("building the database pool")?;
         Ok(Arc::new(Self {
             config,
             pool,
@@ -86,15 +86,13 @@ impl Daemon {
                     ));
                 }
                 Role::Relay => {
-                    tasks.spawn(named(
-                        "relay",
-                        relay::run(ctx.clone(), shutdown.child_token()),
-                    ));
+                    tasks.spawn(named("relay", relay::run(ctx.clone(), shutdown.child_token())));
                 }
-                // `cli::select_roles` only lets available roles through.
-                Role::All | Role::Worker => {
-                    anyhow::bail!("role {} is not available in this build", role_name(*role))
+                Role::Worker => {
+                    tasks.spawn(named("worker", worker::run(ctx.clone(), shutdown.child_token())));
                 }
+                // `cli::select_roles` expands `all` before this.
+                Role::All => anyhow::bail!("`all` must be expanded into concrete roles"),
             }
         }
         Ok(Self {
@@ -118,8 +116,7 @@ impl Daemon {
                 Ok(()) if self.shutdown.is_cancelled() => tracing::debug!(role = name, "stopped"),
                 Ok(()) => {
                     tracing::error!(role = name, "stopped unexpectedly; stopping the process");
-                    first_error
-                        .get_or_insert_with(|| anyhow::anyhow!("role {name} stopped unexpectedly"));
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("role {name} stopped unexpectedly"));
                     self.shutdown.cancel();
                 }
                 Err(e) => {

@@ -63,52 +63,26 @@ pub enum Role {
 }
 
 impl Role {
-    /// Roles this build can run. A role missing here is refused when named and skipped
-    /// (with a warning) by `all`, never pretended.
-    pub const AVAILABLE: &'static [Role] = &[Role::Ingest, Role::Relay];
-
-    /// Every concrete role, available or not.
-    const CONCRETE: &'static [Role] = &[Role::Ingest, Role::Relay, Role::Worker];
+    /// Every concrete role, in start order.
+    pub const CONCRETE: &'static [Role] = &[Role::Ingest, Role::Relay, Role::Worker];
 }
 
-/// The concrete roles to start, and the roles `all` had to leave out.
-#[derive(Debug, PartialEq, Eq)]
-pub struct RoleSelection {
-    pub roles: BTreeSet<Role>,
-    pub unavailable: Vec<Role>,
-}
-
-/// Expands `all` and refuses roles that this build cannot run.
-pub fn select_roles(requested: &[Role]) -> Result<RoleSelection, String> {
-    let mut roles = BTreeSet::new();
-    let mut unavailable = Vec::new();
-    for &role in requested {
-        if role == Role::All {
-            for &concrete in Role::CONCRETE {
-                if Role::AVAILABLE.contains(&concrete) {
-                    roles.insert(concrete);
-                } else if !unavailable.contains(&concrete) {
-                    unavailable.push(concrete);
-                }
-            }
-        } else if Role::AVAILABLE.contains(&role) {
-            roles.insert(role);
-        } else {
-            return Err(format!(
-                "role `{}` is not available in this build of relayd (available: {})",
-                role_name(role),
-                Role::AVAILABLE
-                    .iter()
-                    .map(|r| role_name(*r))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
+/// The concrete roles to start: `all` expands to every role.
+pub fn select_roles(requested: &[Role]) -> Result<BTreeSet<Role>, String> {
+    let roles: BTreeSet<Role> = requested
+        .iter()
+        .flat_map(|&role| match role {
+            Role::All => Role::CONCRETE,
+            Role::Ingest => &[Role::Ingest][..],
+            Role::Relay => &[Role::Relay][..],
+            Role::Worker => &[Role::Worker][..],
+        })
+        .copied()
+        .collect();
     if roles.is_empty() {
         return Err("no role to run".into());
     }
-    Ok(RoleSelection { roles, unavailable })
+    Ok(roles)
 }
 
 /// The name of a role as written on the command line.
@@ -147,19 +121,13 @@ mod tests {
     }
 
     #[test]
-    fn all_runs_what_exists_and_reports_the_rest() {
-        let selection = select_roles(&[Role::All]).unwrap();
-        assert_eq!(selection.roles, Role::AVAILABLE.iter().copied().collect());
-        for role in selection.unavailable {
-            assert!(!Role::AVAILABLE.contains(&role));
-        }
-    }
-
-    #[test]
-    fn naming_an_unavailable_role_is_refused() {
-        for &role in Role::CONCRETE {
-            let result = select_roles(&[role]);
-            assert_eq!(result.is_ok(), Role::AVAILABLE.contains(&role), "{role:?}");
-        }
+    fn all_expands_to_every_role_and_duplicates_collapse() {
+        let every: BTreeSet<Role> = Role::CONCRETE.iter().copied().collect();
+        assert_eq!(select_roles(&[Role::All]).unwrap(), every);
+        assert_eq!(select_roles(&[Role::Relay, Role::All]).unwrap(), every);
+        assert_eq!(
+            select_roles(&[Role::Worker, Role::Worker]).unwrap(),
+            BTreeSet::from([Role::Worker])
+        );
     }
 }

@@ -183,6 +183,10 @@ impl Default for RelayConfig {
 pub struct WorkerConfig {
     /// Deliveries in flight per process, across every destination.
     pub concurrency: usize,
+    /// A claim's lease is the destination's timeout plus this: the time a worker has to
+    /// record an outcome. After a worker crash its deliveries are retried once it expires.
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
     pub retry: RetryConfig,
 }
 
@@ -190,6 +194,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            lease_margin: Duration::from_secs(30),
             retry: RetryConfig::default(),
         }
     }
@@ -353,18 +358,8 @@ impl Secret {
         if let Some(name) = self.0.strip_prefix("env:") {
             match std::env::var(name) {
                 Ok(value) if !value.is_empty() => self.0 = value,
-                Ok(_) => {
-                    return Err(invalid(
-                        key,
-                        format!("environment variable {name} is empty"),
-                    ))
-                }
-                Err(_) => {
-                    return Err(invalid(
-                        key,
-                        format!("environment variable {name} is not set"),
-                    ))
-                }
+                Ok(_) => return Err(invalid(key, format!("environment variable {name} is empty"))),
+                Err(_) => return Err(invalid(key, format!("environment variable {name} is not set"))),
             }
         }
         Ok(())
@@ -569,10 +564,7 @@ impl Config {
         shown.database.url = Secret::new(redact_url_password(self.database.url.expose()));
         shown.broker.url = Secret::new(redact_url_password(self.broker.url.expose()));
         let mut table = toml::Table::try_from(&shown).unwrap_or_default();
-        for (section, shown_url) in [
-            ("database", &shown.database.url),
-            ("broker", &shown.broker.url),
-        ] {
+        for (section, shown_url) in [("database", &shown.database.url), ("broker", &shown.broker.url)] {
             if let Some(toml::Value::Table(t)) = table.get_mut(section) {
                 t.insert("url".into(), toml::Value::String(shown_url.0.clone()));
             }

@@ -2,7 +2,7 @@
 //! PostgreSQL (an outbox), relays it through RabbitMQ and delivers it, signed, to every
 //! subscribed downstream service.
 //!
-//! Roles (`ingest`, `relay`) sit on top; they meet only through `app`, `db` and the shared
+//! Roles (`ingest`, `relay`, `worker`) sit on top; they meet only through `app`, `db` and the shared
 //! modules below them, and never import each other.
 
 pub mod app;
@@ -17,3 +17,4 @@ pub mod ops;
 pub mod relay;
 pub mod signing;
 pub mod telemetry;
+pub mod worker;

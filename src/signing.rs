@@ -32,24 +32,14 @@ pub fn verify(key: &[u8], parts: &[&[u8]], mac: &[u8]) -> bool {
 /// The key bytes of a `whsec_<base64>` secret, or `None` when it is not one.
 pub fn decode_whsec(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix(WHSEC_PREFIX)?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
+    let key = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
     (!key.is_empty()).then_some(key)
 }
 
 /// The Standard Webhooks `webhook-signature` value (`v1,<base64>`) for one message.
-pub fn standard_webhooks_signature(
-    key: &[u8],
-    msg_id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> String {
+pub fn standard_webhooks_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let timestamp = timestamp.to_string();
-    let tag = sign(
-        key,
-        &[msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-    );
+    let tag = sign(key, &[msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
     format!(
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(tag.as_ref())

@@ -7,6 +7,7 @@
 //! and report their state in [`Health`]. A connection is only ever closed on its own
 //! thread (closing joins amiquip's I/O thread, which must not block a tokio worker).
 
+mod consumer;
 mod publisher;
 mod session;
 mod topology;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+pub use consumer::{Acker, Consumer, IncomingMessage};
 pub use publisher::Publisher;
 pub use topology::Topology;
 
@@ -70,7 +72,7 @@ pub mod headers {
 /// Connection state of this process's broker threads, for `/readyz` and metrics.
 #[derive(Debug, Default)]
 pub struct Health {
-    components: std::sync::Mutex<BTreeMap<&'static str, bool>>,
+    components: std::sync::Mutex<BTreeMap<String, bool>>,
     /// Whether any component has ever registered (roles without a broker never do).
     used: AtomicBool,
 }
@@ -81,24 +83,24 @@ impl Health {
     }
 
     /// Records whether `component` (e.g. `publisher`) is connected.
-    pub fn set(&self, component: &'static str, connected: bool) {
+    pub fn set(&self, component: &str, connected: bool) {
         self.used.store(true, Ordering::Relaxed);
         if let Ok(mut components) = self.components.lock() {
-            components.insert(component, connected);
+            components.insert(component.to_string(), connected);
         }
     }
 
     /// `None` when no broker component runs in this process; otherwise whether every
     /// component is connected, with the names of those that are not.
-    pub fn status(&self) -> Option<Result<(), Vec<&'static str>>> {
+    pub fn status(&self) -> Option<Result<(), Vec<String>>> {
         if !self.used.load(Ordering::Relaxed) {
             return None;
         }
         let components = self.components.lock().ok()?;
-        let down: Vec<&'static str> = components
+        let down: Vec<String> = components
             .iter()
             .filter(|(_, up)| !**up)
-            .map(|(name, _)| *name)
+            .map(|(name, _)| name.clone())
             .collect();
         Some(if down.is_empty() { Ok(()) } else { Err(down) })
     }

@@ -13,9 +13,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Confirm, Connection, FieldTable, Publish, Return,
-};
+use amiquip::{AmqpProperties, AmqpValue, Channel, Confirm, Connection, FieldTable, Publish, Return};
 use tokio::sync::oneshot;
 
 use super::{headers, session, Error, Health, OutgoingMessage, Topology};
@@ -52,11 +50,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the publisher thread. It connects in the background; until then every
     /// publish fails with [`Error::NotConnected`].
-    pub fn start(
-        config: &BrokerConfig,
-        topology: Topology,
-        health: Arc<Health>,
-    ) -> std::io::Result<Self> {
+    pub fn start(config: &BrokerConfig, topology: Topology, health: Arc<Health>) -> std::io::Result<Self> {
         let (commands, receiver) = mpsc::channel();
         health.set(COMPONENT, false);
         let worker = PublisherThread {
@@ -76,11 +70,7 @@ impl Publisher {
     pub async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<(), Error>> {
         let count = messages.len();
         let (reply, answer) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Publish { messages, reply })
-            .is_err()
-        {
+        if self.commands.send(Command::Publish { messages, reply }).is_err() {
             return vec![Err(Error::NotConnected); count];
         }
         answer
@@ -90,16 +80,10 @@ impl Publisher {
 
     /// The number of ready (not yet delivered) messages in each destination's queue,
     /// from a passive declare.
-    pub async fn ready_counts(
-        &self,
-        destinations: Vec<String>,
-    ) -> Result<HashMap<String, u32>, Error> {
+    pub async fn ready_counts(&self, destinations: Vec<String>) -> Result<HashMap<String, u32>, Error> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::ReadyCounts {
-                destinations,
-                reply,
-            })
+            .send(Command::ReadyCounts { destinations, reply })
             .map_err(|_| Error::NotConnected)?;
         answer.await.map_err(|_| Error::NotConnected)?
     }
@@ -137,9 +121,7 @@ impl Session {
     fn close(self) {
         // Closing joins amiquip's I/O thread; this runs on the publisher thread.
         let Session {
-            channel,
-            connection,
-            ..
+            channel, connection, ..
         } = self;
         let _ = channel.close();
         let _ = connection.close();
@@ -183,10 +165,7 @@ impl PublisherThread {
                     let results = self.publish(&messages);
                     let _ = reply.send(results);
                 }
-                Ok(Command::ReadyCounts {
-                    destinations,
-                    reply,
-                }) => {
+                Ok(Command::ReadyCounts { destinations, reply }) => {
                     let _ = reply.send(self.ready_counts(&destinations));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.check_liveness(),
@@ -213,10 +192,7 @@ impl PublisherThread {
 
     fn check_liveness(&mut self) {
         let Some(session) = &self.session else { return };
-        if let Err(e) = session
-            .channel
-            .exchange_declare_passive(self.topology.exchange())
-        {
+        if let Err(e) = session.channel.exchange_declare_passive(self.topology.exchange()) {
             self.drop_session(&e.to_string());
         }
     }
@@ -232,10 +208,7 @@ impl PublisherThread {
                 .queue_declare_passive(self.topology.queue(destination))
             {
                 Ok(queue) => {
-                    counts.insert(
-                        destination.clone(),
-                        queue.declared_message_count().unwrap_or(0),
-                    );
+                    counts.insert(destination.clone(), queue.declared_message_count().unwrap_or(0));
                 }
                 Err(e) => {
                     // A failed passive declare closes the channel: start over.
@@ -252,12 +225,7 @@ impl PublisherThread {
         let Some(session) = self.session.as_mut() else {
             return vec![Err(Error::NotConnected); messages.len()];
         };
-        let outcome = publish_confirmed(
-            session,
-            &self.topology,
-            messages,
-            self.config.confirm_timeout,
-        );
+        let outcome = publish_confirmed(session, &self.topology, messages, self.config.confirm_timeout);
         if let Some(reason) = outcome.reset_reason {
             self.drop_session(&reason);
         }
@@ -380,10 +348,7 @@ fn publish_confirmed(
 fn properties(message: &OutgoingMessage) -> AmqpProperties {
     let mut table = FieldTable::new();
     let text = |value: &str| AmqpValue::LongString(value.to_string());
-    table.insert(
-        headers::EVENT_UUID.into(),
-        text(&message.event_uuid.to_string()),
-    );
+    table.insert(headers::EVENT_UUID.into(), text(&message.event_uuid.to_string()));
     table.insert(headers::EVENT_ID.into(), text(&message.event_id));
     table.insert(headers::SOURCE.into(), text(&message.source));
     table.insert(headers::EVENT_TYPE.into(), text(&message.event_type));

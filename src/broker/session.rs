@@ -29,10 +29,7 @@ fn tuned_url(url: &str, heartbeat: Duration) -> String {
             query.append_pair("heartbeat", &heartbeat.as_secs().max(1).to_string());
         }
         if !present.iter().any(|k| k == "connection_timeout") {
-            query.append_pair(
-                "connection_timeout",
-                &CONNECT_TIMEOUT.as_millis().to_string(),
-            );
+            query.append_pair("connection_timeout", &CONNECT_TIMEOUT.as_millis().to_string());
         }
     }
     parsed.to_string()
@@ -53,10 +50,7 @@ mod tests {
 
     #[test]
     fn heartbeat_and_timeout_are_added_unless_given() {
-        let url = tuned_url(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            Duration::from_secs(10),
-        );
+        let url = tuned_url("amqp://guest:guest@127.0.0.1:5672/%2f", Duration::from_secs(10));
         assert!(
             url.contains("heartbeat=10") && url.contains("connection_timeout=5000"),
             "{url}"
@@ -73,9 +67,6 @@ mod tests {
         let delays: Vec<Duration> = reconnect_delays().take(12).collect();
         assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
         assert!(delays[3] >= Duration::from_millis(800), "{delays:?}");
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(30)),
-            "{delays:?}"
-        );
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)), "{delays:?}");
     }
 }

@@ -9,9 +9,7 @@
 //!
 //! Declarations are idempotent: every (re)connect declares everything again.
 
-use amiquip::{
-    AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
-};
+use amiquip::{AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions};
 
 use crate::config::{BrokerConfig, QueueType};
 
@@ -29,8 +27,7 @@ impl Topology {
         Self {
             prefix: config.prefix.clone(),
             queue_type: config.queue_type,
-            dead_letter_ttl_ms: i64::try_from(config.dead_letter_ttl.as_millis())
-                .unwrap_or(i64::MAX),
+            dead_letter_ttl_ms: i64::try_from(config.dead_letter_ttl.as_millis()).unwrap_or(i64::MAX),
             destinations: destinations.into_iter().collect(),
         }
     }
@@ -66,8 +63,7 @@ impl Topology {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        let exchange =
-            channel.exchange_declare(ExchangeType::Direct, self.exchange(), durable.clone())?;
+        let exchange = channel.exchange_declare(ExchangeType::Direct, self.exchange(), durable.clone())?;
         // Fanout: every dead letter lands in the one dead-letter queue whatever its
         // routing key (the destination name stays in the message's headers).
         let dead_letter_exchange =
@@ -98,10 +94,7 @@ impl Topology {
                 QueueType::Quorum => "quorum",
                 QueueType::Classic => "classic",
             };
-            args.insert(
-                "x-queue-type".into(),
-                AmqpValue::LongString(queue_type.into()),
-            );
+            args.insert("x-queue-type".into(), AmqpValue::LongString(queue_type.into()));
             // A worker rejects (requeue = false) a message whose delivery is dead or
             // unparseable; RabbitMQ then moves it to the dead-letter exchange.
             args.insert(

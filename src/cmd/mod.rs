@@ -17,10 +17,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Loads the configuration and installs logging with `--log-format` taking precedence.
 fn load_config_and_init_logging(cli: &Cli) -> anyhow::Result<Config> {
     let config = load_config(cli)?;
-    crate::telemetry::init(
-        cli.log_format.unwrap_or(config.log.format),
-        &config.log.level,
-    );
+    crate::telemetry::init(cli.log_format.unwrap_or(config.log.format), &config.log.level);
     Ok(config)
 }
 

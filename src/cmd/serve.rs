@@ -10,18 +10,7 @@ use crate::db::migrate;
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = super::load_config_and_init_logging(cli)?;
-    let selection = select_roles(&cli.role).map_err(anyhow::Error::msg)?;
-    if !selection.unavailable.is_empty() {
-        let missing: Vec<&str> = selection
-            .unavailable
-            .iter()
-            .map(|r| role_name(*r))
-            .collect();
-        tracing::warn!(
-            missing = %missing.join(","),
-            "--role all: these roles are not available in this build and do not run"
-        );
-    }
+    let roles = select_roles(&cli.role).map_err(anyhow::Error::msg)?;
     super::runtime()?.block_on(async {
         let url = config.database.url.expose();
         migrate::ensure_database(url).await?;
@@ -30,14 +19,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             tracing::info!(count = applied.len(), "applied migrations");
         }
 
-        let ctx = AppContext::new(config, selection.roles)?;
+        let ctx = AppContext::new(config, roles)?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(cancel_on_signal(shutdown.clone())?);
         let daemon = Daemon::start(ctx.clone(), shutdown).await?;
         let roles: Vec<&str> = ctx.roles.iter().map(|r| role_name(*r)).collect();
         tracing::info!(
             roles = %roles.join(","),
-            ingest = ?daemon.ingest_addr,
+            ingest = %daemon.ingest_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),
             ops = %daemon.ops_addr,
             version = env!("CARGO_PKG_VERSION"),
             "relayd started"
@@ -48,14 +37,17 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     })
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-    }
-    shutdown.cancel();
-    Ok(())
+/// Installs the SIGTERM and SIGINT handlers now (so a signal arriving right after
+/// startup is not fatal) and returns a task that cancels `shutdown` on the first one.
+fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+        shutdown.cancel();
+    })
 }

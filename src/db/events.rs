@@ -11,10 +11,7 @@ use super::schema::events;
 /// when this call stored it, `None` for a duplicate. Concurrent duplicates are settled
 /// by the unique constraint (`ON CONFLICT DO NOTHING`), never by a prior SELECT: the
 /// loser waits for the winner's commit and then sees the conflict.
-pub async fn insert_if_new(
-    conn: &mut AsyncPgConnection,
-    event: &NewEvent<'_>,
-) -> QueryResult<Option<Uuid>> {
+pub async fn insert_if_new(conn: &mut AsyncPgConnection, event: &NewEvent<'_>) -> QueryResult<Option<Uuid>> {
     diesel::insert_into(events::table)
         .values(event)
         .on_conflict((events::source, events::event_id))

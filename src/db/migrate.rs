@@ -22,9 +22,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x7265_6c61_7964_6d67;
 pub async fn run_pending(database_url: &str) -> anyhow::Result<Vec<String>> {
     let url = database_url.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-                .context("connecting to the database to migrate")?;
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+            .context("connecting to the database to migrate")?;
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
             .context("taking the migration lock")?;
         let applied = conn
@@ -33,8 +32,7 @@ pub async fn run_pending(database_url: &str) -> anyhow::Result<Vec<String>> {
             .map_err(|e| anyhow::anyhow!("applying migrations: {e}"));
         // Closing the connection would release the lock too; unlock explicitly so the
         // next replica proceeds even if this connection lingers.
-        let unlocked =
-            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+        let unlocked = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
         let applied = applied?;
         unlocked.context("releasing the migration lock")?;
         Ok(applied)
@@ -47,9 +45,8 @@ pub async fn run_pending(database_url: &str) -> anyhow::Result<Vec<String>> {
 pub async fn revert_all(database_url: &str) -> anyhow::Result<usize> {
     let url = database_url.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-                .context("connecting to the database to revert")?;
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+            .context("connecting to the database to revert")?;
         conn.revert_all_migrations(MIGRATIONS)
             .map(|versions| versions.len())
             .map_err(|e| anyhow::anyhow!("reverting migrations: {e}"))
@@ -97,9 +94,7 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<bool> {
     {
         Ok(_) => Ok(true),
         // Another replica created it between our check and our CREATE.
-        Err(diesel::result::Error::DatabaseError(_, info))
-            if info.message().contains("already exists") =>
-        {
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => {
             Ok(false)
         }
         Err(e) => Err(e).with_context(|| format!("creating database {name:?}")),

@@ -4,6 +4,7 @@
 //! Query functions take `&mut AsyncPgConnection` so that the caller owns the
 //! transaction. Nothing here knows about HTTP or the broker.
 
+pub mod attempts;
 pub mod deliveries;
 pub mod events;
 pub mod migrate;

@@ -239,14 +239,11 @@ enum Stored {
 /// Stores the event and its outbox rows atomically, or recognises a duplicate.
 /// Any storage failure is `Unavailable`: the provider retries later and, since nothing
 /// was committed, nothing is lost or doubled.
-async fn store(
-    ctx: &AppContext,
-    event: &NewEvent<'_>,
-    destinations: &[&str],
-) -> Result<Stored, ApiError> {
-    let mut conn = ctx.pool.get().await.map_err(|e| {
-        ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection"))
-    })?;
+async fn store(ctx: &AppContext, event: &NewEvent<'_>, destinations: &[&str]) -> Result<Stored, ApiError> {
+    let mut conn =
+        ctx.pool.get().await.map_err(|e| {
+            ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection"))
+        })?;
     let rows: Vec<NewDelivery<'_>> = destinations
         .iter()
         .map(|destination| NewDelivery {

@@ -47,9 +47,7 @@ impl Router {
         self.subscriptions
             .iter()
             .filter(move |s| s.sources.is_empty() || s.sources.iter().any(|name| name == source))
-            .filter(move |s| {
-                s.event_types.is_empty() || s.event_types.iter().any(|p| p.matches(event_type))
-            })
+            .filter(move |s| s.event_types.is_empty() || s.event_types.iter().any(|p| p.matches(event_type)))
             .map(|s| s.destination.as_str())
     }
 }
@@ -87,10 +85,7 @@ mod tests {
             &["invoice.*", "payment_intent.succeeded"],
         )]);
         assert_eq!(route(&router, "stripe", "invoice.paid"), ["billing"]);
-        assert_eq!(
-            route(&router, "stripe", "payment_intent.succeeded"),
-            ["billing"]
-        );
+        assert_eq!(route(&router, "stripe", "payment_intent.succeeded"), ["billing"]);
         assert!(route(&router, "stripe", "payment_intent.failed").is_empty());
         assert!(route(&router, "stripe", "customer.created").is_empty());
     }
@@ -109,9 +104,6 @@ mod tests {
     fn no_destination_matches_when_none_subscribes() {
         let router = Router::new(&[destination("a", &["github"], &["push"])]);
         assert!(route(&router, "stripe", "push").is_empty());
-        assert!(Router::new(&[])
-            .destinations_for("stripe", "x")
-            .next()
-            .is_none());
+        assert!(Router::new(&[]).destinations_for("stripe", "x").next().is_none());
     }
 }

@@ -73,7 +73,6 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
         HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
     } else {
         tracing::warn!(checks = %serde_json::Value::Object(checks.clone()), "not ready");
-        HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "unavailable", "checks": checks }))
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "checks": checks }))
     }
 }

@@ -15,20 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::OUTBOX_CHANNEL;
 
-pub async fn forward_notifications(
-    database_url: String,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+pub async fn forward_notifications(database_url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
     let mut delays = delays();
     while !shutdown.is_cancelled() {
         match listen(&database_url).await {
             Ok(mut conn) => {
                 delays = self::delays();
-                tracing::debug!(
-                    channel = OUTBOX_CHANNEL,
-                    "listening for outbox notifications"
-                );
+                tracing::debug!(channel = OUTBOX_CHANNEL, "listening for outbox notifications");
                 wake.notify_one();
                 let notifications = conn.notifications_stream();
                 let mut notifications = std::pin::pin!(notifications);

@@ -162,10 +162,7 @@ impl Relay {
     /// A row still `queued` past its re-check time is re-published only when its
     /// destination queue is empty (the broker lost it); behind a backlog it is only
     /// waiting, and re-publishing it would make the backlog feed itself.
-    async fn split_lost_from_waiting(
-        &self,
-        due: Vec<DueDelivery>,
-    ) -> (Vec<DueDelivery>, Vec<uuid::Uuid>) {
+    async fn split_lost_from_waiting(&self, due: Vec<DueDelivery>) -> (Vec<DueDelivery>, Vec<uuid::Uuid>) {
         let queued = DeliveryStatus::Queued.as_str();
         let destinations: BTreeSet<String> = due
             .iter()

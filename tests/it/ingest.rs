@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{
-    self, post_stripe, stripe_event, stripe_signature, Relayd, TestDb, STRIPE_SECRET,
-};
+use crate::support::{self, post_stripe, stripe_event, stripe_signature, Relayd, TestDb, STRIPE_SECRET};
 
 async fn json(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -27,8 +25,7 @@ async fn accepted_event_is_stored_byte_for_byte_with_one_pending_row_per_destina
     let client = reqwest::Client::new();
     let body = stripe_event("evt_accept_1", "invoice.paid");
 
-    let (status, answer) =
-        json(post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await).await;
+    let (status, answer) = json(post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "accepted");
     assert_eq!(answer["event_id"], "evt_accept_1");
@@ -71,14 +68,10 @@ async fn repeated_event_is_answered_duplicate_and_stored_once() {
 
     let (_, first) = json(post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await).await;
     // The same provider event, re-signed later and sent to the alias path.
-    let (status, second) =
-        json(post_stripe(&client, &relayd.url("/stripe/webhook"), &body).await).await;
+    let (status, second) = json(post_stripe(&client, &relayd.url("/stripe/webhook"), &body).await).await;
     assert_eq!(status, 200);
     assert_eq!(second["status"], "duplicate");
-    assert_eq!(
-        second["id"], first["id"],
-        "a duplicate names the stored event"
-    );
+    assert_eq!(second["id"], first["id"], "a duplicate names the stored event");
     assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
     assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 1);
     relayd.stop().await.unwrap();
@@ -211,8 +204,7 @@ async fn signed_body_that_is_not_a_stripe_event_is_an_invalid_payload() {
         b"[1,2,3]",
         b"\xff\xfe",
     ] {
-        let (status, answer) =
-            json(post_stripe(&client, &relayd.url("/webhooks/stripe"), body).await).await;
+        let (status, answer) = json(post_stripe(&client, &relayd.url("/webhooks/stripe"), body).await).await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"], "invalid_payload");
     }
@@ -227,22 +219,11 @@ async fn unknown_source_is_404_and_unknown_paths_are_json_404s() {
     let client = reqwest::Client::new();
     let body = stripe_event("evt_unknown", "invoice.paid");
 
-    let (status, answer) =
-        json(post_stripe(&client, &relayd.url("/webhooks/shopify"), &body).await).await;
-    assert_eq!(
-        (status, answer["error"].as_str()),
-        (404, Some("unknown_source"))
-    );
+    let (status, answer) = json(post_stripe(&client, &relayd.url("/webhooks/shopify"), &body).await).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_source")));
     let (status, answer) = json(client.get(relayd.url("/nope")).send().await.unwrap()).await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
-    let (status, answer) = json(
-        client
-            .get(relayd.url("/webhooks/stripe"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, answer) = json(client.get(relayd.url("/webhooks/stripe")).send().await.unwrap()).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (405, Some("method_not_allowed"))
@@ -258,8 +239,8 @@ async fn body_over_the_limit_is_413_and_not_stored() {
     config.ingest.max_body_bytes = 1024;
     let relayd = Relayd::ingest(config).await;
     let client = reqwest::Client::new();
-    let big = serde_json::json!({"id": "evt_big", "type": "invoice.paid", "pad": "x".repeat(2048)})
-        .to_string();
+    let big =
+        serde_json::json!({"id": "evt_big", "type": "invoice.paid", "pad": "x".repeat(2048)}).to_string();
     let (status, answer) =
         json(post_stripe(&client, &relayd.url("/webhooks/stripe"), big.as_bytes()).await).await;
     assert_eq!(
@@ -268,8 +249,7 @@ async fn body_over_the_limit_is_413_and_not_stored() {
     );
 
     // Exactly at the limit is fine.
-    let empty_pad =
-        serde_json::json!({"id": "evt_fits", "type": "invoice.paid", "pad": ""}).to_string();
+    let empty_pad = serde_json::json!({"id": "evt_fits", "type": "invoice.paid", "pad": ""}).to_string();
     let fitting = serde_json::json!({"id": "evt_fits", "type": "invoice.paid", "pad": "y".repeat(1024 - empty_pad.len())})
         .to_string();
     assert_eq!(fitting.len(), 1024);
@@ -328,12 +308,7 @@ async fn events_route_to_matching_destinations_only() {
     let client = reqwest::Client::new();
     let cases = [
         ("stripe", "evt_r1", "invoice.paid", vec!["invoices"]),
-        (
-            "stripe",
-            "evt_r2",
-            "payment_intent.succeeded",
-            vec!["payments"],
-        ),
+        ("stripe", "evt_r2", "payment_intent.succeeded", vec!["payments"]),
         ("stripe", "evt_r3", "payment_intent.failed", vec![]),
         (
             "stripe-connect",
@@ -350,8 +325,7 @@ async fn events_route_to_matching_destinations_only() {
     ];
     for (source, id, event_type, expected) in cases {
         let url = relayd.url(&format!("/webhooks/{source}"));
-        let (status, _) =
-            json(post_stripe(&client, &url, &stripe_event(id, event_type)).await).await;
+        let (status, _) = json(post_stripe(&client, &url, &stripe_event(id, event_type)).await).await;
         assert_eq!(status, 200);
         let mut conn = db.connect().await;
         use diesel::prelude::*;
@@ -381,12 +355,7 @@ async fn ingest_listener_serves_healthz_but_never_admin_and_ops_reports_ready() 
     let relayd = Relayd::ingest(support::config(&db.url)).await;
     let client = reqwest::Client::new();
     assert_eq!(
-        client
-            .get(relayd.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.get(relayd.url("/healthz")).send().await.unwrap().status(),
         200
     );
     for path in ["/admin", "/admin/", "/admin/api/stats", "/readyz"] {
@@ -410,9 +379,8 @@ async fn in_flight_request_finishes_during_graceful_stop() {
     let header = stripe_signature(STRIPE_SECRET, support::now(), &body);
     // Send the headers now and the body only after shutdown has begun.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let request = tokio::spawn(
         reqwest::Client::new()
             .post(url)
@@ -426,10 +394,7 @@ async fn in_flight_request_finishes_during_graceful_stop() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     tx.send(Ok(body)).await.unwrap();
     drop(tx);
-    let response = request
-        .await
-        .unwrap()
-        .expect("in-flight request is answered");
+    let response = request.await.unwrap().expect("in-flight request is answered");
     assert_eq!(response.status(), 200);
     stopping.await.unwrap().expect("clean stop");
     assert_eq!(

@@ -4,5 +4,8 @@
 mod cli;
 mod ingest;
 mod migrations;
+mod process;
 mod relay;
+mod sink;
 mod support;
+mod worker;

@@ -39,10 +39,7 @@ async fn concurrent_migrations_are_serialized_by_the_advisory_lock() {
         .collect();
     let mut applied_by = 0;
     for run in runs {
-        let applied = run
-            .await
-            .unwrap()
-            .expect("every replica's migration succeeds");
+        let applied = run.await.unwrap().expect("every replica's migration succeeds");
         if !applied.is_empty() {
             applied_by += 1;
         }

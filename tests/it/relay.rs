@@ -25,20 +25,11 @@ fn config(db: &TestDb, broker: &TestBroker, destinations: &[&str]) -> Config {
 async fn stored_delivery_reaches_its_quorum_queue_intact_and_is_marked_queued() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["billing"]);
-    let relayd = Relayd::start(
-        config(&db, &broker, &["billing"]),
-        &[Role::Ingest, Role::Relay],
-    )
-    .await;
+    let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Ingest, Role::Relay]).await;
     relayd.wait_ready().await;
 
     let body = stripe_event("evt_relay_1", "invoice.paid");
-    let response = post_stripe(
-        &reqwest::Client::new(),
-        &relayd.url("/webhooks/stripe"),
-        &body,
-    )
-    .await;
+    let response = post_stripe(&reqwest::Client::new(), &relayd.url("/webhooks/stripe"), &body).await;
     let answer: serde_json::Value = response.json().await.unwrap();
     let event_uuid = answer["id"].as_str().unwrap().to_string();
 
@@ -83,10 +74,7 @@ async fn stored_delivery_reaches_its_quorum_queue_intact_and_is_marked_queued() 
         let queue_type = queue_type.to_string();
         TestBroker::with_channel(move |channel| {
             let mut args = amiquip::FieldTable::new();
-            args.insert(
-                "x-queue-type".into(),
-                amiquip::AmqpValue::LongString(queue_type),
-            );
+            args.insert("x-queue-type".into(), amiquip::AmqpValue::LongString(queue_type));
             args.insert(
                 "x-dead-letter-exchange".into(),
                 amiquip::AmqpValue::LongString(dlx),
@@ -153,13 +141,9 @@ async fn notify_from_another_process_wakes_a_relay_only_instance() {
 
     let body = stripe_event("evt_notify", "invoice.paid");
     assert_eq!(
-        post_stripe(
-            &reqwest::Client::new(),
-            &ingest.url("/webhooks/stripe"),
-            &body
-        )
-        .await
-        .status(),
+        post_stripe(&reqwest::Client::new(), &ingest.url("/webhooks/stripe"), &body)
+            .await
+            .status(),
         200
     );
     let accepted = Instant::now();
@@ -205,10 +189,7 @@ async fn broker_down_keeps_rows_pending_and_everything_is_published_once_after_r
     assert_eq!(readyz.status(), 503);
     let reason: serde_json::Value = readyz.json().await.unwrap();
     assert!(
-        reason["checks"]["broker"]
-            .as_str()
-            .unwrap()
-            .contains("publisher"),
+        reason["checks"]["broker"].as_str().unwrap().contains("publisher"),
         "{reason}"
     );
     relayd.stop().await.unwrap();
@@ -311,11 +292,7 @@ async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again()
     assert_eq!(published.len(), 10, "the broker confirmed the batch");
     drop(conn);
     drop(publisher);
-    assert_eq!(
-        db.statuses(&ids).await,
-        vec!["pending"; 10],
-        "nothing was marked"
-    );
+    assert_eq!(db.statuses(&ids).await, vec!["pending"; 10], "nothing was marked");
 
     let relayd = Relayd::start(config, &[Role::Relay]).await;
     let messages = broker
@@ -343,9 +320,7 @@ async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again()
 async fn retrying_rows_wait_for_their_time_and_expired_leases_are_republished() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["billing"]);
-    let retry_later = db
-        .seed_deliveries(3, "billing", "retrying", "1 hour", None)
-        .await;
+    let retry_later = db.seed_deliveries(3, "billing", "retrying", "1 hour", None).await;
     let retry_now = db
         .seed_deliveries(3, "billing", "retrying", "-1 second", None)
         .await;
@@ -358,18 +333,13 @@ async fn retrying_rows_wait_for_their_time_and_expired_leases_are_republished() 
     let done = db
         .seed_deliveries(3, "billing", "delivered", "-1 hour", None)
         .await;
-    let dead = db
-        .seed_deliveries(3, "billing", "dead", "-1 hour", None)
-        .await;
+    let dead = db.seed_deliveries(3, "billing", "dead", "-1 hour", None).await;
 
     let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Relay]).await;
     let messages = broker
         .drain(&broker.queue("billing"), 6, Duration::from_secs(10))
         .await;
-    let published: HashSet<uuid::Uuid> = messages
-        .iter()
-        .map(|m| m.message_id().parse().unwrap())
-        .collect();
+    let published: HashSet<uuid::Uuid> = messages.iter().map(|m| m.message_id().parse().unwrap()).collect();
     let expected: HashSet<uuid::Uuid> = retry_now.iter().chain(&lease_expired).copied().collect();
     assert_eq!(published, expected);
     assert_eq!(db.statuses(&retry_later).await, vec!["retrying"; 3]);
@@ -394,9 +364,7 @@ async fn stale_queued_rows_are_republished_only_when_their_queue_is_empty() {
     let waiting = db
         .seed_deliveries(2, "billing", "queued", "-1 second", None)
         .await;
-    let lost = db
-        .seed_deliveries(2, "ledger", "queued", "-1 second", None)
-        .await;
+    let lost = db.seed_deliveries(2, "ledger", "queued", "-1 second", None).await;
     let relayd = Relayd::start(config, &[Role::Relay]).await;
 
     let republished = broker

@@ -149,21 +149,16 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async {
                 if let Ok(mut admin) =
                     AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await
                 {
-                    let _ = diesel::sql_query(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut admin)
-                    .await;
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
             });
         })
@@ -226,9 +221,7 @@ impl Relayd {
         validate(&config);
         let ctx = AppContext::new(config, roles.iter().copied().collect()).expect("context");
         let shutdown = CancellationToken::new();
-        let daemon = Daemon::start(ctx, shutdown.clone())
-            .await
-            .expect("start relayd");
+        let daemon = Daemon::start(ctx, shutdown.clone()).await.expect("start relayd");
         let ingest = daemon.ingest_addr;
         let ops = daemon.ops_addr;
         let task = tokio::spawn(daemon.wait());
@@ -246,10 +239,7 @@ impl Relayd {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!(
-            "http://{}{path}",
-            self.ingest.expect("the ingest role runs")
-        )
+        format!("http://{}{path}", self.ingest.expect("the ingest role runs"))
     }
 
     pub fn ops_url(&self, path: &str) -> String {
@@ -291,10 +281,7 @@ fn validate(config: &Config) {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// `Stripe-Signature` for `body` at `t`, computed with ring as Stripe documents it.
@@ -322,10 +309,7 @@ pub async fn post_stripe(client: &reqwest::Client, url: &str, body: &[u8]) -> re
     client
         .post(url)
         .header("content-type", "application/json")
-        .header(
-            "stripe-signature",
-            stripe_signature(STRIPE_SECRET, now(), body),
-        )
+        .header("stripe-signature", stripe_signature(STRIPE_SECRET, now(), body))
         .body(body.to_vec())
         .send()
         .await
@@ -339,8 +323,7 @@ pub fn relayd_binary() -> PathBuf {
 
 /// Writes `contents` to a unique file under the temp directory.
 pub fn temp_file(contents: &str) -> TempFile {
-    let path =
-        std::env::temp_dir().join(format!("relayd-it-{}.toml", uuid::Uuid::now_v7().simple()));
+    let path = std::env::temp_dir().join(format!("relayd-it-{}.toml", uuid::Uuid::now_v7().simple()));
     std::fs::write(&path, contents).expect("write temp file");
     TempFile(path)
 }
@@ -385,12 +368,9 @@ impl TestBroker {
     }
 
     /// Runs `f` with a fresh channel on a thread of its own (amiquip blocks).
-    pub fn with_channel<T: Send + 'static>(
-        f: impl FnOnce(&amiquip::Channel) -> T + Send + 'static,
-    ) -> T {
+    pub fn with_channel<T: Send + 'static>(f: impl FnOnce(&amiquip::Channel) -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            let mut connection =
-                amiquip::Connection::insecure_open(BROKER_URL).expect("connect to RabbitMQ");
+            let mut connection = amiquip::Connection::insecure_open(BROKER_URL).expect("connect to RabbitMQ");
             let channel = connection.open_channel(None).expect("open a channel");
             let result = f(&channel);
             let _ = channel.close();
@@ -451,10 +431,7 @@ impl TestBroker {
         let body = body.to_vec();
         Self::with_channel(move |channel| {
             channel
-                .basic_publish(
-                    "",
-                    amiquip::Publish::with_properties(&body, queue, properties),
-                )
+                .basic_publish("", amiquip::Publish::with_properties(&body, queue, properties))
                 .expect("publish")
         });
     }
@@ -477,10 +454,7 @@ impl Drop for TestBroker {
                 })
             });
         }
-        for exchange in [
-            format!("{prefix}.deliveries"),
-            format!("{prefix}.dead-letter"),
-        ] {
+        for exchange in [format!("{prefix}.deliveries"), format!("{prefix}.dead-letter")] {
             let _ = std::panic::catch_unwind(|| {
                 Self::with_channel(move |channel| {
                     let _ = channel.exchange_delete(exchange, false);

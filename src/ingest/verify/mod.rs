@@ -36,12 +36,7 @@ pub enum Error {
 
 /// Checks one provider's signature scheme.
 pub trait Verifier: Send + Sync {
-    fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<VerifiedEvent, Error>;
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error>;
 
     /// Request headers worth keeping with the event for operators (lower-case names).
     /// Signature headers are never kept: they are useless after verification.

@@ -56,8 +56,8 @@ fn parse_header(value: &str) -> Result<SignatureHeader, Error> {
             _ => {}
         }
     }
-    let timestamp = timestamp
-        .ok_or_else(|| Error::InvalidSignature("Stripe-Signature has no timestamp".into()))?;
+    let timestamp =
+        timestamp.ok_or_else(|| Error::InvalidSignature("Stripe-Signature has no timestamp".into()))?;
     if signatures.is_empty() {
         return Err(Error::InvalidSignature(
             "Stripe-Signature has no v1 signature".into(),
@@ -78,12 +78,7 @@ struct StripeEvent {
 }
 
 impl Verifier for StripeVerifier {
-    fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<VerifiedEvent, Error> {
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error> {
         let value = header_str(headers, SIGNATURE_HEADER)
             .ok_or_else(|| Error::InvalidSignature("missing Stripe-Signature header".into()))?;
         let header = parse_header(value)?;
@@ -179,9 +174,7 @@ mod tests {
     #[test]
     fn any_of_several_v1_signatures_may_match_and_v0_is_ignored() {
         let header = format!("t={T},v0=deadbeef,v1={V1_OLD_SECRET},v1={V1_SECRET}");
-        assert!(verifier(&[SECRET])
-            .verify(&headers(&header), BODY, at(T))
-            .is_ok());
+        assert!(verifier(&[SECRET]).verify(&headers(&header), BODY, at(T)).is_ok());
         let only_v0 = format!("t={T},v0={V1_SECRET}");
         assert!(matches!(
             verifier(&[SECRET]).verify(&headers(&only_v0), BODY, at(T)),
@@ -207,10 +200,7 @@ mod tests {
         assert!(v.verify(&header, BODY, at(T + 300)).is_ok());
         assert!(v.verify(&header, BODY, at(T - 300)).is_ok());
         assert!(v.verify(&header, BODY, at(T + 301)).is_err(), "stale");
-        assert!(
-            v.verify(&header, BODY, at(T - 301)).is_err(),
-            "from the future"
-        );
+        assert!(v.verify(&header, BODY, at(T - 301)).is_err(), "from the future");
     }
 
     #[test]
@@ -222,11 +212,7 @@ mod tests {
             .is_err());
         let shifted = T + 1;
         assert!(v
-            .verify(
-                &headers(&format!("t={shifted},v1={V1_SECRET}")),
-                BODY,
-                at(T)
-            )
+            .verify(&headers(&format!("t={shifted},v1={V1_SECRET}")), BODY, at(T))
             .is_err());
     }
 
@@ -268,10 +254,7 @@ mod tests {
             let mac = signing::sign(SECRET.as_bytes(), &[t.as_bytes(), b".", body]);
             let header = headers(&format!("t={T},v1={}", hex::encode(mac.as_ref())));
             assert!(
-                matches!(
-                    v.verify(&header, body, at(T)),
-                    Err(Error::InvalidPayload(_))
-                ),
+                matches!(v.verify(&header, body, at(T)), Err(Error::InvalidPayload(_))),
                 "{body:?}"
             );
         }

@@ -1,0 +1,299 @@
+//! Consuming one destination queue on a dedicated thread.
+//!
+//! The thread owns a connection, a channel with a bounded prefetch, and an amiquip
+//! consumer (which is not `Send`, hence the thread). Deliveries cross to async code as
+//! [`IncomingMessage`]s carrying an [`Acker`]; acks, nacks and rejects travel back to
+//! the thread, which applies them to the broker. Manual acks only: a message is
+//! acknowledged after its outcome is recorded, never before. When the connection is
+//! lost the thread reconnects with backoff; unacknowledged messages of the old
+//! connection are redelivered by the broker, so their stale ackers are ignored.
+//! [`Consumer::stop`] cancels consumption and lets in-flight messages be settled
+//! within a grace period before the connection closes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions, Delivery};
+use crossbeam_channel::{select, Receiver, Sender};
+use tokio::sync::mpsc;
+
+use super::{session, Health, Topology};
+use crate::config::BrokerConfig;
+
+/// A message taken from a destination queue, not yet settled.
+#[derive(Debug)]
+pub struct IncomingMessage {
+    /// `message_id` as published (the delivery id), if any.
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    /// Text headers (`x-relayd-*`).
+    pub headers: HashMap<String, String>,
+    /// Integer headers (`x-relayd-attempt`).
+    pub int_headers: HashMap<String, i64>,
+    pub redelivered: bool,
+    pub body: Vec<u8>,
+    pub acker: Acker,
+}
+
+/// How a message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    /// Put back on the queue for another try later.
+    Requeue,
+    /// Refuse without requeue: the queue dead-letters it.
+    Reject,
+}
+
+/// Settles one message; dropping it unsettled leaves the message unacknowledged until
+/// the connection closes (then the broker redelivers it).
+#[derive(Debug)]
+pub struct Acker {
+    generation: u64,
+    tag: u64,
+    commands: Sender<Command>,
+}
+
+impl Acker {
+    pub fn ack(self) {
+        self.settle(Settle::Ack);
+    }
+
+    pub fn requeue(self) {
+        self.settle(Settle::Requeue);
+    }
+
+    pub fn reject(self) {
+        self.settle(Settle::Reject);
+    }
+
+    fn settle(self, how: Settle) {
+        let _ = self.commands.send(Command::Settle {
+            generation: self.generation,
+            tag: self.tag,
+            how,
+        });
+    }
+}
+
+enum Command {
+    Settle { generation: u64, tag: u64, how: Settle },
+    Stop { grace: Duration },
+}
+
+/// The async side of a consumer thread.
+pub struct Consumer {
+    messages: mpsc::UnboundedReceiver<IncomingMessage>,
+    commands: Sender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Starts consuming `destination`'s queue with at most `prefetch` unacknowledged
+    /// messages. Connects in the background and reports in `health`.
+    pub fn start(
+        config: &BrokerConfig,
+        topology: Topology,
+        destination: &str,
+        prefetch: u16,
+        health: Arc<Health>,
+    ) -> std::io::Result<Self> {
+        // Unbounded on purpose: the broker never has more than `prefetch` messages
+        // unacknowledged, so this never holds more, and the thread must never block on
+        // it (it also applies the acks that free the slots).
+        let (to_async, messages) = mpsc::unbounded_channel();
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let component = format!("consumer:{destination}");
+        health.set(&component, false);
+        let thread = ConsumerThread {
+            config: config.clone(),
+            queue: topology.queue(destination),
+            topology,
+            prefetch,
+            health,
+            component,
+            to_async,
+            commands: commands.clone(),
+            command_rx,
+            generation: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("relayd-consumer-{destination}"))
+            .spawn(move || thread.run())?;
+        Ok(Self {
+            messages,
+            commands,
+            thread: Some(handle),
+        })
+    }
+
+    /// The next message, or `None` once the consumer has stopped.
+    pub async fn recv(&mut self) -> Option<IncomingMessage> {
+        self.messages.recv().await
+    }
+
+    /// Stops taking new messages; settlements keep working for `grace`, then the
+    /// connection closes and anything unsettled is redelivered by the broker. Waits for
+    /// the thread on a blocking thread.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.commands.send(Command::Stop { grace });
+        self.messages.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+struct ConsumerThread {
+    config: BrokerConfig,
+    topology: Topology,
+    queue: String,
+    prefetch: u16,
+    health: Arc<Health>,
+    component: String,
+    to_async: mpsc::UnboundedSender<IncomingMessage>,
+    commands: Sender<Command>,
+    command_rx: Receiver<Command>,
+    /// Incremented per connection: tags of an older connection are meaningless.
+    generation: u64,
+}
+
+/// Why a connection's consume loop ended.
+enum Ended {
+    Lost(String),
+    Stopped,
+}
+
+impl ConsumerThread {
+    fn run(mut self) {
+        let mut delays = session::reconnect_delays();
+        loop {
+            match self.consume_once() {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::Lost(reason)) => {
+                    tracing::warn!(queue = %self.queue, %reason, "consumer lost its broker connection; reconnecting");
+                    delays = session::reconnect_delays();
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "consumer cannot connect to the broker")
+                }
+            }
+            self.health.set(&self.component, false);
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            // Wait for the next attempt, but stop at once if asked to.
+            match self.command_rx.recv_timeout(delay) {
+                Ok(Command::Stop { .. }) => break,
+                Ok(Command::Settle { .. }) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.health.set(&self.component, false);
+    }
+
+    /// One connection's life: connect, consume until lost or stopped, close.
+    fn consume_once(&mut self) -> amiquip::Result<Ended> {
+        let mut connection = session::connect(&self.config)?;
+        let channel = connection.open_channel(None)?;
+        self.topology.declare(&channel)?;
+        // Prefetch bounds unacknowledged messages on this channel: it is the
+        // destination's `max_in_flight`, since a message stays unacked until its outcome
+        // is recorded.
+        channel.qos(0, self.prefetch, false)?;
+        // Manual acks (`no_ack: false`, the default).
+        let consumer = channel.basic_consume(self.queue.clone(), ConsumerOptions::default())?;
+        self.generation += 1;
+        self.health.set(&self.component, true);
+        tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
+
+        let mut unsettled: HashMap<u64, Delivery> = HashMap::new();
+        let mut stop_deadline: Option<Instant> = None;
+        let ended = loop {
+            if let Some(deadline) = stop_deadline {
+                if unsettled.is_empty() || Instant::now() >= deadline {
+                    break Ended::Stopped;
+                }
+            }
+            let wait = stop_deadline.map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            select! {
+                recv(consumer.receiver()) -> message => match message {
+                    Ok(ConsumerMessage::Delivery(mut delivery)) => {
+                        let incoming = self.incoming(&mut delivery);
+                        unsettled.insert(delivery.delivery_tag(), delivery);
+                        if self.to_async.send(incoming).is_err() {
+                            // The worker stopped listening: leave the rest to redelivery.
+                            break Ended::Stopped;
+                        }
+                    }
+                    Ok(ConsumerMessage::ClientCancelled) => {}
+                    Ok(other) => break Ended::Lost(format!("{other:?}")),
+                    Err(_) => break Ended::Lost("consumer channel closed".into()),
+                },
+                recv(self.command_rx) -> command => match command {
+                    Ok(Command::Settle { generation, tag, how }) => {
+                        if generation != self.generation {
+                            continue;
+                        }
+                        if let Some(delivery) = unsettled.remove(&tag) {
+                            let result = match how {
+                                Settle::Ack => consumer.ack(delivery),
+                                Settle::Requeue => consumer.nack(delivery, true),
+                                Settle::Reject => consumer.reject(delivery, false),
+                            };
+                            if let Err(e) = result {
+                                break Ended::Lost(e.to_string());
+                            }
+                        }
+                    }
+                    Ok(Command::Stop { grace }) => {
+                        let _ = consumer.cancel();
+                        stop_deadline = Some(Instant::now() + grace);
+                    }
+                    Err(_) => break Ended::Stopped,
+                },
+                default(wait) => {}
+            }
+        };
+        drop(consumer);
+        // Closing joins amiquip's I/O thread: this is the consumer's own thread.
+        let _ = channel.close();
+        let _ = connection.close();
+        Ok(ended)
+    }
+
+    fn incoming(&self, delivery: &mut Delivery) -> IncomingMessage {
+        let mut text = HashMap::new();
+        let mut ints = HashMap::new();
+        if let Some(table) = delivery.properties.headers() {
+            for (name, value) in table {
+                match value {
+                    AmqpValue::LongString(s) => {
+                        text.insert(name.clone(), s.clone());
+                    }
+                    AmqpValue::LongInt(i) => {
+                        ints.insert(name.clone(), i64::from(*i));
+                    }
+                    AmqpValue::LongLongInt(i) => {
+                        ints.insert(name.clone(), *i);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        IncomingMessage {
+            message_id: delivery.properties.message_id().clone(),
+            content_type: delivery.properties.content_type().clone(),
+            headers: text,
+            int_headers: ints,
+            redelivered: delivery.redelivered,
+            body: std::mem::take(&mut delivery.body),
+            acker: Acker {
+                generation: self.generation,
+                tag: delivery.delivery_tag(),
+                commands: self.commands.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The worker role: RabbitMQ → destination HTTP services.
+//!
+//! One consumer per destination queue (prefetch = the destination's `max_in_flight`,
+//! so a slow destination holds only its own slots) and one semaphore of
+//! `worker.concurrency` permits across them. For each message: claim the delivery with
+//! a conditional UPDATE (a message whose row is not claimable is a duplicate: ack and
+//! drop), POST it signed, then record the attempt and the outcome in one transaction,
+//! and only then ack (or reject a dead one to the dead-letter exchange). A message
+//! whose outcome could not be recorded is requeued, never acked. On shutdown the
+//! consumers stop taking messages, in-flight deliveries get the grace period to finish
+//! and be recorded, and whatever is left unacked is redelivered by the broker.
+
+mod schedule;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel_async::AsyncConnection;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_retry::strategy::{jitter, ExponentialBackoff};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::AppContext;
+use crate::broker::{headers, Consumer, IncomingMessage, Topology};
+use crate::db::attempts::{self, NewAttempt};
+use crate::db::deliveries::{self, Outcome};
+use crate::db::PooledConnection;
+
+/// Runs the worker until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let worker = Arc::new(Worker {
+        ctx: ctx.clone(),
+        client: send::client().context("building the HTTP client")?,
+        permits: Arc::new(Semaphore::new(config.worker.concurrency)),
+        targets: config
+            .destinations
+            .iter()
+            .map(|d| {
+                let target = send::Target {
+                    url: reqwest::Url::parse(&d.url)
+                        .with_context(|| format!("destination {} url", d.name))?,
+                    signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
+                        .with_context(|| format!("destination {} signing_secret", d.name))?,
+                    timeout: d.timeout,
+                };
+                Ok((d.name.clone(), Arc::new(target)))
+            })
+            .collect::<anyhow::Result<HashMap<_, _>>>()?,
+    });
+    let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
+    let mut destinations = JoinSet::new();
+    for destination in &config.destinations {
+        let prefetch = destination.max_in_flight.min(config.worker.concurrency);
+        let consumer = Consumer::start(
+            &config.broker,
+            topology.clone(),
+            &destination.name,
+            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            ctx.broker_health.clone(),
+        )
+        .with_context(|| format!("starting the consumer of {}", destination.name))?;
+        destinations.spawn(consume(worker.clone(), consumer, shutdown.clone()));
+    }
+    if config.destinations.is_empty() {
+        tracing::warn!("no destination is configured: the worker has nothing to consume");
+    }
+    while destinations.join_next().await.is_some() {}
+    Ok(())
+}
+
+struct Worker {
+    ctx: Arc<AppContext>,
+    client: reqwest::Client,
+    /// `worker.concurrency` across every destination.
+    permits: Arc<Semaphore>,
+    targets: HashMap<String, Arc<send::Target>>,
+}
+
+/// Feeds one destination's messages to delivery tasks until shutdown, then drains.
+async fn consume(worker: Arc<Worker>, mut consumer: Consumer, shutdown: CancellationToken) {
+    let mut in_flight = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            message = consumer.recv() => {
+                let Some(message) = message else { break };
+                let permit = tokio::select! {
+                    permit = worker.permits.clone().acquire_owned() => permit,
+                    _ = shutdown.cancelled() => break,
+                };
+                let Ok(permit) = permit else { break };
+                let worker = worker.clone();
+                in_flight.spawn(async move {
+                    worker.handle(message).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let grace = worker.ctx.config.shutdown.grace_period;
+    let drain = async { while in_flight.join_next().await.is_some() {} };
+    // Both at once: the consumer thread applies the acks of the deliveries finishing.
+    let (drained, ()) = tokio::join!(tokio::time::timeout(grace, drain), consumer.stop(grace));
+    if drained.is_err() {
+        tracing::warn!("grace period over: unfinished deliveries stay unacked and will be redelivered");
+    }
+}
+
+/// Delays for retrying database work in the worker: 100 ms doubling to 2 s, 6 tries.
+fn db_retry() -> impl Iterator<Item = Duration> {
+    ExponentialBackoff::from_millis(2)
+        .factor(50)
+        .max_delay(Duration::from_secs(2))
+        .map(jitter)
+        .take(6)
+}
+
+/// The parts of a message a delivery needs.
+struct Envelope {
+    delivery_id: uuid::Uuid,
+    event_uuid: String,
+    source: String,
+    event_type: String,
+    content_type: String,
+}
+
+fn envelope(message: &IncomingMessage) -> Result<Envelope, String> {
+    let delivery_id = message
+        .message_id
+        .as_deref()
+        .ok_or("no message_id")?
+        .parse::<uuid::Uuid>()
+        .map_err(|_| "message_id is not a delivery id")?;
+    let header = |name: &str| {
+        message
+            .headers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("missing header {name}"))
+    };
+    Ok(Envelope {
+        delivery_id,
+        event_uuid: header(headers::EVENT_UUID)?,
+        source: header(headers::SOURCE)?,
+        event_type: header(headers::EVENT_TYPE)?,
+        content_type: message
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/json".into()),
+    })
+}
+
+impl Worker {
+    async fn handle(&self, message: IncomingMessage) {
+        let envelope = match envelope(&message) {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                tracing::error!(%reason, "unparseable message rejected to the dead-letter queue");
+                message.acker.reject();
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "delivery",
+            delivery.id = %envelope.delivery_id,
+            event.id = %envelope.event_uuid,
+            destination = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        self.deliver(envelope, message).instrument(span).await;
+    }
+
+    async fn deliver(&self, envelope: Envelope, message: IncomingMessage) {
+        let IncomingMessage { body, acker, .. } = message;
+        let span = tracing::Span::current();
+        let claimed = self
+            .with_db(|mut conn| async move {
+                let lease = self.claim_lease();
+                deliveries::claim(&mut conn, envelope.delivery_id, lease).await
+            })
+            .await;
+        let claimed = match claimed {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => {
+                tracing::debug!("delivery not claimable (done, dead or held elsewhere): duplicate dropped");
+                acker.ack();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim; message requeued");
+                acker.requeue();
+                return;
+            }
+        };
+        span.record("destination", claimed.destination.as_str());
+        span.record("attempt", claimed.attempts);
+        let Some(target) = self.targets.get(&claimed.destination).cloned() else {
+            // The destination was removed from the configuration: nothing can deliver it.
+            let outcome = Outcome::Dead {
+                status_code: None,
+                error: format!("destination {:?} is not configured", claimed.destination),
+            };
+            self.settle(envelope.delivery_id, claimed.attempts, None, outcome, acker)
+                .await;
+            return;
+        };
+
+        let response = send::send(
+            &self.client,
+            &target,
+            send::Request {
+                webhook_id: &envelope.event_uuid,
+                delivery_id: &envelope.delivery_id.to_string(),
+                source: &envelope.source,
+                event_type: &envelope.event_type,
+                attempt: claimed.attempts,
+                content_type: &envelope.content_type,
+                body,
+            },
+        )
+        .await;
+        let status_code = response.status_code.map(i32::from);
+        let outcome = if response.is_success() {
+            Outcome::Delivered {
+                status_code: status_code.unwrap_or(200),
+            }
+        } else {
+            let error = response
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("HTTP {}", status_code.unwrap_or(0)));
+            schedule::after_failure(
+                &self.ctx.config.worker.retry,
+                claimed.attempts,
+                schedule::Failure {
+                    status_code,
+                    error,
+                    retry_after: response.retry_after,
+                },
+            )
+        };
+        self.settle(
+            envelope.delivery_id,
+            claimed.attempts,
+            Some(&response),
+            outcome,
+            acker,
+        )
+        .await;
+    }
+
+    /// Records the attempt and the outcome in one transaction, then acks (or rejects a
+    /// dead delivery to the dead-letter exchange). Unrecorded means requeued.
+    async fn settle(
+        &self,
+        delivery_id: uuid::Uuid,
+        attempt: i32,
+        response: Option<&send::Response>,
+        outcome: Outcome,
+        acker: crate::broker::Acker,
+    ) {
+        let recorded = self
+            .with_db(|mut conn| {
+                let outcome = &outcome;
+                async move {
+                    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                        if let Some(response) = response {
+                            attempts::insert(
+                                conn,
+                                &NewAttempt {
+                                    delivery_id,
+                                    attempt,
+                                    started_at: response.started_at,
+                                    duration_ms: i32::try_from(response.duration.as_millis())
+                                        .unwrap_or(i32::MAX),
+                                    status_code: response.status_code.map(i32::from),
+                                    error: response.error.as_deref(),
+                                    response_snippet: response.snippet.as_deref(),
+                                },
+                            )
+                            .await?;
+                        }
+                        deliveries::record_outcome(conn, delivery_id, attempt, outcome).await
+                    })
+                    .await
+                }
+            })
+            .await;
+        match (recorded, &outcome) {
+            (Err(e), _) => {
+                tracing::error!(error = %e, "cannot record the outcome; message requeued");
+                acker.requeue();
+            }
+            (Ok(false), _) => {
+                tracing::warn!(
+                    "the lease expired and another worker took this delivery over; outcome not recorded"
+                );
+                acker.ack();
+            }
+            (Ok(true), Outcome::Delivered { status_code }) => {
+                tracing::info!(status = status_code, "delivered");
+                acker.ack();
+            }
+            (Ok(true), Outcome::Retrying { retry_in, error, .. }) => {
+                tracing::warn!(%error, retry_in = ?retry_in, "attempt failed; will retry");
+                acker.ack();
+            }
+            (Ok(true), Outcome::Dead { error, .. }) => {
+                tracing::error!(%error, "attempts exhausted; delivery is dead");
+                acker.reject();
+            }
+        }
+    }
+
+    /// Runs `op` with a pooled connection, retrying transient failures with backoff.
+    async fn with_db<T, F, Fut>(&self, op: F) -> Result<T, String>
+    where
+        F: Fn(PooledConnection) -> Fut,
+        Fut: std::future::Future<Output = diesel::QueryResult<T>>,
+    {
+        let mut delays = db_retry();
+        loop {
+            let result = match self.ctx.pool.get().await {
+                Ok(conn) => op(conn).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match (result, delays.next()) {
+                (Ok(value), _) => return Ok(value),
+                (Err(e), Some(delay)) => {
+                    tracing::debug!(error = %e, retry_in = ?delay, "database operation failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
+    }
+
+    /// The lease of a claim: the longest destination timeout plus `worker.lease_margin`
+    /// (the row's destination is only known once claimed; the longest is always enough).
+    /// A crashed worker's delivery is retried once its lease has expired.
+    fn claim_lease(&self) -> Duration {
+        let longest = self.targets.values().map(|t| t.timeout).max().unwrap_or_default();
+        longest + self.ctx.config.worker.lease_margin
+    }
+}

@@ -1,0 +1,173 @@
+//! A downstream HTTP service for tests: records every request it gets and answers as
+//! told (succeed, fail the first N tries of each webhook, ask to retry later, hang).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+/// How the sink answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 every time.
+    Succeed,
+    /// `status` for the first `n` requests of each `webhook-id`, then 200.
+    FailFirst { n: usize, status: u16 },
+    /// 503 with `Retry-After: seconds` for the first request of each webhook, then 200.
+    RetryAfterOnce { seconds: u64 },
+    /// `status` forever.
+    AlwaysFail { status: u16 },
+    /// Answers 200 after `delay` (longer than the destination's timeout: a hang).
+    Slow { delay: Duration },
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn webhook_id(&self) -> String {
+        self.header("webhook-id").unwrap_or_default().to_string()
+    }
+
+    /// The provider event id in the body (the tests' Stripe events carry one).
+    pub fn event_id(&self) -> String {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        json["id"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+struct State {
+    behaviour: Behaviour,
+    received: Mutex<Vec<Received>>,
+    tries: Mutex<HashMap<String, usize>>,
+}
+
+pub struct Sink {
+    pub url: String,
+    state: Arc<State>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Sink {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            behaviour,
+            received: Mutex::new(Vec::new()),
+            tries: Mutex::new(HashMap::new()),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/hooks", web::post().to(receive))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { url, state, handle }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink got {} of {n} requests",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until requests for every event id in `ids` arrived.
+    pub async fn wait_for_events(&self, ids: &std::collections::HashSet<String>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: std::collections::HashSet<String> =
+                self.received().iter().map(Received::event_id).collect();
+            let missing = ids.difference(&got).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink still misses {missing} of {} events",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let received = Received {
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+    };
+    let id = received.webhook_id();
+    state.received.lock().unwrap().push(received);
+    let try_number = {
+        let mut tries = state.tries.lock().unwrap();
+        let n = tries.entry(id).or_default();
+        *n += 1;
+        *n
+    };
+    match &state.behaviour {
+        Behaviour::Succeed => HttpResponse::Ok().body("ok"),
+        Behaviour::FailFirst { n, status } if try_number <= *n => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body("try again")
+        }
+        Behaviour::FailFirst { .. } => HttpResponse::Ok().body("ok"),
+        Behaviour::RetryAfterOnce { seconds } if try_number == 1 => HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", seconds.to_string()))
+            .body("busy"),
+        Behaviour::RetryAfterOnce { .. } => HttpResponse::Ok().body("ok"),
+        Behaviour::AlwaysFail { status } => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body("broken")
+        }
+        Behaviour::Slow { delay } => {
+            tokio::time::sleep(*delay).await;
+            HttpResponse::Ok().body("late")
+        }
+    }
+}
