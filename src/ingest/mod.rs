@@ -38,6 +38,8 @@ const DEFAULT_CONTENT_TYPE: &str = "application/json";
 /// A configured source, ready to verify requests.
 struct Source {
     verifier: Box<dyn verify::Verifier>,
+    /// Request headers stored with each event (lower-case names).
+    kept_headers: Vec<String>,
 }
 
 /// Everything a request handler needs; built once per role start.
@@ -60,12 +62,14 @@ pub async fn run(
             .sources
             .iter()
             .map(|s| {
-                (
-                    s.name.clone(),
+                (s.name.clone(), {
+                    let verifier = verify::for_source(s);
+                    let kept_headers = verifier.kept_headers();
                     Source {
-                        verifier: verify::for_source(s),
-                    },
-                )
+                        verifier,
+                        kept_headers,
+                    }
+                })
             })
             .collect(),
         router: Router::new(&config.destinations),
@@ -155,7 +159,7 @@ async fn receive_for(
             event_type: &verified.event_type,
             payload: &body,
             content_type,
-            headers: kept_headers(request.headers(), source.verifier.kept_headers()),
+            headers: kept_headers(request.headers(), &source.kept_headers),
         };
         let destinations: Vec<&str> = state
             .router
@@ -214,12 +218,12 @@ async fn read_body(
 }
 
 /// The headers kept with the event, as a JSON object of UTF-8 values.
-fn kept_headers(headers: &HeaderMap, names: &[&str]) -> serde_json::Value {
+fn kept_headers(headers: &HeaderMap, names: &[String]) -> serde_json::Value {
     let kept: serde_json::Map<String, serde_json::Value> = names
         .iter()
         .filter_map(|name| {
-            let value = headers.get(*name)?.to_str().ok()?;
-            Some(((*name).to_string(), serde_json::Value::from(value)))
+            let value = headers.get(name.as_str())?.to_str().ok()?;
+            Some((name.clone(), serde_json::Value::from(value)))
         })
         .collect();
     serde_json::Value::Object(kept)

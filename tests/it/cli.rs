@@ -236,3 +236,49 @@ secrets = ["whsec_x"]
         "migrated at startup"
     );
 }
+
+#[test]
+fn check_config_validates_each_kinds_fields_and_warns_about_kind_none() {
+    let source = |fields: &str| format!("[[sources]]\nname = \"s\"\n{fields}\n");
+    let cases = [
+        ("kind = \"hmac\"\nsecrets = [\"k\"]\nid_header = \"x-id\"", "sources[0].signature_header"),
+        ("kind = \"hmac\"\nsecrets = [\"k\"]\nsignature_header = \"x-sig\"", "sources[0].id_header"),
+        (
+            "kind = \"hmac\"\nsecrets = [\"k\"]\nsignature_header = \"x-sig\"\nid_pointer = \"id\"",
+            "sources[0].id_pointer",
+        ),
+        ("kind = \"stripe\"\nsecrets = [\"k\"]\nprefix = \"sha256=\"", "sources[0].prefix"),
+        ("kind = \"github\"\nsecrets = [\"k\"]\nid_header = \"x-id\"", "sources[0].id_header"),
+        ("kind = \"github\"\nsecrets = []", "sources[0].secrets"),
+        ("kind = \"standard-webhooks\"\nsecrets = [\"not-whsec\"]", "sources[0].secrets[0]"),
+        ("kind = \"none\"\nsecrets = [\"k\"]", "sources[0].secrets"),
+        ("kind = \"hmac\"\nsecrets = [\"k\"]\nsignature_header = \"x-sig\"\nencoding = \"hexx\"\nid_from_body_hash = true", "encoding"),
+    ];
+    for (fields, key) in cases {
+        let output = relayd(&["check-config"], &source(fields));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{fields}: accepted");
+        assert!(
+            stderr.contains(key),
+            "{fields}: error does not name {key}: {stderr}"
+        );
+    }
+
+    let output = relayd(&["check-config"], &source("kind = \"none\""));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: sources[0].kind") && stderr.contains("local testing only"),
+        "{stderr}"
+    );
+
+    let valid_hmac =
+        "kind = \"hmac\"\nsecrets = [\"k\"]\nsignature_header = \"X-Sig\"\nencoding = \"base64\"\n\
+                      id_pointer = \"/data/id\"\ntype_header = \"X-Type\"";
+    let output = relayd(&["check-config"], &source(valid_hmac));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -5,6 +5,7 @@ mod cli;
 mod ingest;
 mod migrations;
 mod process;
+mod providers;
 mod relay;
 mod sink;
 mod support;

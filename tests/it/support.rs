@@ -183,12 +183,11 @@ pub fn config(database_url: &str) -> Config {
     config.ingest.listen = "127.0.0.1:0".parse().unwrap();
     config.ops.listen = "127.0.0.1:0".parse().unwrap();
     config.shutdown.grace_period = Duration::from_secs(5);
-    config.sources = vec![SourceConfig {
-        name: "stripe".into(),
-        kind: SourceKind::Stripe,
-        secrets: vec![Secret::new(STRIPE_SECRET), Secret::new(STRIPE_OLD_SECRET)],
-        tolerance: Duration::from_secs(300),
-    }];
+    config.sources = vec![SourceConfig::new(
+        "stripe",
+        SourceKind::Stripe,
+        vec![Secret::new(STRIPE_SECRET), Secret::new(STRIPE_OLD_SECRET)],
+    )];
     config
 }
 

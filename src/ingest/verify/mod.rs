@@ -1,18 +1,27 @@
 //! Signature verification, one verifier per source kind behind one small trait.
 //!
 //! A verifier sees the raw body bytes and the request headers, checks the provider's
-//! signature in constant time (see `crate::signing`) and extracts the provider's event
-//! id and type. It never panics on any input and never logs secrets or payloads.
+//! signature in constant time (see `crate::signing`) against every configured secret
+//! (rotation), and extracts the provider's event id (the idempotency key) and type. It
+//! never panics on any input and never logs secrets or payloads.
 
+mod body_hmac;
+mod extract;
+mod standard;
 mod stripe;
+mod unverified;
 
 use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::HeaderMap;
 
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 
+pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
+pub use extract::{IdSource, TypeSource};
+pub use standard::StandardWebhooksVerifier;
 pub use stripe::StripeVerifier;
+pub use unverified::UnverifiedSource;
 
 /// What a verified request yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +38,7 @@ pub enum Error {
     /// outside the tolerance.
     #[error("{0}")]
     InvalidSignature(String),
-    /// The signature is valid but the body lacks what the source needs (id, type).
+    /// The signature is valid but the request lacks what the source needs (id, type).
     #[error("{0}")]
     InvalidPayload(String),
 }
@@ -38,20 +47,49 @@ pub enum Error {
 pub trait Verifier: Send + Sync {
     fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error>;
 
-    /// Request headers worth keeping with the event for operators (lower-case names).
-    /// Signature headers are never kept: they are useless after verification.
-    fn kept_headers(&self) -> &'static [&'static str];
+    /// Request headers worth keeping with the event for operators (lower-case names):
+    /// the provider's id and type headers and `user-agent`. Signature headers are never
+    /// kept: they are useless after verification.
+    fn kept_headers(&self) -> Vec<String>;
 }
 
-/// The verifier for a configured source.
+/// The verifier for a configured (and validated) source.
 pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
-    let secrets = source
+    let secrets: Vec<Vec<u8>> = source
         .secrets
         .iter()
         .map(|s| s.expose().as_bytes().to_vec())
         .collect();
+    let custom_id = || IdSource::from_config(source).unwrap_or(IdSource::Pointer("/id".into()));
+    let custom_type = || TypeSource::from_config(source);
     match source.kind {
         SourceKind::Stripe => Box::new(StripeVerifier::new(secrets, source.tolerance)),
+        SourceKind::Github => Box::new(BodyHmacVerifier::new(BodyHmacScheme::github(), secrets)),
+        SourceKind::Shopify => Box::new(BodyHmacVerifier::new(BodyHmacScheme::shopify(), secrets)),
+        SourceKind::StandardWebhooks => {
+            // Validated as `whsec_<base64>` with the configuration.
+            let keys = source
+                .secrets
+                .iter()
+                .filter_map(|s| crate::signing::decode_whsec(s.expose()))
+                .collect();
+            Box::new(StandardWebhooksVerifier::new(keys, source.tolerance))
+        }
+        SourceKind::Hmac => Box::new(BodyHmacVerifier::new(
+            BodyHmacScheme {
+                signature_header: source
+                    .signature_header
+                    .clone()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                encoding: source.encoding.unwrap_or(SignatureEncoding::Hex),
+                prefix: source.prefix.clone().unwrap_or_default(),
+                id: custom_id(),
+                event_type: custom_type(),
+            },
+            secrets,
+        )),
+        SourceKind::None => Box::new(UnverifiedSource::new(custom_id(), custom_type())),
     }
 }
 
@@ -67,4 +105,74 @@ fn within_tolerance(timestamp: i64, now: SystemTime, tolerance: Duration) -> boo
 /// A header as UTF-8 text, if present and valid.
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    fn source(kind: SourceKind, secrets: &[&str]) -> SourceConfig {
+        SourceConfig::new("s", kind, secrets.iter().map(|s| Secret::new(*s)).collect())
+    }
+
+    fn every_kind() -> Vec<Box<dyn Verifier>> {
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let mut hmac = source(SourceKind::Hmac, &["k"]);
+        hmac.signature_header = Some("x-sig".into());
+        hmac.prefix = Some("sha256=".into());
+        hmac.id_pointer = Some("/id".into());
+        hmac.type_header = Some("x-type".into());
+        let mut hashed = source(SourceKind::Hmac, &["k"]);
+        hashed.signature_header = Some("x-sig".into());
+        hashed.encoding = Some(SignatureEncoding::Base64);
+        hashed.id_from_body_hash = true;
+        vec![
+            for_source(&source(SourceKind::Stripe, &[whsec])),
+            for_source(&source(SourceKind::Github, &["k"])),
+            for_source(&source(SourceKind::Shopify, &["k"])),
+            for_source(&source(SourceKind::StandardWebhooks, &[whsec])),
+            for_source(&hmac),
+            for_source(&hashed),
+            for_source(&source(SourceKind::None, &[])),
+        ]
+    }
+
+    const HEADERS: &[&str] = &[
+        "stripe-signature",
+        "x-hub-signature-256",
+        "x-github-delivery",
+        "x-github-event",
+        "x-shopify-hmac-sha256",
+        "x-shopify-webhook-id",
+        "x-shopify-topic",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-sig",
+        "x-type",
+    ];
+
+    proptest! {
+        #[test]
+        fn arbitrary_headers_and_bodies_never_panic_any_verifier(
+            values in proptest::collection::vec("\\PC{0,120}", HEADERS.len()),
+            present in proptest::collection::vec(any::<bool>(), HEADERS.len()),
+            body in proptest::collection::vec(any::<u8>(), 0..128),
+            now in any::<u64>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            for ((name, value), present) in HEADERS.iter().zip(&values).zip(&present) {
+                if let (true, Ok(value)) = (*present, HeaderValue::from_str(value)) {
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+            }
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now % (1 << 40));
+            for verifier in every_kind() {
+                let _ = verifier.verify(&headers, &body, now);
+            }
+        }
+    }
 }

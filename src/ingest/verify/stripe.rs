@@ -117,8 +117,8 @@ impl Verifier for StripeVerifier {
         })
     }
 
-    fn kept_headers(&self) -> &'static [&'static str] {
-        &["user-agent"]
+    fn kept_headers(&self) -> Vec<String> {
+        vec!["user-agent".into()]
     }
 }
 

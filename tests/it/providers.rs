@@ -1,0 +1,368 @@
+//! Every source kind over HTTP: accepted, duplicate, bad signature, missing headers,
+//! rotated secret, and (for timestamped kinds) stale and future timestamps. Requests are
+//! signed here with `ring` directly, following each provider's documentation.
+
+use base64::Engine;
+use relayd::config::{Secret, SignatureEncoding, SourceConfig, SourceKind};
+use serde_json::Value;
+
+use crate::support::{self, Relayd, TestDb};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn mac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message)
+        .as_ref()
+        .to_vec()
+}
+
+/// Request headers as (name, value) pairs.
+type Headers = Vec<(String, String)>;
+
+/// One provider under test.
+struct Provider {
+    source: SourceConfig,
+    /// Signs `body` for event `id` at time `t` with `secret`: the request's headers.
+    sign: fn(secret: &str, id: &str, t: i64, body: &[u8]) -> Headers,
+    /// A body for event `id`.
+    body: fn(id: &str) -> Vec<u8>,
+    /// The event id relayd should store for event `id` and `body`.
+    stored_id: fn(id: &str, body: &[u8]) -> String,
+    event_type: &'static str,
+    timestamped: bool,
+    /// Header kept with the event (besides user-agent), if any.
+    kept_header: Option<&'static str>,
+}
+
+fn source(name: &str, kind: SourceKind, secrets: &[&str]) -> SourceConfig {
+    SourceConfig::new(name, kind, secrets.iter().map(|s| Secret::new(*s)).collect())
+}
+
+fn json_body(id: &str) -> Vec<u8> {
+    serde_json::json!({"id": id, "type": "order.created", "data": {"n": 1}})
+        .to_string()
+        .into_bytes()
+}
+
+fn providers() -> Vec<Provider> {
+    let mut hmac_hex = source("custom-hex", SourceKind::Hmac, &["hex-secret-1", "hex-secret-2"]);
+    hmac_hex.signature_header = Some("X-Signature".into());
+    hmac_hex.encoding = Some(SignatureEncoding::Hex);
+    hmac_hex.prefix = Some("sha256=".into());
+    hmac_hex.id_header = Some("X-Event-Id".into());
+    hmac_hex.type_pointer = Some("/type".into());
+
+    let mut hmac_hash = source("custom-hash", SourceKind::Hmac, &["b64-secret-1", "b64-secret-2"]);
+    hmac_hash.signature_header = Some("X-Mac".into());
+    hmac_hash.encoding = Some(SignatureEncoding::Base64);
+    hmac_hash.id_from_body_hash = true;
+
+    vec![
+        Provider {
+            source: source(
+                "stripe",
+                SourceKind::Stripe,
+                &["whsec_stripe_1", "whsec_stripe_2"],
+            ),
+            sign: |secret, _id, t, body| {
+                let signed = [format!("{t}.").as_bytes(), body].concat();
+                let v1 = hex::encode(mac(secret.as_bytes(), &signed));
+                vec![("stripe-signature".into(), format!("t={t},v1={v1}"))]
+            },
+            body: |id| {
+                serde_json::json!({"id": id, "object": "event", "type": "invoice.paid"})
+                    .to_string()
+                    .into_bytes()
+            },
+            stored_id: |id, _| id.into(),
+            event_type: "invoice.paid",
+            timestamped: true,
+            kept_header: None,
+        },
+        Provider {
+            source: source("github", SourceKind::Github, &["gh-secret-1", "gh-secret-2"]),
+            sign: |secret, id, _t, body| {
+                vec![
+                    (
+                        "x-hub-signature-256".into(),
+                        format!("sha256={}", hex::encode(mac(secret.as_bytes(), body))),
+                    ),
+                    ("x-github-delivery".into(), id.into()),
+                    ("x-github-event".into(), "push".into()),
+                ]
+            },
+            body: |_| br#"{"ref":"refs/heads/main"}"#.to_vec(),
+            stored_id: |id, _| id.into(),
+            event_type: "push",
+            timestamped: false,
+            kept_header: Some("x-github-delivery"),
+        },
+        Provider {
+            source: source("shopify", SourceKind::Shopify, &["shpss_1", "shpss_2"]),
+            sign: |secret, id, _t, body| {
+                vec![
+                    (
+                        "x-shopify-hmac-sha256".into(),
+                        B64.encode(mac(secret.as_bytes(), body)),
+                    ),
+                    ("x-shopify-webhook-id".into(), id.into()),
+                    ("x-shopify-topic".into(), "orders/create".into()),
+                ]
+            },
+            body: |_| br#"{"id":820982911946154508}"#.to_vec(),
+            stored_id: |id, _| id.into(),
+            event_type: "orders/create",
+            timestamped: false,
+            kept_header: Some("x-shopify-topic"),
+        },
+        Provider {
+            source: source(
+                "svix",
+                SourceKind::StandardWebhooks,
+                &[
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "whsec_AQIDBAUGBwgJCgsMDQ4PEA==",
+                ],
+            ),
+            sign: |secret, id, t, body| {
+                let key = B64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+                let signed = [format!("{id}.{t}.").as_bytes(), body].concat();
+                vec![
+                    ("webhook-id".into(), id.into()),
+                    ("webhook-timestamp".into(), t.to_string()),
+                    (
+                        "webhook-signature".into(),
+                        format!("v1,{}", B64.encode(mac(&key, &signed))),
+                    ),
+                ]
+            },
+            body: json_body,
+            stored_id: |id, _| id.into(),
+            event_type: "order.created",
+            timestamped: true,
+            kept_header: Some("webhook-id"),
+        },
+        Provider {
+            source: hmac_hex,
+            sign: |secret, id, _t, body| {
+                vec![
+                    (
+                        "x-signature".into(),
+                        format!("sha256={}", hex::encode(mac(secret.as_bytes(), body))),
+                    ),
+                    ("x-event-id".into(), id.into()),
+                ]
+            },
+            body: json_body,
+            stored_id: |id, _| id.into(),
+            event_type: "order.created",
+            timestamped: false,
+            kept_header: Some("x-event-id"),
+        },
+        Provider {
+            source: hmac_hash,
+            sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
+            body: json_body,
+            stored_id: |_, body| hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
+            event_type: "unknown",
+            timestamped: false,
+            kept_header: None,
+        },
+    ]
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, Value) {
+    let mut request = client.post(url).body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
+    let db = TestDb::migrated().await;
+    let providers = providers();
+    let mut config = support::config(&db.url);
+    config.sources = providers.iter().map(|p| p.source.clone()).collect();
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let now = support::now();
+
+    for provider in &providers {
+        let name = &provider.source.name;
+        let url = relayd.url(&format!("/webhooks/{name}"));
+        let secret = provider.source.secrets[0].expose();
+        let rotated = provider.source.secrets[1].expose();
+        let id = format!("{name}-evt-1");
+        let body = (provider.body)(&id);
+
+        let (status, answer) = post(&client, &url, &(provider.sign)(secret, &id, now, &body), &body).await;
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (200, Some("accepted")),
+            "{name}: {answer}"
+        );
+        let stored_id = (provider.stored_id)(&id, &body);
+        assert_eq!(answer["event_id"], stored_id.as_str(), "{name}");
+        assert_eq!(
+            db.count(&format!(
+                "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id}' \
+                 AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
+                 'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac']",
+                provider.event_type,
+                hex::encode(&body)
+            ))
+            .await,
+            1,
+            "{name}: stored with its id, type and raw body, without signature headers"
+        );
+        if let Some(kept) = provider.kept_header {
+            assert_eq!(
+                db.count(&format!(
+                    "SELECT count(*) FROM events WHERE source = '{name}' AND headers ? '{kept}'"
+                ))
+                .await,
+                1,
+                "{name}: keeps {kept}"
+            );
+        }
+
+        // The same event again, signed anew (a provider retry): duplicate, one row.
+        let (status, answer) = post(
+            &client,
+            &url,
+            &(provider.sign)(secret, &id, now + 1, &body),
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (200, Some("duplicate")),
+            "{name}: {answer}"
+        );
+
+        // Rotation: the second secret is as good as the first.
+        let id2 = format!("{name}-evt-2");
+        let body2 = (provider.body)(&id2);
+        let (status, answer) = post(
+            &client,
+            &url,
+            &(provider.sign)(rotated, &id2, now, &body2),
+            &body2,
+        )
+        .await;
+        assert_eq!(status, 200, "{name} rotated secret: {answer}");
+
+        // Refusals, none of which stores anything.
+        let id3 = format!("{name}-evt-3");
+        let body3 = (provider.body)(&id3);
+        let wrong = (provider.sign)(
+            if provider.source.kind == SourceKind::StandardWebhooks {
+                "whsec_c29tZW9uZSBlbHNl"
+            } else {
+                "someone-else"
+            },
+            &id3,
+            now,
+            &body3,
+        );
+        let mut cases = vec![("wrong secret", wrong), ("no headers", Vec::new())];
+        let signed = (provider.sign)(secret, &id3, now, &body3);
+        for (header, _) in &signed {
+            let without: Vec<_> = signed.iter().filter(|(h, _)| h != header).cloned().collect();
+            let expected_refusal = !matches!(header.as_str(), "x-github-event" | "x-shopify-topic");
+            if expected_refusal {
+                cases.push(("a missing header", without));
+            }
+        }
+        if provider.timestamped {
+            cases.push(("stale", (provider.sign)(secret, &id3, now - 301, &body3)));
+            cases.push(("future", (provider.sign)(secret, &id3, now + 301, &body3)));
+        }
+        for (case, headers) in cases {
+            let (status, answer) = post(&client, &url, &headers, &body3).await;
+            assert_eq!(status, 400, "{name}, {case}: {answer}");
+            assert!(
+                matches!(
+                    answer["error"].as_str(),
+                    Some("invalid_signature" | "invalid_payload")
+                ),
+                "{name}, {case}: {answer}"
+            );
+        }
+        let stored_id3 = (provider.stored_id)(&id3, &body3);
+        assert_eq!(
+            db.count(&format!(
+                "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id3}'"
+            ))
+            .await,
+            0,
+            "{name}: nothing stored for refusals"
+        );
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM events").await,
+        2 * providers.len() as i64
+    );
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_type_header_stores_unknown_and_a_missing_id_header_is_invalid_payload() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.sources = vec![source("github", SourceKind::Github, &["gh"])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/github");
+    let body = b"{}";
+    let signature = format!("sha256={}", hex::encode(mac(b"gh", body)));
+
+    let headers = vec![
+        ("x-hub-signature-256".to_string(), signature.clone()),
+        ("x-github-delivery".to_string(), "d-1".to_string()),
+    ];
+    let (status, _) = post(&client, &url, &headers, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE event_id = 'd-1' AND event_type = 'unknown'")
+            .await,
+        1
+    );
+    let (status, answer) = post(
+        &client,
+        &url,
+        &[("x-hub-signature-256".to_string(), signature)],
+        body,
+    )
+    .await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_payload")));
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kind_none_accepts_unsigned_events_by_their_json_id() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let mut none = source("local", SourceKind::None, &[]);
+    none.type_pointer = Some("/type".into());
+    config.sources = vec![none];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/local");
+    let (status, answer) = post(&client, &url, &[], &json_body("loc-1")).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")));
+    let (_, answer) = post(&client, &url, &[], &json_body("loc-1")).await;
+    assert_eq!(answer["status"], "duplicate");
+    let (status, answer) = post(&client, &url, &[], b"{}").await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_payload")));
+    relayd.stop().await.unwrap();
+}
