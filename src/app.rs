@@ -21,6 +21,7 @@ use crate::cli::{role_name, Role};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::http_error::ApiError;
+use crate::metrics::Metrics;
 use crate::{broker, ingest, ops, relay, worker};
 
 /// What every role of one process shares.
@@ -34,6 +35,7 @@ pub struct AppContext {
     pub outbox_wake: Arc<Notify>,
     /// Connection state of this process's broker threads.
     pub broker_health: Arc<broker::Health>,
+    pub metrics: Metrics,
 }
 
 impl AppContext {
@@ -49,6 +51,7 @@ impl AppContext {
             roles,
             outbox_wake: Arc::new(Notify::new()),
             broker_health: broker::Health::new(),
+            metrics: Metrics::new(),
         }))
     }
 }

@@ -47,6 +47,35 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Reset matching dead/delivered/retrying deliveries to pending with a fresh attempt
+    /// budget (like POST /admin/api/replay), for operators with database access.
+    Replay(ReplayArgs),
+}
+
+/// Which deliveries `relayd replay` resets. At least one filter, or `--all`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Only deliveries in this state: dead, delivered or retrying.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only deliveries to this destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only events from this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only events of this type.
+    #[arg(long)]
+    pub event_type: Option<String>,
+    /// Only events received at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events received before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Replay every replayable delivery (required when no filter is given).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// A part of relayd that one process may run.

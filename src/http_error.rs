@@ -19,6 +19,12 @@ pub enum ApiError {
     UnknownSource(String),
     #[error("no such route")]
     NotFound,
+    #[error("{0}")]
+    NotFoundDetail(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -42,7 +48,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownSource(_) => "unknown_source",
-            Self::NotFound => "not_found",
+            Self::NotFound | Self::NotFoundDetail(_) => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidSignature(_) => "invalid_signature",
             Self::InvalidPayload(_) => "invalid_payload",
@@ -57,7 +65,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::UnknownSource(_) | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::UnknownSource(_) | Self::NotFound | Self::NotFoundDetail(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidSignature(_) | Self::InvalidPayload(_) | Self::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
@@ -79,6 +89,9 @@ impl ResponseError for ApiError {
             other => tracing::warn!(error = other.code(), reason = %other, "request refused"),
         }
         let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unauthorized) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         if matches!(self, Self::Unavailable(_)) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
         }

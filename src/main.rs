@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig) => cmd::check_config::run(&cli),
         Some(Command::Migrate) => cmd::migrate::run(&cli),
+        Some(Command::Replay(ref args)) => cmd::replay::run(&cli, args),
         None => cmd::serve::run(&cli),
     };
     match result {

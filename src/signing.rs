@@ -46,6 +46,28 @@ pub fn standard_webhooks_signature(key: &[u8], msg_id: &str, timestamp: i64, bod
     )
 }
 
+/// Compares presented tokens with one expected secret in constant time.
+///
+/// Both sides are reduced to HMACs under a random per-process key and compared with
+/// `ring::hmac::verify`, so neither the content nor the length of the secret leaks
+/// through timing (ring's plain constant-time comparison is deprecated).
+pub struct TokenMatcher {
+    key: hmac::Key,
+    expected: hmac::Tag,
+}
+
+impl TokenMatcher {
+    pub fn new(expected: &[u8]) -> Result<Self, ring::error::Unspecified> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())?;
+        let expected = hmac::sign(&key, expected);
+        Ok(Self { key, expected })
+    }
+
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        hmac::verify(&self.key, presented, self.expected.as_ref()).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +92,15 @@ mod tests {
         assert!(!verify(b"other", &[b"ab"], tag.as_ref()));
         assert!(!verify(b"key", &[b"abc"], tag.as_ref()));
         assert!(!verify(b"key", &[b"ab"], &tag.as_ref()[..31]));
+    }
+
+    #[test]
+    fn token_matcher_accepts_only_the_exact_token() {
+        let matcher = TokenMatcher::new(b"admin-token-0123456789").unwrap();
+        assert!(matcher.matches(b"admin-token-0123456789"));
+        assert!(!matcher.matches(b"admin-token-012345678"));
+        assert!(!matcher.matches(b"admin-token-01234567890"));
+        assert!(!matcher.matches(b""));
     }
 
     #[test]

@@ -90,6 +90,14 @@ impl Health {
         }
     }
 
+    /// Every component with whether it is connected.
+    pub fn components(&self) -> Vec<(String, bool)> {
+        self.components
+            .lock()
+            .map(|c| c.iter().map(|(name, up)| (name.clone(), *up)).collect())
+            .unwrap_or_default()
+    }
+
     /// `None` when no broker component runs in this process; otherwise whether every
     /// component is connected, with the names of those that are not.
     pub fn status(&self) -> Option<Result<(), Vec<String>>> {

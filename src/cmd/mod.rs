@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod migrate;
+pub mod replay;
 pub mod serve;
 
 use anyhow::Context;

@@ -225,3 +225,228 @@ pub async fn record_outcome(
     };
     Ok(query.await? == 1)
 }
+
+/// The due backlog: how many rows the relay should publish now, and how long the
+/// oldest has waited. Both read only the partial due index.
+#[derive(Debug, QueryableByName)]
+pub struct DueSummary {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub due: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    pub oldest_due_age_seconds: Option<f64>,
+}
+
+pub async fn due_summary(conn: &mut AsyncPgConnection) -> QueryResult<DueSummary> {
+    diesel::sql_query(
+        "SELECT count(*) AS due, \
+                EXTRACT(EPOCH FROM now() - min(next_attempt_at))::float8 AS oldest_due_age_seconds \
+         FROM deliveries \
+         WHERE status IN ('pending', 'queued', 'delivering', 'retrying') AND next_attempt_at <= now()",
+    )
+    .get_result(conn)
+    .await
+}
+
+/// Filters of the delivery list.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub destination: Option<String>,
+    /// Keyset cursor: only deliveries older than this id (UUIDv7, time-ordered).
+    pub before: Option<uuid::Uuid>,
+    pub limit: i64,
+}
+
+/// A delivery with the event it carries.
+#[derive(Debug, Clone, Queryable, serde::Serialize)]
+pub struct DeliveryWithEvent {
+    #[serde(flatten)]
+    pub delivery: super::models::Delivery,
+    pub source: String,
+    #[serde(rename = "provider_event_id")]
+    pub provider_event_id: String,
+    pub event_type: String,
+}
+
+/// Newest first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+) -> QueryResult<Vec<DeliveryWithEvent>> {
+    use super::models::Delivery;
+    use super::schema::events;
+    let mut query = deliveries::table
+        .inner_join(events::table)
+        .select((
+            Delivery::as_select(),
+            events::source,
+            events::event_id,
+            events::event_type,
+        ))
+        .order(deliveries::id.desc())
+        .limit(filter.limit)
+        .into_boxed();
+    if let Some(status) = &filter.status {
+        query = query.filter(deliveries::status.eq(status.clone()));
+    }
+    if let Some(destination) = &filter.destination {
+        query = query.filter(deliveries::destination.eq(destination.clone()));
+    }
+    if let Some(before) = filter.before {
+        query = query.filter(deliveries::id.lt(before));
+    }
+    query.load(conn).await
+}
+
+/// The deliveries of these events.
+pub async fn for_events(
+    conn: &mut AsyncPgConnection,
+    event_ids: &[uuid::Uuid],
+) -> QueryResult<Vec<super::models::Delivery>> {
+    use super::models::Delivery;
+    deliveries::table
+        .filter(deliveries::event_id.eq_any(event_ids))
+        .order(deliveries::destination)
+        .select(Delivery::as_select())
+        .load(conn)
+        .await
+}
+
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+) -> QueryResult<Option<super::models::Delivery>> {
+    use super::models::Delivery;
+    deliveries::table
+        .find(id)
+        .select(Delivery::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Delivery counts by destination and status (an index-only scan of
+/// `deliveries_destination_status_idx`).
+pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, String, i64)>> {
+    deliveries::table
+        .group_by((deliveries::destination, deliveries::status))
+        .select((
+            deliveries::destination,
+            deliveries::status,
+            diesel::dsl::count_star(),
+        ))
+        .load(conn)
+        .await
+}
+
+/// What a bulk replay selects. Event fields filter through the event.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayFilter {
+    pub status: Option<String>,
+    pub destination: Option<String>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ReplayFilter {
+    pub fn is_empty(&self) -> bool {
+        self.status.is_none()
+            && self.destination.is_none()
+            && self.source.is_none()
+            && self.event_type.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+}
+
+/// Resets matching replayable deliveries (`dead`, `delivered`, `retrying`) to `pending`
+/// with a fresh attempt budget, in one statement; their attempts history stays, and so
+/// does their event (and with it the `webhook-id` destinations see). Returns how many.
+/// Wakes relays through `NOTIFY` on commit.
+pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<usize> {
+    use super::models::DeliveryStatus;
+    use super::schema::events;
+    let mut events_query = events::table.select(events::id).into_boxed();
+    let mut by_event = false;
+    if let Some(source) = &filter.source {
+        events_query = events_query.filter(events::source.eq(source.clone()));
+        by_event = true;
+    }
+    if let Some(event_type) = &filter.event_type {
+        events_query = events_query.filter(events::event_type.eq(event_type.clone()));
+        by_event = true;
+    }
+    if let Some(since) = filter.since {
+        events_query = events_query.filter(events::received_at.ge(since));
+        by_event = true;
+    }
+    if let Some(until) = filter.until {
+        events_query = events_query.filter(events::received_at.lt(until));
+        by_event = true;
+    }
+    let mut target = deliveries::table
+        .select(deliveries::id)
+        .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE))
+        .into_boxed();
+    if let Some(status) = &filter.status {
+        target = target.filter(deliveries::status.eq(status.clone()));
+    }
+    if let Some(destination) = &filter.destination {
+        target = target.filter(deliveries::destination.eq(destination.clone()));
+    }
+    if by_event {
+        target = target.filter(deliveries::event_id.eq_any(events_query));
+    }
+    // Diesel cannot update through a boxed (dynamically filtered) query: select the ids
+    // with it instead. The outer status check keeps rows that moved meanwhile out.
+    let replayed = diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq_any(target))
+            .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
+    )
+    .set((
+        deliveries::status.eq(DeliveryStatus::Pending.as_str()),
+        deliveries::attempts.eq(0),
+        deliveries::next_attempt_at.eq(diesel::dsl::now),
+        deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+        deliveries::delivered_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+        deliveries::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    if replayed > 0 {
+        notify_outbox(conn).await?;
+    }
+    Ok(replayed)
+}
+
+/// Replays one delivery (see [`replay`]). `Ok(None)` when it is not replayable now.
+pub async fn replay_one(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+) -> QueryResult<Option<super::models::Delivery>> {
+    use super::models::{Delivery, DeliveryStatus};
+    let replayed = diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq(id))
+            .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
+    )
+    .set((
+        deliveries::status.eq(DeliveryStatus::Pending.as_str()),
+        deliveries::attempts.eq(0),
+        deliveries::next_attempt_at.eq(diesel::dsl::now),
+        deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+        deliveries::delivered_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+        deliveries::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(Delivery::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    if replayed.is_some() {
+        notify_outbox(conn).await?;
+    }
+    Ok(replayed)
+}

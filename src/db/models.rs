@@ -30,7 +30,7 @@ pub struct NewDelivery<'a> {
 }
 
 /// A delivery row as stored.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
 pub struct Delivery {
     pub id: Uuid,
@@ -65,6 +65,23 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 6] = [
+        Self::Pending,
+        Self::Queued,
+        Self::Delivering,
+        Self::Retrying,
+        Self::Delivered,
+        Self::Dead,
+    ];
+
+    /// States an operator may replay from: finished ones, and `retrying` (to retry now).
+    /// `pending`, `queued` and `delivering` are in flight already.
+    pub const REPLAYABLE: [&'static str; 3] = ["dead", "delivered", "retrying"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",

@@ -130,7 +130,15 @@ async fn receive_for(
         event.id = tracing::field::Empty,
         event.r#type = tracing::field::Empty,
     );
-    async move {
+    let started = std::time::Instant::now();
+    let state_for_metrics = state.clone();
+    let source_label = if state.sources.contains_key(&source_name) {
+        source_name.clone()
+    } else {
+        // Never an unbounded label: unknown sources share one.
+        "-".to_string()
+    };
+    let result = async move {
         let source = state
             .sources
             .get(&source_name)
@@ -181,14 +189,27 @@ async fn receive_for(
                 ("duplicate", id)
             }
         };
-        Ok(HttpResponse::Ok().json(json!({
-            "status": status,
-            "id": id,
-            "event_id": verified.event_id,
-        })))
+        Ok((
+            status,
+            HttpResponse::Ok().json(json!({
+                "status": status,
+                "id": id,
+                "event_id": verified.event_id,
+            })),
+        ))
     }
     .instrument(span)
-    .await
+    .await;
+    let outcome = match &result {
+        Ok((status, _)) => status,
+        Err(ApiError::PayloadTooLarge { .. }) => "too_large",
+        Err(e) => e.code(),
+    };
+    state_for_metrics
+        .ctx
+        .metrics
+        .ingest_request(&source_label, outcome, started.elapsed());
+    result.map(|(_, response)| response)
 }
 
 /// Reads the whole body, refusing it as soon as it exceeds `limit` (and before reading

@@ -1,6 +1,11 @@
 //! The ops listener, present in every process whatever its roles: liveness
-//! (`/healthz`) and readiness (`/readyz`). It is never exposed on the ingest listener.
-//! It stops with the process's shutdown token.
+//! (`/healthz`), readiness (`/readyz`), Prometheus metrics (`/metrics`), and the admin
+//! API and dashboard (`/admin`, only with `ops.admin_token`). None of it is ever
+//! exposed on the ingest listener. It stops with the process's shutdown token.
+
+mod admin;
+
+pub use admin::ReplayRequest;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -28,6 +33,8 @@ pub async fn run(
             .app_data(state.clone())
             .route("/healthz", web::get().to(crate::app::healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .configure(|cfg| admin::configure(cfg, &state))
             .default_service(web::to(crate::app::not_found))
     })
     // Probes and scrapes are light: one worker thread is plenty and keeps the cores for
@@ -39,6 +46,13 @@ pub async fn run(
     .shutdown_timeout(2)
     .run();
     crate::app::serve_until_cancelled(server, shutdown).await
+}
+
+/// `GET /metrics`: the Prometheus exposition of this process.
+async fn metrics(ctx: web::Data<AppContext>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(ctx.metrics.encode(&ctx.broker_health))
 }
 
 /// `GET /readyz`: 200 when every dependency of this process's roles is reachable

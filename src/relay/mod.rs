@@ -13,7 +13,7 @@ mod listen;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use diesel_async::AsyncConnection;
@@ -42,12 +42,27 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         ctx: ctx.clone(),
         publisher,
     };
+    let mut gauges_refreshed = Instant::now()
+        .checked_sub(GAUGE_REFRESH)
+        .unwrap_or_else(Instant::now);
     let poll_interval = ctx.config.relay.poll_interval;
     let mut error_delays = backoff();
     while !shutdown.is_cancelled() {
         // A wake-up that arrives while this turn runs leaves a permit, so the wait below
         // returns at once: no notification is lost between the query and the wait.
-        let wait = match relay.turn().await {
+        let turn = relay.turn().await;
+        if let Ok(turn) = &turn {
+            let claimed = turn.published + turn.failed + turn.postponed;
+            if claimed > 0 {
+                ctx.metrics.relay_published.inc_by(turn.published as u64);
+                ctx.metrics.relay_batch_size.observe(claimed as f64);
+            }
+        }
+        if gauges_refreshed.elapsed() >= GAUGE_REFRESH {
+            gauges_refreshed = Instant::now();
+            relay.refresh_gauges().await;
+        }
+        let wait = match turn {
             Ok(turn) if turn.published == ctx.config.relay.batch_size => {
                 error_delays = backoff();
                 continue;
@@ -87,6 +102,9 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let _ = listener.await;
     Ok(())
 }
+
+/// How often the relay refreshes the outbox gauges (two index-backed queries).
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Retry delays after a failed turn (database unreachable, …): 100 ms doubling to 5 s.
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -156,6 +174,23 @@ impl Relay {
             })
             .await?;
         Ok(turn)
+    }
+
+    /// Updates `relayd_outbox_due` and `relayd_outbox_oldest_due_age_seconds`.
+    async fn refresh_gauges(&self) {
+        let Ok(mut conn) = self.ctx.pool.get().await else {
+            return;
+        };
+        match deliveries::due_summary(&mut conn).await {
+            Ok(summary) => {
+                self.ctx.metrics.outbox_due.set(summary.due);
+                self.ctx
+                    .metrics
+                    .outbox_oldest_due_age
+                    .set(summary.oldest_due_age_seconds.unwrap_or(0.0));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot refresh the outbox gauges"),
+        }
     }
 
     /// Splits due rows into those to publish and `queued` rows to leave alone for now.

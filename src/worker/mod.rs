@@ -208,7 +208,7 @@ impl Worker {
                 status_code: None,
                 error: format!("destination {:?} is not configured", claimed.destination),
             };
-            self.settle(envelope.delivery_id, claimed.attempts, None, outcome, acker)
+            self.settle(envelope.delivery_id, &claimed, None, outcome, acker)
                 .await;
             return;
         };
@@ -227,6 +227,9 @@ impl Worker {
             },
         )
         .await;
+        self.ctx
+            .metrics
+            .delivery_attempt(&claimed.destination, response.is_success(), response.duration);
         let status_code = response.status_code.map(i32::from);
         let outcome = if response.is_success() {
             Outcome::Delivered {
@@ -247,14 +250,8 @@ impl Worker {
                 },
             )
         };
-        self.settle(
-            envelope.delivery_id,
-            claimed.attempts,
-            Some(&response),
-            outcome,
-            acker,
-        )
-        .await;
+        self.settle(envelope.delivery_id, &claimed, Some(&response), outcome, acker)
+            .await;
     }
 
     /// Records the attempt and the outcome in one transaction, then acks (or rejects a
@@ -262,11 +259,12 @@ impl Worker {
     async fn settle(
         &self,
         delivery_id: uuid::Uuid,
-        attempt: i32,
+        claimed: &deliveries::Claimed,
         response: Option<&send::Response>,
         outcome: Outcome,
         acker: crate::broker::Acker,
     ) {
+        let attempt = claimed.attempts;
         let recorded = self
             .with_db(|mut conn| {
                 let outcome = &outcome;
@@ -315,6 +313,7 @@ impl Worker {
             }
             (Ok(true), Outcome::Dead { error, .. }) => {
                 tracing::error!(%error, "attempts exhausted; delivery is dead");
+                self.ctx.metrics.delivery_dead(&claimed.destination);
                 acker.reject();
             }
         }

@@ -1,9 +1,11 @@
 //! relayd's integration tests, one binary: real PostgreSQL (a fresh database per test),
 //! relayd started in-process on `127.0.0.1:0` or as the real binary.
 
+mod browser;
 mod cli;
 mod ingest;
 mod migrations;
+mod ops;
 mod process;
 mod providers;
 mod relay;

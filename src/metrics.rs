@@ -1,0 +1,206 @@
+//! Prometheus metrics of one relayd process (one registry per `AppContext`, so tests can
+//! run several instances side by side).
+//!
+//! Labels only ever carry configured names (sources, destinations) and fixed outcome
+//! words — never event ids or other unbounded values. A request for an unconfigured
+//! source is counted under `source="-"`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::broker::Health;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    pub source: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationOutcome {
+    pub destination: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric relayd exports.
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_requests: Family<SourceOutcome, Counter>,
+    pub ingest_duration: Histogram,
+    pub relay_published: Counter,
+    pub relay_batch_size: Histogram,
+    pub outbox_due: Gauge,
+    pub outbox_oldest_due_age: Gauge<f64, AtomicU64>,
+    pub delivery_attempts: Family<DestinationOutcome, Counter>,
+    pub delivery_duration: HistogramFamily<DestinationLabel>,
+    pub deliveries_dead: Family<DestinationLabel, Counter>,
+    broker_connected: Family<ComponentLabel, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let ingest_requests = Family::<SourceOutcome, Counter>::default();
+        registry.register(
+            "relayd_ingest_requests",
+            "Webhook requests by source and outcome",
+            ingest_requests.clone(),
+        );
+        let ingest_duration = latency_histogram();
+        registry.register(
+            "relayd_ingest_duration_seconds",
+            "Time to answer a webhook request",
+            ingest_duration.clone(),
+        );
+        let relay_published = Counter::default();
+        registry.register(
+            "relayd_relay_published",
+            "Deliveries published to the broker and confirmed",
+            relay_published.clone(),
+        );
+        let relay_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "relayd_relay_batch_size",
+            "Rows claimed per relay turn (non-empty turns)",
+            relay_batch_size.clone(),
+        );
+        let outbox_due = Gauge::default();
+        registry.register(
+            "relayd_outbox_due",
+            "Deliveries due for publication (refreshed by the relay every few seconds)",
+            outbox_due.clone(),
+        );
+        let outbox_oldest_due_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "relayd_outbox_oldest_due_age_seconds",
+            "How long the oldest due delivery has been due",
+            outbox_oldest_due_age.clone(),
+        );
+        let delivery_attempts = Family::<DestinationOutcome, Counter>::default();
+        registry.register(
+            "relayd_delivery_attempts",
+            "HTTP delivery attempts by destination and outcome (delivered, failed)",
+            delivery_attempts.clone(),
+        );
+        let delivery_duration: HistogramFamily<DestinationLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "relayd_delivery_duration_seconds",
+            "Duration of delivery attempts",
+            delivery_duration.clone(),
+        );
+        let deliveries_dead = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_deliveries_dead",
+            "Deliveries that exhausted their retries",
+            deliveries_dead.clone(),
+        );
+        let broker_connected = Family::<ComponentLabel, Gauge>::default();
+        registry.register(
+            "relayd_broker_connected",
+            "1 when the broker connection of a component (publisher, consumer:<destination>) is up",
+            broker_connected.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("relayd_build_info", "relayd's version", build_info);
+        Self {
+            registry,
+            ingest_requests,
+            ingest_duration,
+            relay_published,
+            relay_batch_size,
+            outbox_due,
+            outbox_oldest_due_age,
+            delivery_attempts,
+            delivery_duration,
+            deliveries_dead,
+            broker_connected,
+        }
+    }
+
+    pub fn ingest_request(&self, source: &str, outcome: &str, duration: Duration) {
+        self.ingest_requests
+            .get_or_create(&SourceOutcome {
+                source: source.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.ingest_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn delivery_attempt(&self, destination: &str, delivered: bool, duration: Duration) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.delivery_attempts
+            .get_or_create(&DestinationOutcome {
+                destination: destination.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.delivery_duration
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn delivery_dead(&self, destination: &str) {
+        self.deliveries_dead
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition (OpenMetrics), with broker state read from `health` now.
+    pub fn encode(&self, health: &Health) -> String {
+        for (component, up) in health.components() {
+            self.broker_connected
+                .get_or_create(&ComponentLabel { component })
+                .set(i64::from(up));
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,410 @@
+//! The admin API (`/admin/api/…`, JSON) and the dashboard page (`/admin/`).
+//!
+//! Mounted on the ops listener only when `ops.admin_token` is set; otherwise the whole
+//! `/admin` tree is the listener's JSON 404. Every API request needs
+//! `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token
+//! is 401. The dashboard page itself holds no data (it asks for the token and calls the
+//! API), so the browser can load it without a header. Malformed ids, unknown query
+//! parameters and bad cursors are 400; unknown ids 404.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::AppContext;
+use crate::db::deliveries::{self, DeliveryFilter, ReplayFilter};
+use crate::db::events::{self, EventFilter};
+use crate::db::models::{Delivery, DeliveryStatus};
+use crate::db::{attempts, PooledConnection};
+use crate::http_error::ApiError;
+use crate::signing::TokenMatcher;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// The dashboard: one page, its script and styles inline, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Mounts `/admin` when a token is configured.
+pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
+    let Some(token) = &ctx.config.ops.admin_token else {
+        return;
+    };
+    let matcher = match TokenMatcher::new(token.expose().as_bytes()) {
+        Ok(matcher) => Arc::new(matcher),
+        Err(_) => {
+            tracing::error!("no randomness for the admin token check; the admin API stays disabled");
+            return;
+        }
+    };
+    cfg.app_data(
+        web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
+    )
+    .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+    .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+    .route("/admin", web::get().to(redirect_to_dashboard))
+    .route("/admin/", web::get().to(dashboard))
+    .service(
+        web::scope("/admin/api")
+            .app_data(web::Data::from(matcher))
+            .route("/stats", web::get().to(stats))
+            .route("/events", web::get().to(list_events))
+            .route("/events/{id}", web::get().to(get_event))
+            .route("/deliveries", web::get().to(list_deliveries))
+            .route("/deliveries/{id}/replay", web::post().to(replay_one))
+            .route("/replay", web::post().to(replay_many))
+            .default_service(web::to(crate::app::not_found)),
+    );
+}
+
+async fn redirect_to_dashboard() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, "/admin/"))
+        .finish()
+}
+
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // The page loads nothing from elsewhere and may not be framed.
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ))
+        .body(DASHBOARD)
+}
+
+/// Checks `Authorization: Bearer <token>`.
+fn authorize(request: &HttpRequest, matcher: &TokenMatcher) -> Result<(), ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if matcher.matches(presented.trim().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn connection(ctx: &AppContext) -> Result<PooledConnection, ApiError> {
+    ctx.pool
+        .get()
+        .await
+        .map_err(|e| ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection")))
+}
+
+fn storage(e: diesel::result::Error) -> ApiError {
+    ApiError::Unavailable(anyhow::Error::new(e).context("admin query"))
+}
+
+fn parse_id(text: &str, what: &str) -> Result<Uuid, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{what} is not a valid id: {text:?}")))
+}
+
+fn parse_status(text: &Option<String>) -> Result<Option<String>, ApiError> {
+    match text.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => DeliveryStatus::parse(s)
+            .map(|s| Some(s.as_str().to_string()))
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown status {s:?}"))),
+    }
+}
+
+fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit must be 1..={MAX_LIMIT}, not {n}"
+        ))),
+    }
+}
+
+fn non_empty(text: Option<String>) -> Option<String> {
+    text.filter(|t| !t.is_empty())
+}
+
+// ---- stats ---------------------------------------------------------------------
+
+async fn stats(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let mut conn = connection(&ctx).await?;
+    let counts = deliveries::counts(&mut conn).await.map_err(storage)?;
+    let due = deliveries::due_summary(&mut conn).await.map_err(storage)?;
+    let oldest_event = events::oldest_received_at(&mut conn).await.map_err(storage)?;
+    let mut by_status = serde_json::Map::new();
+    for status in DeliveryStatus::ALL {
+        by_status.insert(status.as_str().into(), 0.into());
+    }
+    let mut by_destination: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>> =
+        Default::default();
+    for (destination, status, count) in counts {
+        let total = by_status.get(&status).and_then(|v| v.as_i64()).unwrap_or(0) + count;
+        by_status.insert(status.clone(), total.into());
+        by_destination
+            .entry(destination)
+            .or_default()
+            .insert(status, count.into());
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "deliveries": by_status,
+        "destinations": by_destination,
+        "due": due.due,
+        "oldest_due_age_seconds": due.oldest_due_age_seconds.unwrap_or(0.0),
+        "oldest_event_received_at": oldest_event,
+    })))
+}
+
+// ---- events --------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    source: Option<String>,
+    event_type: Option<String>,
+    status: Option<String>,
+    q: Option<String>,
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DeliverySummary {
+    id: Uuid,
+    destination: String,
+    status: String,
+    attempts: i32,
+    last_status_code: Option<i32>,
+}
+
+async fn list_events(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let query = query.into_inner();
+    let filter = EventFilter {
+        source: non_empty(query.source),
+        event_type: non_empty(query.event_type),
+        status: parse_status(&query.status)?,
+        q: non_empty(query.q),
+        before: non_empty(query.before)
+            .map(|c| parse_id(&c, "before (cursor)"))
+            .transpose()?,
+        limit: limit(query.limit)?,
+    };
+    let mut conn = connection(&ctx).await?;
+    let page = events::list(&mut conn, &filter).await.map_err(storage)?;
+    let ids: Vec<Uuid> = page.iter().map(|e| e.id).collect();
+    let mut by_event: std::collections::HashMap<Uuid, Vec<DeliverySummary>> = Default::default();
+    for d in deliveries::for_events(&mut conn, &ids).await.map_err(storage)? {
+        by_event.entry(d.event_id).or_default().push(DeliverySummary {
+            id: d.id,
+            destination: d.destination,
+            status: d.status,
+            attempts: d.attempts,
+            last_status_code: d.last_status_code,
+        });
+    }
+    let next_cursor = (page.len() as i64 == filter.limit)
+        .then(|| page.last().map(|e| e.id))
+        .flatten();
+    let items: Vec<serde_json::Value> = page
+        .into_iter()
+        .map(|event| {
+            let deliveries = by_event.remove(&event.id).unwrap_or_default();
+            let mut item = serde_json::to_value(&event).unwrap_or_default();
+            item["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+            item
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+async fn get_event(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let id = parse_id(&id, "event id")?;
+    let mut conn = connection(&ctx).await?;
+    let event = events::get(&mut conn, id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| ApiError::NotFoundDetail(format!("no event {id}")))?;
+    let event_deliveries = deliveries::for_events(&mut conn, &[id]).await.map_err(storage)?;
+    let delivery_ids: Vec<Uuid> = event_deliveries.iter().map(|d| d.id).collect();
+    let attempts = attempts::for_deliveries(&mut conn, &delivery_ids)
+        .await
+        .map_err(storage)?;
+    let (payload, encoding) = match String::from_utf8(event.payload) {
+        Ok(text) => (text, "utf-8"),
+        Err(e) => (
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+            "base64",
+        ),
+    };
+    let deliveries: Vec<serde_json::Value> = event_deliveries
+        .into_iter()
+        .map(|d| {
+            let own: Vec<&attempts::Attempt> = attempts.iter().filter(|a| a.delivery_id == d.id).collect();
+            let mut item = serde_json::to_value(&d).unwrap_or_default();
+            item["attempt_history"] = serde_json::to_value(own).unwrap_or_default();
+            item
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "id": event.id,
+        "source": event.source,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "received_at": event.received_at,
+        "content_type": event.content_type,
+        "headers": event.headers,
+        "payload": payload,
+        "payload_encoding": encoding,
+        "deliveries": deliveries,
+    })))
+}
+
+// ---- deliveries ----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    status: Option<String>,
+    destination: Option<String>,
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+async fn list_deliveries(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+    query: web::Query<DeliveriesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let query = query.into_inner();
+    let filter = DeliveryFilter {
+        status: parse_status(&query.status)?,
+        destination: non_empty(query.destination),
+        before: non_empty(query.before)
+            .map(|c| parse_id(&c, "before (cursor)"))
+            .transpose()?,
+        limit: limit(query.limit)?,
+    };
+    let mut conn = connection(&ctx).await?;
+    let page = deliveries::list(&mut conn, &filter).await.map_err(storage)?;
+    let next_cursor = (page.len() as i64 == filter.limit)
+        .then(|| page.last().map(|d| d.delivery.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "items": page, "next_cursor": next_cursor })))
+}
+
+async fn replay_one(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let id = parse_id(&id, "delivery id")?;
+    let mut conn = connection(&ctx).await?;
+    let replayed: Option<Delivery> = deliveries::replay_one(&mut conn, id).await.map_err(storage)?;
+    match replayed {
+        Some(delivery) => {
+            ctx.outbox_wake.notify_one();
+            tracing::info!(delivery.id = %id, "delivery replayed by an operator");
+            Ok(HttpResponse::Accepted().json(delivery))
+        }
+        None => match deliveries::get(&mut conn, id).await.map_err(storage)? {
+            None => Err(ApiError::NotFoundDetail(format!("no delivery {id}"))),
+            Some(current) => Err(ApiError::Conflict(format!(
+                "delivery is {} (in flight); only dead, delivered or retrying deliveries are replayed",
+                current.status
+            ))),
+        },
+    }
+}
+
+/// Body of `POST /admin/api/replay`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    pub status: Option<String>,
+    pub destination: Option<String>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Required (and alone) to replay every replayable delivery.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl ReplayRequest {
+    /// The database filter; refuses an empty filter unless `all` says so.
+    pub fn into_filter(self) -> Result<ReplayFilter, String> {
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(s) if DeliveryStatus::REPLAYABLE.contains(&s) => Some(s.to_string()),
+            Some(s) => {
+                return Err(format!(
+                    "status {s:?} cannot be replayed (one of: {})",
+                    DeliveryStatus::REPLAYABLE.join(", ")
+                ))
+            }
+        };
+        let filter = ReplayFilter {
+            status,
+            destination: non_empty(self.destination),
+            source: non_empty(self.source),
+            event_type: non_empty(self.event_type),
+            since: self.since,
+            until: self.until,
+        };
+        match (filter.is_empty(), self.all) {
+            (true, false) => Err(
+                "an empty filter would replay everything: ask for it explicitly (\"all\": true, or --all)"
+                    .into(),
+            ),
+            (false, true) => Err("\"all\" cannot be combined with other filters".into()),
+            _ => Ok(filter),
+        }
+    }
+}
+
+async fn replay_many(
+    ctx: web::Data<AppContext>,
+    matcher: web::Data<TokenMatcher>,
+    request: HttpRequest,
+    body: web::Json<ReplayRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &matcher)?;
+    let filter = body.into_inner().into_filter().map_err(ApiError::BadRequest)?;
+    let mut conn = connection(&ctx).await?;
+    let replayed = deliveries::replay(&mut conn, &filter).await.map_err(storage)?;
+    if replayed > 0 {
+        ctx.outbox_wake.notify_one();
+    }
+    tracing::info!(replayed, ?filter, "bulk replay by an operator");
+    Ok(HttpResponse::Ok().json(json!({ "replayed": replayed })))
+}

@@ -1,0 +1,283 @@
+//! The dashboard in a real headless Chromium, driven through chromedriver's WebDriver
+//! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
+//! `chromium-driver` (`.ci/run` installs them); `RELAYD_SKIP_BROWSER=1` opts out
+//! explicitly on a machine without them.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relayd::cli::Role;
+use relayd::config::DestinationConfig;
+use serde_json::{json, Value};
+
+use crate::ops::{config, to_sink, TOKEN};
+use crate::sink::{Behaviour, Sink};
+use crate::support::{post_stripe, stripe_event, Relayd, TestBroker, TestDb};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    driver: Child,
+    base: String,
+    client: reqwest::Client,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver) must be installed");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let server = format!("http://127.0.0.1:{port}");
+        loop {
+            if let Ok(r) = client.get(format!("{server}/status")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = std::env::temp_dir().join(format!("relayd-chromium-{}", uuid::Uuid::now_v7().simple()));
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1440,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }}});
+        let session: Value = client
+            .post(format!("{server}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = session["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {session}"))
+            .to_string();
+        Self {
+            driver,
+            base: format!("{server}/session/{id}"),
+            client,
+            profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        if let Some(error) = answer["value"]["error"].as_str() {
+            panic!("WebDriver {path}: {error}: {}", answer["value"]["message"]);
+        }
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("{css}: {found}"))
+            .to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Polls `script` (which returns a boolean) until it is true.
+    async fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.script(script).await != Value::Bool(true) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine;
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    async fn quit(mut self) {
+        let _ = self.client.delete(&self.base).send().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_lists_events_shows_details_and_replays_a_dead_delivery() {
+    if std::env::var("RELAYD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("RELAYD_SKIP_BROWSER=1: the dashboard browser test is skipped");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing", "crm"]);
+    let billing_sink = Sink::start(Behaviour::Succeed).await;
+    // The CRM fails the first two tries of every webhook: with one retry configured its
+    // delivery dies, and the replayed attempt succeeds.
+    let crm_sink = Sink::start(Behaviour::FailFirst { n: 2, status: 502 }).await;
+    let destinations = vec![
+        DestinationConfig {
+            event_types: vec!["invoice.*".into()],
+            ..to_sink("billing", &billing_sink)
+        },
+        DestinationConfig {
+            event_types: vec!["customer.*".into()],
+            ..to_sink("crm", &crm_sink)
+        },
+    ];
+    let relayd = Relayd::start(
+        config(&db, &broker, destinations),
+        &[Role::Ingest, Role::Relay, Role::Worker],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for (id, event_type) in [
+        ("evt_ui_paid", "invoice.paid"),
+        ("evt_ui_customer", "customer.created"),
+    ] {
+        post_stripe(
+            &client,
+            &relayd.url("/webhooks/stripe"),
+            &stripe_event(id, event_type),
+        )
+        .await;
+    }
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let browser = Browser::start().await;
+    browser.goto(&relayd.ops_url("/admin/")).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("#login-form button").await;
+    browser
+        .wait_until(
+            "both events listed with their delivery states",
+            "const t = document.querySelector('#events')?.innerText || ''; \
+             return t.includes('evt_ui_paid') && t.includes('evt_ui_customer') \
+                 && t.includes('billing: delivered') && t.includes('crm: dead');",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the stats cards",
+            "return document.querySelector('[data-status=dead] .value')?.innerText === '1';",
+        )
+        .await;
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"))
+        .await;
+
+    // Open the dead event: its payload (pretty-printed JSON) and its failed attempts.
+    browser.click("tr.event:nth-child(1)").await;
+    browser
+        .wait_until(
+            "the detail view",
+            "const d = document.querySelector('#detail'); return d.style.display === 'block' \
+             && d.innerText.includes('customer.created') && d.innerText.includes('\"id\": \"evt_ui_customer\"') \
+             && d.innerText.includes('502');",
+        )
+        .await;
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-detail.png"))
+        .await;
+    browser.click("#detail button.replay").await;
+
+    // The replay goes back through relay and worker, and the page shows it delivered.
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        2,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        crm_sink.received().len(),
+        3,
+        "2 failed tries, then the replayed one"
+    );
+    browser.click("#close").await;
+    browser
+        .wait_until(
+            "the replayed delivery shown delivered",
+            "document.querySelector('#first').click(); \
+             return (document.querySelector('#events')?.innerText || '').includes('crm: delivered');",
+        )
+        .await;
+    browser.quit().await;
+    relayd.stop().await.unwrap();
+}
