@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod deploy;
 mod ingest;
 mod migrations;
 mod ops;

@@ -315,3 +315,41 @@ async fn sigterm_during_deliveries_exits_zero_and_leaves_nothing_delivering() {
     assert_delivered_once_or_as_duplicates(&sink, &accepted);
     assert_eq!(process.terminate().code(), Some(0));
 }
+
+/// The Kubernetes layout on one machine: one ingest, two relays and two workers on one
+/// database and broker prefix. In normal operation every event reaches the sink once.
+#[tokio::test(flavor = "multi_thread")]
+async fn role_split_replicas_deliver_each_event_exactly_once_in_normal_operation() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let config = config_file(&db, &broker, &sink);
+    let ingest_process = Process::start(&config, "ingest");
+    let replicas: Vec<Process> = ["relay", "relay", "worker", "worker"]
+        .into_iter()
+        .map(|role| Process::start(&config, role))
+        .collect();
+    let ingest = Arc::new(RwLock::new(ingest_process.ingest.clone().unwrap()));
+    let accepted = send_events(ingest, 200, Arc::new(Mutex::new(0))).await;
+    sink.wait_for_events(&accepted, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for request in sink.received() {
+        *copies.entry(request.event_id()).or_default() += 1;
+    }
+    assert_eq!(copies.len(), 200);
+    let duplicated: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "duplicates in normal operation: {duplicated:?}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1")
+            .await,
+        200
+    );
+    for process in replicas.into_iter().chain([ingest_process]) {
+        assert_eq!(process.terminate().code(), Some(0));
+    }
+}
