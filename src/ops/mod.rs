@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppContext;
+use crate::cli::Role;
 
 /// A readiness probe answers within this, whatever the database does.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,7 +71,16 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
             checks.insert("database".into(), reason.into());
         }
     }
+    // A relay always publishes; a worker consumes when it has destinations. Until their
+    // broker threads have registered, the broker counts as not connected: readiness must
+    // not race the roles' startup.
+    let needs_broker = ctx.roles.contains(&Role::Relay)
+        || (ctx.roles.contains(&Role::Worker) && !ctx.config.destinations.is_empty());
     match ctx.broker_health.status() {
+        None if needs_broker => {
+            ready = false;
+            checks.insert("broker".into(), "not connected yet".into());
+        }
         None => {}
         Some(Ok(())) => {
             checks.insert("broker".into(), "ok".into());

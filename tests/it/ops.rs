@@ -620,3 +620,29 @@ async fn relayd_replay_on_the_command_line_does_the_same() {
         1
     );
 }
+
+/// Regression: `/readyz` answered 200 for a relay or worker process whose broker threads
+/// had not registered yet (the check only looked at registered connections), so a
+/// readiness-gated client could publish before the worker's queues existed.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_waits_for_the_broker_threads_of_relay_and_worker_roles() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    for roles in [&[Role::Relay][..], &[Role::Worker][..]] {
+        let config = config(&db, &broker, vec![to_sink("billing", &sink)]);
+        let ctx = relayd::app::AppContext::new(config, roles.iter().copied().collect()).unwrap();
+        // Only the ops listener runs: the role's broker threads never start.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let ops = tokio::spawn(relayd::ops::run(ctx, listener, shutdown.clone()));
+        let response = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        assert_eq!(response.status(), 503, "{roles:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["checks"]["database"], "ok");
+        assert_eq!(body["checks"]["broker"], "not connected yet", "{roles:?}");
+        shutdown.cancel();
+        ops.await.unwrap().unwrap();
+    }
+}

@@ -424,14 +424,27 @@ impl TestBroker {
     }
 
     /// Publishes one message straight to a destination queue (through the default
-    /// exchange), bypassing relayd.
+    /// exchange), bypassing relayd, and waits for the broker's confirm: without it, a
+    /// connection closed right after publishing may lose the message.
     pub fn publish_raw(&self, destination: &str, body: &[u8], properties: amiquip::AmqpProperties) {
         let queue = self.queue(destination);
         let body = body.to_vec();
         Self::with_channel(move |channel| {
-            channel
-                .basic_publish("", amiquip::Publish::with_properties(&body, queue, properties))
-                .expect("publish")
+            let confirms = channel.listen_for_publisher_confirms().expect("confirm listener");
+            let returns = channel.listen_for_returns().expect("return listener");
+            channel.enable_publisher_confirms().expect("confirm mode");
+            let mut publish = amiquip::Publish::with_properties(&body, queue.clone(), properties);
+            publish.mandatory = true;
+            channel.basic_publish("", publish).expect("publish");
+            match confirms.recv_timeout(Duration::from_secs(10)) {
+                Ok(amiquip::Confirm::Ack(_)) => {}
+                other => panic!("the broker did not confirm the raw publish: {other:?}"),
+            }
+            // A return arrives before its ack: an unroutable message must fail the test.
+            assert!(
+                returns.try_recv().is_err(),
+                "no queue {queue}: the raw message was returned"
+            );
         });
     }
 }
