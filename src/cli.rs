@@ -50,6 +50,12 @@ pub enum Command {
     /// Reset matching dead/delivered/retrying deliveries to pending with a fresh attempt
     /// budget (like POST /admin/api/replay), for operators with database access.
     Replay(ReplayArgs),
+    /// Run one full retention pass now (as the relay does every `retention.interval`).
+    Prune {
+        /// Print what would be deleted now, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Which deliveries `relayd replay` resets. At least one filter, or `--all`.

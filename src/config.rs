@@ -47,6 +47,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub retention: RetentionConfig,
     pub sources: Vec<SourceConfig>,
     pub destinations: Vec<DestinationConfig>,
 }
@@ -280,6 +281,40 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(25),
+        }
+    }
+}
+
+/// How long finished events are kept. A duration of `0` disables that rule. Events with
+/// a delivery still in flight are never pruned.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Events whose every delivery is `delivered` (or that had none), after `received_at`.
+    #[serde(with = "humantime_serde")]
+    pub delivered: Duration,
+    /// Events with a `dead` delivery and nothing in flight.
+    #[serde(with = "humantime_serde")]
+    pub dead: Duration,
+    /// Attempt rows, even while their event is kept.
+    #[serde(with = "humantime_serde")]
+    pub attempts: Duration,
+    /// How often the relay's pruning task runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per statement.
+    pub batch_size: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let days = |d: u64| Duration::from_secs(d * 24 * 3600);
+        Self {
+            delivered: days(30),
+            dead: days(90),
+            attempts: days(30),
+            interval: Duration::from_secs(60),
+            batch_size: 1000,
         }
     }
 }
@@ -534,6 +569,12 @@ impl Config {
                 "must be at most 49 days (RabbitMQ's limit)",
             ));
         }
+        if self.retention.interval.is_zero() {
+            return Err(invalid("retention.interval", "must be longer than 0s"));
+        }
+        if self.retention.batch_size == 0 || self.retention.batch_size > 100_000 {
+            return Err(invalid("retention.batch_size", "must be between 1 and 100000"));
+        }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
@@ -634,18 +675,35 @@ impl Config {
 impl Config {
     /// Valid but risky settings, for `check-config` to point out.
     pub fn warnings(&self) -> Vec<String> {
-        self.sources
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.kind == SourceKind::None)
-            .map(|(i, s)| {
-                format!(
-                    "sources[{i}].kind: source {:?} has kind \"none\": anyone can post events to it \
+        let mut warnings: Vec<String> = Vec::new();
+        // Stripe retries for 3 days: pruning sooner would accept its late retries again.
+        let three_days = Duration::from_secs(3 * 24 * 3600);
+        for (key, horizon) in [
+            ("retention.delivered", self.retention.delivered),
+            ("retention.dead", self.retention.dead),
+        ] {
+            if !horizon.is_zero() && horizon < three_days {
+                warnings.push(format!(
+                    "{key}: {} is shorter than providers' retry windows (Stripe: 3 days); a provider \
+                     re-sending an older event would have it accepted again",
+                    humantime::format_duration(horizon)
+                ));
+            }
+        }
+        warnings.extend(
+            self.sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.kind == SourceKind::None)
+                .map(|(i, s)| {
+                    format!(
+                        "sources[{i}].kind: source {:?} has kind \"none\": anyone can post events to it \
                      (for local testing only)",
-                    s.name
-                )
-            })
-            .collect()
+                        s.name
+                    )
+                }),
+        );
+        warnings
     }
 }
 

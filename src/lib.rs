@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod ops;
 pub mod relay;
+pub mod retention;
 pub mod signing;
 pub mod telemetry;
 pub mod worker;

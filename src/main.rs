@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => cmd::check_config::run(&cli),
         Some(Command::Migrate) => cmd::migrate::run(&cli),
         Some(Command::Replay(ref args)) => cmd::replay::run(&cli, args),
+        Some(Command::Prune { dry_run }) => cmd::prune::run(&cli, dry_run),
         None => cmd::serve::run(&cli),
     };
     match result {

@@ -35,6 +35,11 @@ pub struct DestinationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabel {
     component: String,
 }
@@ -59,6 +64,8 @@ pub struct Metrics {
     pub delivery_duration: HistogramFamily<DestinationLabel>,
     pub deliveries_dead: Family<DestinationLabel, Counter>,
     broker_connected: Family<ComponentLabel, Gauge>,
+    retention_deleted: Family<KindLabel, Counter>,
+    retention_last_run: Gauge<f64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,6 +137,18 @@ impl Metrics {
             "1 when the broker connection of a component (publisher, consumer:<destination>) is up",
             broker_connected.clone(),
         );
+        let retention_deleted = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "relayd_retention_deleted",
+            "Rows pruned by retention (delivered_events, dead_events, attempts)",
+            retention_deleted.clone(),
+        );
+        let retention_last_run = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "relayd_retention_last_run_timestamp_seconds",
+            "When this process last completed a retention pass (Unix time)",
+            retention_last_run.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -149,7 +168,22 @@ impl Metrics {
             delivery_duration,
             deliveries_dead,
             broker_connected,
+            retention_deleted,
+            retention_last_run,
         }
+    }
+
+    pub fn retention_deleted(&self, kind: &str, rows: u64) {
+        self.retention_deleted
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(rows);
+    }
+
+    pub fn retention_ran(&self, at: std::time::SystemTime) {
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.retention_last_run.set(seconds);
     }
 
     pub fn ingest_request(&self, source: &str, outcome: &str, duration: Duration) {

@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod migrate;
+pub mod prune;
 pub mod replay;
 pub mod serve;
 

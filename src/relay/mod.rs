@@ -32,6 +32,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     );
     let publisher = Publisher::start(&ctx.config.broker, topology, ctx.broker_health.clone())
         .context("starting the publisher")?;
+    let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
     let listener = tokio::spawn(listen::forward_notifications(
         ctx.config.database.url.expose().to_string(),
         ctx.outbox_wake.clone(),
@@ -100,6 +101,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         }
     }
     let _ = listener.await;
+    let _ = pruner.await;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod ops;
 mod process;
 mod providers;
 mod relay;
+mod retention;
 mod sink;
 mod support;
 mod worker;
