@@ -27,7 +27,11 @@ use crate::{broker, ingest, ops, relay, worker};
 /// What every role of one process shares.
 pub struct AppContext {
     pub config: Config,
+    /// Synchronous commits: ingest, admin, retention.
     pub pool: DbPool,
+    /// Relaxed commits (see [`db::Durability::Relaxed`]): the relay's and the worker's
+    /// state changes. Connects only when used.
+    pub relaxed_pool: DbPool,
     /// The roles this process runs; readiness depends on them.
     pub roles: BTreeSet<Role>,
     /// Ingest signals here after committing outbox rows; the relay waits on it (and
@@ -43,11 +47,14 @@ impl AppContext {
     pub fn new(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Arc<Self>> {
         let names: Vec<&str> = roles.iter().map(|r| role_name(*r)).collect();
         let application_name = format!("relayd-{}", names.join("-"));
-        let pool =
-            db::build_pool(&config.database, &application_name).context("building the database pool")?;
+        let pool = db::build_pool(&config.database, &application_name, db::Durability::Synchronous)
+            .context("building the database pool")?;
+        let relaxed_pool = db::build_pool(&config.database, &application_name, db::Durability::Relaxed)
+            .context("building the database pool")?;
         Ok(Arc::new(Self {
             config,
             pool,
+            relaxed_pool,
             roles,
             outbox_wake: Arc::new(Notify::new()),
             broker_health: broker::Health::new(),

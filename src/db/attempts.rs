@@ -6,9 +6,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::delivery_attempts;
 
-/// An attempt to record. Exactly one of `status_code` and `error` is set.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = delivery_attempts)]
+/// An attempt to record (see `deliveries::record_outcome`). Exactly one of
+/// `status_code` and `error` is set.
+#[derive(Debug, Clone, Copy)]
 pub struct NewAttempt<'a> {
     pub delivery_id: uuid::Uuid,
     pub attempt: i32,
@@ -17,13 +17,6 @@ pub struct NewAttempt<'a> {
     pub status_code: Option<i32>,
     pub error: Option<&'a str>,
     pub response_snippet: Option<&'a str>,
-}
-
-pub async fn insert(conn: &mut AsyncPgConnection, attempt: &NewAttempt<'_>) -> QueryResult<usize> {
-    diesel::insert_into(delivery_attempts::table)
-        .values(attempt)
-        .execute(conn)
-        .await
 }
 
 /// An attempt as stored.

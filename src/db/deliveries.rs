@@ -3,19 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::models::NewDelivery;
 use super::schema::deliveries;
-
-/// Inserts the outbox rows of a newly stored event (same transaction as the event).
-pub async fn insert_all(conn: &mut AsyncPgConnection, rows: &[NewDelivery<'_>]) -> QueryResult<usize> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    diesel::insert_into(deliveries::table)
-        .values(rows)
-        .execute(conn)
-        .await
-}
 
 /// Wakes relays listening on [`super::OUTBOX_CHANNEL`]; delivered at commit.
 pub async fn notify_outbox(conn: &mut AsyncPgConnection) -> QueryResult<()> {
@@ -177,53 +165,71 @@ pub enum Outcome {
     },
 }
 
-/// Records `outcome` for the attempt `attempt` of delivery `id`. Only the holder of
-/// that attempt may: if another worker claimed the row since (its lease expired), this
-/// changes nothing and returns false.
+/// Records `outcome` for the attempt `attempt` of delivery `id`, and the attempt's row
+/// when there was one, in a single statement (so in one implicit transaction). Only the
+/// holder of that attempt may change the delivery: if another worker claimed it since
+/// (its lease expired), the delivery is left alone and this returns false; the attempt
+/// row is recorded either way, since the attempt happened.
 pub async fn record_outcome(
     conn: &mut AsyncPgConnection,
     id: uuid::Uuid,
     attempt: i32,
     outcome: &Outcome,
+    attempt_row: Option<&super::attempts::NewAttempt<'_>>,
 ) -> QueryResult<bool> {
-    let query = match outcome {
-        Outcome::Delivered { status_code } => diesel::sql_query(
-            "UPDATE deliveries SET status = 'delivered', delivered_at = now(), updated_at = now(), \
-                    lease_until = NULL, last_status_code = $3, last_error = NULL \
-             WHERE id = $1 AND attempts = $2 AND status = 'delivering'",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(id)
-        .bind::<diesel::sql_types::Integer, _>(attempt)
-        .bind::<diesel::sql_types::Integer, _>(*status_code)
-        .execute(conn),
+    use diesel::sql_types::{Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid};
+    let (status, status_code, error, retry_in) = match outcome {
+        Outcome::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
         Outcome::Retrying {
             retry_in,
             status_code,
             error,
-        } => diesel::sql_query(
-            "UPDATE deliveries SET status = 'retrying', updated_at = now(), lease_until = NULL, \
-                    next_attempt_at = now() + make_interval(secs => $5), \
-                    last_status_code = $3, last_error = $4 \
-             WHERE id = $1 AND attempts = $2 AND status = 'delivering'",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(id)
-        .bind::<diesel::sql_types::Integer, _>(attempt)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Integer>, _>(*status_code)
-        .bind::<diesel::sql_types::Text, _>(error.as_str())
-        .bind::<diesel::sql_types::Double, _>(retry_in.as_secs_f64())
-        .execute(conn),
-        Outcome::Dead { status_code, error } => diesel::sql_query(
-            "UPDATE deliveries SET status = 'dead', updated_at = now(), lease_until = NULL, \
-                    last_status_code = $3, last_error = $4 \
-             WHERE id = $1 AND attempts = $2 AND status = 'delivering'",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(id)
-        .bind::<diesel::sql_types::Integer, _>(attempt)
-        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Integer>, _>(*status_code)
-        .bind::<diesel::sql_types::Text, _>(error.as_str())
-        .execute(conn),
+        } => (
+            "retrying",
+            *status_code,
+            Some(error.as_str()),
+            Some(retry_in.as_secs_f64()),
+        ),
+        Outcome::Dead { status_code, error } => ("dead", *status_code, Some(error.as_str()), None),
     };
-    Ok(query.await? == 1)
+    let row = attempt_row.copied().unwrap_or(super::attempts::NewAttempt {
+        delivery_id: id,
+        attempt,
+        started_at: chrono::Utc::now(),
+        duration_ms: 0,
+        status_code: None,
+        error: None,
+        response_snippet: None,
+    });
+    let updated = diesel::sql_query(
+        "WITH attempt AS ( \
+             INSERT INTO delivery_attempts \
+                 (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
+             SELECT $7, $8, $9, $10, $11, $12, $13 WHERE $14) \
+         UPDATE deliveries SET status = $3, updated_at = now(), lease_until = NULL, \
+                last_status_code = $4, last_error = $5, \
+                delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END, \
+                next_attempt_at = CASE WHEN $3 = 'retrying' THEN now() + make_interval(secs => $6) \
+                                       ELSE next_attempt_at END \
+         WHERE id = $1 AND attempts = $2 AND status = 'delivering'",
+    )
+    .bind::<Uuid, _>(id)
+    .bind::<Integer, _>(attempt)
+    .bind::<Text, _>(status)
+    .bind::<Nullable<Integer>, _>(status_code)
+    .bind::<Nullable<Text>, _>(error)
+    .bind::<Nullable<Double>, _>(retry_in)
+    .bind::<Uuid, _>(row.delivery_id)
+    .bind::<Integer, _>(row.attempt)
+    .bind::<Timestamptz, _>(row.started_at)
+    .bind::<Integer, _>(row.duration_ms)
+    .bind::<Nullable<Integer>, _>(row.status_code)
+    .bind::<Nullable<Text>, _>(row.error)
+    .bind::<Nullable<Text>, _>(row.response_snippet)
+    .bind::<Bool, _>(attempt_row.is_some())
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
 }
 
 /// The due backlog: how many rows the relay should publish now, and how long the

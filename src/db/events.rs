@@ -7,19 +7,50 @@ use uuid::Uuid;
 use super::models::NewEvent;
 use super::schema::events;
 
-/// Inserts the event unless `(source, event_id)` is already stored. Returns `Some(id)`
-/// when this call stored it, `None` for a duplicate. Concurrent duplicates are settled
-/// by the unique constraint (`ON CONFLICT DO NOTHING`), never by a prior SELECT: the
-/// loser waits for the winner's commit and then sees the conflict.
-pub async fn insert_if_new(conn: &mut AsyncPgConnection, event: &NewEvent<'_>) -> QueryResult<Option<Uuid>> {
-    diesel::insert_into(events::table)
-        .values(event)
-        .on_conflict((events::source, events::event_id))
-        .do_nothing()
-        .returning(events::id)
-        .get_result(conn)
-        .await
-        .optional()
+/// Stores a new event and its outbox rows (one `pending` delivery per destination) in
+/// one statement, hence atomically and with a single round trip; or nothing, when
+/// `(source, event_id)` is already stored. Returns the number of deliveries inserted,
+/// or `None` for a duplicate. Concurrent duplicates are settled by the unique
+/// constraint (`ON CONFLICT DO NOTHING`), never by a prior SELECT: the loser waits for
+/// the winner's commit and then sees the conflict.
+pub async fn insert_with_outbox(
+    conn: &mut AsyncPgConnection,
+    event: &NewEvent<'_>,
+    delivery_ids: &[Uuid],
+    destinations: &[&str],
+) -> QueryResult<Option<usize>> {
+    use diesel::sql_types::{Array, BigInt, Bytea, Jsonb, Text};
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        deliveries: i64,
+    }
+    let inserted: Option<Inserted> = diesel::sql_query(
+        "WITH event AS ( \
+             INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (source, event_id) DO NOTHING \
+             RETURNING id), \
+         outbox AS ( \
+             INSERT INTO deliveries (id, event_id, destination, status) \
+             SELECT d.id, event.id, d.destination, 'pending' \
+             FROM event, unnest($8::uuid[], $9::text[]) AS d(id, destination) \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM outbox) AS deliveries FROM event",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(event.id)
+    .bind::<Text, _>(event.source)
+    .bind::<Text, _>(event.event_id)
+    .bind::<Text, _>(event.event_type)
+    .bind::<Bytea, _>(event.payload)
+    .bind::<Text, _>(event.content_type)
+    .bind::<Jsonb, _>(&event.headers)
+    .bind::<Array<diesel::sql_types::Uuid>, _>(delivery_ids)
+    .bind::<Array<Text>, _>(destinations)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(inserted.map(|i| usize::try_from(i.deliveries).unwrap_or(0)))
 }
 
 /// The stored id of a provider event, if any.

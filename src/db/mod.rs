@@ -14,8 +14,8 @@ pub mod schema;
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use crate::config::DatabaseConfig;
@@ -28,21 +28,43 @@ pub type PooledConnection = Object<AsyncPgConnection>;
 /// The channel ingest `NOTIFY`s after committing new outbox rows; the relay `LISTEN`s.
 pub const OUTBOX_CHANNEL: &str = "relayd_outbox";
 
-/// Builds the pool. Connections are opened lazily, so this succeeds while the database
+/// How a pool's transactions commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit waits for its WAL flush: ingest, admin, retention.
+    Synchronous,
+    /// Commits do not wait for the WAL flush (`synchronous_commit = off`): the relay's
+    /// and the worker's state changes. If PostgreSQL crashes, the last few hundred
+    /// milliseconds of them may be forgotten, and every such loss leads back to a state
+    /// from which the delivery is sent again (same `webhook-id`) — never to a lost event.
+    /// It saves a flush per claim and per recorded outcome.
+    Relaxed,
+}
+
+/// Builds a pool. Connections are opened lazily, so this succeeds while the database
 /// is down; the first query reports it. Every connection is established on the runtime
 /// that calls this (the daemon's main runtime) so that a connection's I/O task never
 /// lives on a short-lived runtime such as an HTTP worker thread's.
-pub fn build_pool(config: &DatabaseConfig, application_name: &str) -> anyhow::Result<DbPool> {
+pub fn build_pool(
+    config: &DatabaseConfig,
+    application_name: &str,
+    durability: Durability,
+) -> anyhow::Result<DbPool> {
     let runtime = tokio::runtime::Handle::current();
-    let application_name = application_name.to_string();
+    let mut session = format!("SET application_name = '{application_name}'");
+    if durability == Durability::Relaxed {
+        session.push_str("; SET synchronous_commit TO OFF");
+    }
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // No `SELECT 1` round trip on every checkout: a broken connection fails its first
+    // query instead (ingest answers 503, the relay and worker retry) and is discarded.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let url = url.to_string();
-        let application_name = application_name.clone();
+        let session = session.clone();
         let establish = runtime.spawn(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            diesel::sql_query(format!("SET application_name = '{application_name}'"))
-                .execute(&mut conn)
+            conn.batch_execute(&session)
                 .await
                 .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
             Ok(conn)

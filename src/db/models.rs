@@ -19,16 +19,6 @@ pub struct NewEvent<'a> {
     pub headers: serde_json::Value,
 }
 
-/// One outbox row: the event owed to one destination.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = deliveries)]
-pub struct NewDelivery<'a> {
-    pub id: Uuid,
-    pub event_id: Uuid,
-    pub destination: &'a str,
-    pub status: &'a str,
-}
-
 /// A delivery row as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]

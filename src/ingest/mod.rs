@@ -3,8 +3,9 @@
 //! `POST /webhooks/{source}` reads the raw body (bounded by `ingest.max_body_bytes`),
 //! verifies it with the source's verifier, and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
-//! outbox row per subscribed destination, then `NOTIFY`s the relay. It answers only
-//! after the commit, so a 200 means the event is durable. It never talks to the broker
+//! outbox row per subscribed destination, then wakes the relay (in process, and through
+//! a coalesced `NOTIFY` for other processes). It answers only after the commit, so a
+//! 200 means the event is durable. It never talks to the broker
 //! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
 
@@ -19,15 +20,15 @@ use std::time::SystemTime;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
-use diesel_async::AsyncConnection;
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::AppContext;
-use crate::db::models::{DeliveryStatus, NewDelivery, NewEvent};
+use crate::db::models::NewEvent;
 use crate::db::{deliveries, events};
 use crate::http_error::ApiError;
 use routing::Router;
@@ -48,6 +49,8 @@ struct IngestState {
     sources: HashMap<String, Source>,
     router: Router,
     max_body_bytes: usize,
+    /// Wakes the notifier task, which tells relays in other processes.
+    notify_others: Arc<Notify>,
 }
 
 /// Runs the ingest listener on `listener` until `shutdown` is cancelled.
@@ -75,14 +78,47 @@ pub async fn run(
         router: Router::new(&config.destinations),
         max_body_bytes: config.ingest.max_body_bytes,
         ctx: ctx.clone(),
+        notify_others: Arc::new(Notify::new()),
     });
+    let notifier = tokio::spawn(notify_relays(
+        ctx.clone(),
+        state.notify_others.clone(),
+        shutdown.clone(),
+    ));
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .listen(listener)
         .context("listening for webhooks")?
         .disable_signals()
         .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
         .run();
-    crate::app::serve_until_cancelled(server, shutdown).await
+    let served = crate::app::serve_until_cancelled(server, shutdown).await;
+    let _ = notifier.await;
+    served
+}
+
+/// Sends PostgreSQL `NOTIFY` on the outbox channel after commits, for relays in other
+/// processes.
+///
+/// Not inside the ingest transaction: PostgreSQL serializes the commits of every
+/// transaction that notified on one global lock, which would cost ingest its group
+/// commit. Here, wake-ups that arrive while a NOTIFY is being sent collapse into the
+/// next one (`Notify` keeps a single permit), so a burst of commits costs one NOTIFY.
+/// A lost NOTIFY only delays a remote relay until its poll interval.
+async fn notify_relays(ctx: Arc<AppContext>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match ctx.pool.get().await {
+            Ok(mut conn) => {
+                if let Err(e) = deliveries::notify_outbox(&mut conn).await {
+                    tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "no connection for the outbox NOTIFY; relays will poll"),
+        }
+    }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
@@ -178,8 +214,10 @@ async fn receive_for(
             Stored::Accepted { id, deliveries } => {
                 if deliveries > 0 {
                     // The relay of this process, if any, publishes without waiting for
-                    // NOTIFY's round trip or its poll interval.
+                    // NOTIFY's round trip or its poll interval; relays elsewhere hear a
+                    // NOTIFY from the notifier task.
                     state.ctx.outbox_wake.notify_one();
+                    state.notify_others.notify_one();
                 }
                 tracing::info!(event.uuid = %id, deliveries, "accepted");
                 ("accepted", Some(id))
@@ -265,35 +303,26 @@ enum Stored {
 /// Any storage failure is `Unavailable`: the provider retries later and, since nothing
 /// was committed, nothing is lost or doubled.
 async fn store(ctx: &AppContext, event: &NewEvent<'_>, destinations: &[&str]) -> Result<Stored, ApiError> {
+    let unavailable =
+        |e: diesel::result::Error| ApiError::Unavailable(anyhow::Error::new(e).context("storing the event"));
     let mut conn =
         ctx.pool.get().await.map_err(|e| {
             ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection"))
         })?;
-    let rows: Vec<NewDelivery<'_>> = destinations
-        .iter()
-        .map(|destination| NewDelivery {
-            id: Uuid::now_v7(),
-            event_id: event.id,
-            destination,
-            status: DeliveryStatus::Pending.as_str(),
-        })
-        .collect();
-    let stored = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
-            let Some(id) = events::insert_if_new(conn, event).await? else {
-                let id = events::find_id(conn, event.source, event.event_id).await?;
-                return Ok(Stored::Duplicate { id });
-            };
-            let count = deliveries::insert_all(conn, &rows).await?;
-            if count > 0 {
-                deliveries::notify_outbox(conn).await?;
-            }
-            Ok(Stored::Accepted {
-                id,
-                deliveries: count,
-            })
-        })
+    let delivery_ids: Vec<Uuid> = destinations.iter().map(|_| Uuid::now_v7()).collect();
+    match events::insert_with_outbox(&mut conn, event, &delivery_ids, destinations)
         .await
-        .map_err(|e| ApiError::Unavailable(anyhow::Error::new(e).context("storing the event")))?;
-    Ok(stored)
+        .map_err(unavailable)?
+    {
+        Some(deliveries) => Ok(Stored::Accepted {
+            id: event.id,
+            deliveries,
+        }),
+        None => {
+            let id = events::find_id(&mut conn, event.source, event.event_id)
+                .await
+                .map_err(unavailable)?;
+            Ok(Stored::Duplicate { id })
+        }
+    }
 }

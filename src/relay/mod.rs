@@ -180,7 +180,7 @@ impl Relay {
 
     /// Updates `relayd_outbox_due` and `relayd_outbox_oldest_due_age_seconds`.
     async fn refresh_gauges(&self) {
-        let Ok(mut conn) = self.ctx.pool.get().await else {
+        let Ok(mut conn) = self.ctx.relaxed_pool.get().await else {
             return;
         };
         match deliveries::due_summary(&mut conn).await {

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use diesel_async::AsyncConnection;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
@@ -27,7 +26,7 @@ use tracing::Instrument;
 
 use crate::app::AppContext;
 use crate::broker::{headers, Consumer, IncomingMessage, Topology};
-use crate::db::attempts::{self, NewAttempt};
+use crate::db::attempts::NewAttempt;
 use crate::db::deliveries::{self, Outcome};
 use crate::db::PooledConnection;
 
@@ -268,27 +267,17 @@ impl Worker {
         let recorded = self
             .with_db(|mut conn| {
                 let outcome = &outcome;
+                let row = response.map(|response| NewAttempt {
+                    delivery_id,
+                    attempt,
+                    started_at: response.started_at,
+                    duration_ms: i32::try_from(response.duration.as_millis()).unwrap_or(i32::MAX),
+                    status_code: response.status_code.map(i32::from),
+                    error: response.error.as_deref(),
+                    response_snippet: response.snippet.as_deref(),
+                });
                 async move {
-                    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-                        if let Some(response) = response {
-                            attempts::insert(
-                                conn,
-                                &NewAttempt {
-                                    delivery_id,
-                                    attempt,
-                                    started_at: response.started_at,
-                                    duration_ms: i32::try_from(response.duration.as_millis())
-                                        .unwrap_or(i32::MAX),
-                                    status_code: response.status_code.map(i32::from),
-                                    error: response.error.as_deref(),
-                                    response_snippet: response.snippet.as_deref(),
-                                },
-                            )
-                            .await?;
-                        }
-                        deliveries::record_outcome(conn, delivery_id, attempt, outcome).await
-                    })
-                    .await
+                    deliveries::record_outcome(&mut conn, delivery_id, attempt, outcome, row.as_ref()).await
                 }
             })
             .await;
@@ -327,7 +316,7 @@ impl Worker {
     {
         let mut delays = db_retry();
         loop {
-            let result = match self.ctx.pool.get().await {
+            let result = match self.ctx.relaxed_pool.get().await {
                 Ok(conn) => op(conn).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };

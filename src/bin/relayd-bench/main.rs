@@ -1,0 +1,407 @@
+//! relayd-bench: reproducible figures for relayd on the machine at hand.
+//!
+//! Starts the real `relayd` binary (built alongside this one) against the local
+//! PostgreSQL and RabbitMQ, drives it with open-loop signed Stripe events, receives its
+//! deliveries in an embedded sink that verifies every signature, and measures the
+//! machine's own ceiling (single-row `INSERT … ON CONFLICT` with the same concurrency)
+//! in the same run, so results read as ratios too. Prints a markdown table and writes
+//! `results.md`, `results.json` and `latency.svg` to `--out`.
+//!
+//!     cargo build --release --bins && target/release/relayd-bench --out docs/bench
+
+mod load;
+mod process;
+mod report;
+mod sink;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use report::{percentile_ms, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Ingest role only: accepted rate and latency.
+    Ingest,
+    /// Every role: throughput and end-to-end latency, losses, duplicates.
+    E2e,
+    /// N deliveries stored with relay and worker stopped, then the time to drain them.
+    Backlog,
+    /// End to end at increasing rates until p99 breaks the bound.
+    Sweep,
+    /// The database's own ceiling: single-row INSERT … ON CONFLICT.
+    Raw,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "relayd-bench", about = "Benchmarks relayd on this machine.")]
+struct Args {
+    /// Scenarios to run (comma list); default: the standard set.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "raw,ingest,e2e,backlog,sweep"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    broker_url: String,
+    /// Offered rate of the ingest scenario (requests per second).
+    #[arg(long, default_value_t = 5000.0)]
+    ingest_rate: f64,
+    /// Offered rate of the e2e scenario (events per second).
+    #[arg(long, default_value_t = 2000.0)]
+    e2e_rate: f64,
+    /// Length of each load phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Open requests at most (the load generator's connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Deliveries in the backlog scenario.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: u64,
+    /// Rates of the sweep (events per second).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "250,500,1000,1500,2000,3000,4000"
+    )]
+    sweep_rates: Vec<f64>,
+    /// The sweep stops after the first rate whose end-to-end p99 exceeds this.
+    #[arg(long, default_value_t = 250.0)]
+    p99_bound_ms: f64,
+    /// Body size of each event.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Where results.md, results.json and latency.svg go.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+}
+
+const STRIPE_SECRET: &str = "whsec_bench_stripe_secret";
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DATABASE: &str = "relayd_bench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut rows = Vec::new();
+    let mut sweep_points = Vec::new();
+    let mut raw_ceiling = None;
+    for scenario in &args.scenarios {
+        eprintln!("relayd-bench: {scenario:?} …");
+        match scenario {
+            Scenario::Raw => {
+                let row = raw_inserts(&args).await?;
+                raw_ceiling = Some(row.achieved_per_s);
+                rows.push(row);
+            }
+            Scenario::Ingest => rows.push(ingest(&args).await?),
+            Scenario::E2e => rows.push(end_to_end(&args, "e2e", args.e2e_rate).await?),
+            Scenario::Backlog => rows.push(backlog(&args).await?),
+            Scenario::Sweep => {
+                for &rate in &args.sweep_rates {
+                    let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;
+                    let broke = row.e2e_p99_ms.unwrap_or(f64::MAX) > args.p99_bound_ms;
+                    sweep_points.push(row.clone());
+                    rows.push(row);
+                    if broke {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(ceiling) = raw_ceiling {
+        for row in &mut rows {
+            row.vs_raw_insert = (ceiling > 0.0).then(|| row.achieved_per_s / ceiling);
+        }
+    }
+    let saturation = report::saturation(&sweep_points, args.p99_bound_ms);
+    let table = report::markdown(&rows, saturation, args.p99_bound_ms);
+    println!("{table}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.md"), &table)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&report::json(&rows, saturation, &args.out))?,
+    )?;
+    if !sweep_points.is_empty() {
+        report::chart(&sweep_points, args.p99_bound_ms, &args.out.join("latency.svg"))?;
+    }
+    eprintln!("relayd-bench: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// A fresh, migrated `relayd_bench` database; returns its URL.
+async fn fresh_database(args: &Args) -> anyhow::Result<String> {
+    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", args.postgres)).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    diesel::sql_query(format!("CREATE DATABASE {DATABASE}"))
+        .execute(&mut admin)
+        .await?;
+    let url = format!("{}/{DATABASE}", args.postgres);
+    relayd::db::migrate::run_pending(&url).await?;
+    Ok(url)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A configuration for one scenario: its own database, broker prefix and ports.
+struct Setup {
+    config: PathBuf,
+    ingest: String,
+    ops: String,
+    prefix: String,
+}
+
+fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyhow::Result<Setup> {
+    let (ingest, ops) = (
+        format!("127.0.0.1:{}", free_port()?),
+        format!("127.0.0.1:{}", free_port()?),
+    );
+    let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let destination = sink_url.map_or(String::new(), |url| {
+        format!("[[destinations]]\nname = \"sink\"\nurl = \"{url}\"\nsigning_secret = \"{SIGNING_SECRET}\"\nmax_in_flight = 64\ntimeout = \"10s\"\n")
+    });
+    let text = format!(
+        "[database]\nurl = \"{database_url}\"\npool_size = 16\n\
+         [broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+         [ingest]\nlisten = \"{ingest}\"\n[ops]\nlisten = \"{ops}\"\n\
+         [log]\nlevel = \"warn\"\n\
+         [worker]\nconcurrency = 128\n\
+         [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{destination}",
+        args.broker_url
+    );
+    let config = std::env::temp_dir().join(format!("{prefix}.toml"));
+    std::fs::write(&config, text)?;
+    Ok(Setup {
+        config,
+        ingest,
+        ops,
+        prefix,
+    })
+}
+
+/// Removes a scenario's queues and exchanges.
+fn delete_topology(args: &Args, prefix: &str) {
+    let url = args.broker_url.clone();
+    let prefix = prefix.to_string();
+    let _ = std::thread::spawn(move || -> Result<(), amiquip::Error> {
+        let mut connection = amiquip::Connection::insecure_open(&url)?;
+        for queue in [
+            format!("{prefix}.destination.sink"),
+            format!("{prefix}.dead-letter"),
+        ] {
+            let channel = connection.open_channel(None)?;
+            let _ = channel.queue_delete(queue, amiquip::QueueDeleteOptions::default());
+        }
+        for exchange in [format!("{prefix}.deliveries"), format!("{prefix}.dead-letter")] {
+            let channel = connection.open_channel(None)?;
+            let _ = channel.exchange_delete(exchange, false);
+        }
+        connection.close()
+    })
+    .join();
+}
+
+fn load(args: &Args, setup: &Setup, rate: f64, run: &str) -> load::Load {
+    load::Load {
+        url: format!("http://{}/webhooks/stripe", setup.ingest),
+        rate,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        stripe_secret: STRIPE_SECRET.into(),
+        run: run.into(),
+        body_bytes: args.body_bytes,
+    }
+}
+
+async fn ingest(args: &Args) -> anyhow::Result<Row> {
+    let url = fresh_database(args).await?;
+    let setup = write_config(args, &url, None)?;
+    let relayd =
+        process::Relayd::start(&process::relayd_binary(), &setup.config, "ingest", &setup.ops).await?;
+    let started = Instant::now();
+    let samples = load::run(&load(args, &setup, args.ingest_rate, "ingest")).await;
+    let elapsed = started.elapsed();
+    let usage = relayd.stop();
+    let _ = std::fs::remove_file(&setup.config);
+    Ok(Row::from_requests(
+        "ingest",
+        args.ingest_rate,
+        &samples,
+        elapsed,
+        usage,
+    ))
+}
+
+async fn end_to_end(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
+    let url = fresh_database(args).await?;
+    let sink = sink::Sink::start(SIGNING_SECRET)?;
+    let setup = write_config(args, &url, Some(&sink.url))?;
+    let relayd = process::Relayd::start(&process::relayd_binary(), &setup.config, "all", &setup.ops).await?;
+    let run = format!("e2e{}", rate as u64);
+    let started = Instant::now();
+    let samples = load::run(&load(args, &setup, rate, &run)).await;
+    let elapsed = started.elapsed();
+    let accepted: HashSet<String> = samples
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| format!("evt_bench_{run}_{}", s.index))
+        .collect();
+    // Drain: everything accepted should arrive; give it up to 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.count_distinct() < accepted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let usage = relayd.stop();
+    let mut row = Row::from_requests(name, rate, &samples, elapsed, usage);
+    {
+        let received = sink
+            .received
+            .lock()
+            .map_err(|_| anyhow::anyhow!("sink poisoned"))?;
+        let mut e2e = Vec::new();
+        for sample in samples.iter().filter(|s| s.status == 200) {
+            let id = format!("evt_bench_{run}_{}", sample.index);
+            if let Some(first) = received.arrivals.get(&id).and_then(|a| a.iter().min()) {
+                e2e.push(first.duration_since(sample.scheduled).unwrap_or_default());
+            }
+        }
+        e2e.sort();
+        row.e2e_p50_ms = percentile_ms(&e2e, 0.50);
+        row.e2e_p99_ms = percentile_ms(&e2e, 0.99);
+        row.lost = Some(
+            accepted
+                .iter()
+                .filter(|id| !received.arrivals.contains_key(*id))
+                .count() as u64,
+        );
+        row.duplicates = Some(received.arrivals.values().map(|a| a.len() as u64 - 1).sum());
+        row.bad_signatures = Some(received.bad_signatures);
+    }
+    sink.stop().await;
+    delete_topology(args, &setup.prefix);
+    let _ = std::fs::remove_file(&setup.config);
+    Ok(row)
+}
+
+async fn backlog(args: &Args) -> anyhow::Result<Row> {
+    let url = fresh_database(args).await?;
+    let sink = sink::Sink::start(SIGNING_SECRET)?;
+    let setup = write_config(args, &url, Some(&sink.url))?;
+    let mut conn = AsyncPgConnection::establish(&url).await?;
+    // The backlog: N stored events, each with a pending delivery, as ingest leaves them.
+    let body = String::from_utf8(load::event_body("backlog", 0, args.body_bytes))?;
+    diesel::sql_query(format!(
+        "WITH e AS (INSERT INTO events (id, source, event_id, event_type, payload, content_type) \
+           SELECT gen_random_uuid(), 'stripe', 'evt_bench_backlog_' || g, 'invoice.paid', \
+                  convert_to(replace($1, 'evt_bench_backlog_0', 'evt_bench_backlog_' || g), 'UTF8'), 'application/json' \
+           FROM generate_series(1, {}) g RETURNING id) \
+         INSERT INTO deliveries (id, event_id, destination) SELECT gen_random_uuid(), id, 'sink' FROM e",
+        args.backlog
+    ))
+    .bind::<diesel::sql_types::Text, _>(&body)
+    .execute(&mut conn)
+    .await?;
+    let started = Instant::now();
+    let relayd = process::Relayd::start(
+        &process::relayd_binary(),
+        &setup.config,
+        "relay,worker",
+        &setup.ops,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (sink.count_distinct() as u64) < args.backlog && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = started.elapsed();
+    let usage = relayd.stop();
+    let delivered = sink.count_distinct() as u64;
+    let duplicates = sink
+        .received
+        .lock()
+        .map(|r| r.arrivals.values().map(|a| a.len() as u64 - 1).sum())
+        .unwrap_or(0);
+    sink.stop().await;
+    delete_topology(args, &setup.prefix);
+    let _ = std::fs::remove_file(&setup.config);
+    Ok(Row {
+        scenario: format!("backlog {}", args.backlog),
+        offered_per_s: None,
+        achieved_per_s: delivered as f64 / drained.as_secs_f64(),
+        requests: args.backlog,
+        errors: 0,
+        drain_seconds: Some(drained.as_secs_f64()),
+        lost: Some(args.backlog - delivered.min(args.backlog)),
+        duplicates: Some(duplicates),
+        usage: Some(usage),
+        ..Row::default()
+    })
+}
+
+async fn raw_inserts(args: &Args) -> anyhow::Result<Row> {
+    let url = fresh_database(args).await?;
+    let mut conn = AsyncPgConnection::establish(&url).await?;
+    diesel::sql_query(
+        "CREATE TABLE bench_raw (source text NOT NULL, event_id text NOT NULL, payload bytea NOT NULL, \
+         UNIQUE (source, event_id))",
+    )
+    .execute(&mut conn)
+    .await?;
+    let body = load::event_body("raw", 0, args.body_bytes);
+    let stop_at = Instant::now() + args.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let url = url.clone();
+        let body = body.clone();
+        tasks.spawn(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                let started = Instant::now();
+                diesel::sql_query(
+                    "INSERT INTO bench_raw (source, event_id, payload) VALUES ('stripe', $1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind::<diesel::sql_types::Text, _>(format!("evt_{worker}_{n}"))
+                .bind::<diesel::sql_types::Bytea, _>(&body)
+                .execute(&mut conn)
+                .await?;
+                latencies.push(started.elapsed());
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Row {
+        scenario: format!("raw INSERT ×{}", args.concurrency),
+        achieved_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        requests: latencies.len() as u64,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        max_ms: percentile_ms(&latencies, 1.0),
+        ..Row::default()
+    })
+}

@@ -1,0 +1,104 @@
+//! The destination relayd delivers to during a benchmark: verifies every delivery's
+//! Standard Webhooks signature and records when each event arrived.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+
+#[derive(Default)]
+pub struct Received {
+    /// Provider event id → arrival times (more than one = duplicates).
+    pub arrivals: HashMap<String, Vec<SystemTime>>,
+    pub bad_signatures: u64,
+}
+
+pub struct Sink {
+    pub url: String,
+    pub received: Arc<Mutex<Received>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+struct State {
+    key: ring::hmac::Key,
+    received: Arc<Mutex<Received>>,
+}
+
+impl Sink {
+    pub fn start(signing_secret: &str) -> anyhow::Result<Self> {
+        let key_bytes =
+            relayd::signing::decode_whsec(signing_secret).ok_or_else(|| anyhow::anyhow!("bad whsec"))?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}/hooks", listener.local_addr()?);
+        let received = Arc::new(Mutex::new(Received::default()));
+        let state = web::Data::new(State {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
+            received: received.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/hooks", web::post().to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self {
+            url,
+            received,
+            handle,
+        })
+    }
+
+    pub fn count_distinct(&self) -> usize {
+        self.received.lock().map(|r| r.arrivals.len()).unwrap_or(0)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let at = SystemTime::now();
+    let message = [
+        header(&request, "webhook-id").as_bytes(),
+        b".",
+        header(&request, "webhook-timestamp").as_bytes(),
+        b".",
+        &body,
+    ]
+    .concat();
+    let valid = header(&request, "webhook-signature")
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .any(|mac| ring::hmac::verify(&state.key, &message, &mac).is_ok());
+    let Ok(mut received) = state.received.lock() else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    if !valid {
+        received.bad_signatures += 1;
+        return HttpResponse::Unauthorized().finish();
+    }
+    let id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(String::from))
+        .unwrap_or_default();
+    received.arrivals.entry(id).or_default().push(at);
+    HttpResponse::NoContent().finish()
+}
