@@ -192,16 +192,18 @@ impl ConsumerThread {
     }
 
     /// One connection's life: connect, consume until lost or stopped, close.
-    fn consume_once(&mut self) -> amiquip::Result<Ended> {
+    fn consume_once(&mut self) -> Result<Ended, String> {
         let mut connection = session::connect(&self.config)?;
-        let channel = connection.open_channel(None)?;
-        self.topology.declare(&channel)?;
+        let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
+        self.topology.declare(&channel).map_err(|e| e.to_string())?;
         // Prefetch bounds unacknowledged messages on this channel: it is the
         // destination's `max_in_flight`, since a message stays unacked until its outcome
         // is recorded.
-        channel.qos(0, self.prefetch, false)?;
+        channel.qos(0, self.prefetch, false).map_err(|e| e.to_string())?;
         // Manual acks (`no_ack: false`, the default).
-        let consumer = channel.basic_consume(self.queue.clone(), ConsumerOptions::default())?;
+        let consumer = channel
+            .basic_consume(self.queue.clone(), ConsumerOptions::default())
+            .map_err(|e| e.to_string())?;
         self.generation += 1;
         self.health.set(&self.component, true);
         tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");

@@ -101,14 +101,16 @@ struct Session {
 }
 
 impl Session {
-    fn open(config: &BrokerConfig, topology: &Topology) -> amiquip::Result<Self> {
+    fn open(config: &BrokerConfig, topology: &Topology) -> Result<Self, String> {
         let mut connection = session::connect(config)?;
-        let channel = connection.open_channel(None)?;
-        topology.declare(&channel)?;
+        let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
+        topology.declare(&channel).map_err(|e| e.to_string())?;
         // amiquip requires listening before confirm mode is enabled.
-        let confirms = channel.listen_for_publisher_confirms()?;
-        let returns = channel.listen_for_returns()?;
-        channel.enable_publisher_confirms()?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| e.to_string())?;
+        let returns = channel.listen_for_returns().map_err(|e| e.to_string())?;
+        channel.enable_publisher_confirms().map_err(|e| e.to_string())?;
         Ok(Self {
             channel,
             confirms,

@@ -81,6 +81,12 @@ struct Args {
     /// Body size of each event.
     #[arg(long, default_value_t = 1024)]
     body_bytes: usize,
+    /// relayd's `database.pool_size`.
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
+    /// relayd's `relay.batch_size`.
+    #[arg(long, default_value_t = 500)]
+    relay_batch_size: usize,
     /// Where results.md, results.json and latency.svg go.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -177,13 +183,15 @@ fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyh
         format!("[[destinations]]\nname = \"sink\"\nurl = \"{url}\"\nsigning_secret = \"{SIGNING_SECRET}\"\nmax_in_flight = 64\ntimeout = \"10s\"\n")
     });
     let text = format!(
-        "[database]\nurl = \"{database_url}\"\npool_size = 16\n\
+        "[database]\nurl = \"{database_url}\"\npool_size = {pool}\n\
          [broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
          [ingest]\nlisten = \"{ingest}\"\n[ops]\nlisten = \"{ops}\"\n\
          [log]\nlevel = \"warn\"\n\
-         [worker]\nconcurrency = 128\n\
+         [worker]\nconcurrency = 128\n[relay]\nbatch_size = {batch}\n\
          [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{destination}",
-        args.broker_url
+        args.broker_url,
+        batch = args.relay_batch_size,
+        pool = args.pool_size,
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, text)?;
