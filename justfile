@@ -16,6 +16,12 @@ migrate:
 test:
     cargo test
 
+# The standard benchmark set (a few minutes; needs PostgreSQL and RabbitMQ): writes
+# docs/bench/results.md, results.json and latency.svg.
+bench *ARGS:
+    cargo build --release --bins
+    target/release/relayd-bench --out docs/bench {{ARGS}}
+
 # Formatting and lints, as CI runs them.
 lint:
     cargo fmt --check
