@@ -82,16 +82,30 @@ impl Browser {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        if let Some(error) = answer["value"]["error"].as_str() {
-            panic!("WebDriver {path}: {error}: {}", answer["value"]["message"]);
+        match answer["value"]["error"].as_str() {
+            Some(error) => Err(format!(
+                "WebDriver {path}: {error}: {}",
+                answer["value"]["message"]
+            )),
+            None => Ok(answer["value"].clone()),
         }
-        answer["value"].clone()
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn goto(&self, url: &str) {
@@ -113,14 +127,27 @@ impl Browser {
             .to_string()
     }
 
+    /// Clicks the element matching `css`, finding it again if the page re-rendered it
+    /// between the lookup and the click (the dashboard redraws its lists).
     async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            Some(json!({})),
-        )
-        .await;
+        for _ in 0..10 {
+            let element = self.find(css).await;
+            match self
+                .try_call(
+                    reqwest::Method::POST,
+                    &format!("/element/{element}/click"),
+                    Some(json!({})),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element reference") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{css} kept going stale");
     }
 
     async fn type_into(&self, css: &str, text: &str) {
