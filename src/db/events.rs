@@ -4,68 +4,116 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::models::NewEvent;
 use super::schema::events;
 
-/// Stores a new event and its outbox rows (one `pending` delivery per destination) in
-/// one statement, hence atomically and with a single round trip; or nothing, when
-/// `(source, event_id)` is already stored. Returns the number of deliveries inserted,
-/// or `None` for a duplicate. Concurrent duplicates are settled by the unique
-/// constraint (`ON CONFLICT DO NOTHING`), never by a prior SELECT: the loser waits for
-/// the winner's commit and then sees the conflict.
-pub async fn insert_with_outbox(
+/// A verified event ready to store, with the destinations it is owed to.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    pub id: Uuid,
+    pub source: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub headers: serde_json::Value,
+    /// One new delivery id per destination.
+    pub deliveries: Vec<(Uuid, String)>,
+}
+
+/// Stores new events and their outbox rows (one `pending` delivery per destination) in
+/// one statement, hence atomically and with a single round trip. Events whose
+/// `(source, event_id)` is already stored — or appears earlier in the same batch — are
+/// skipped with their deliveries. Returns, for each event stored, its deliveries count.
+///
+/// Duplicates are settled by the unique constraint (`ON CONFLICT DO NOTHING`), never by
+/// a prior SELECT: a concurrent statement inserting the same key waits for this one's
+/// commit and then sees the conflict. Rows are inserted in key order, so two batches
+/// that share keys lock them in the same order and cannot deadlock.
+pub async fn insert_batch_with_outbox(
     conn: &mut AsyncPgConnection,
-    event: &NewEvent<'_>,
-    delivery_ids: &[Uuid],
-    destinations: &[&str],
-) -> QueryResult<Option<usize>> {
+    batch: &[BatchEvent],
+) -> QueryResult<std::collections::HashMap<Uuid, usize>> {
     use diesel::sql_types::{Array, BigInt, Bytea, Jsonb, Text};
     #[derive(QueryableByName)]
     struct Inserted {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
         #[diesel(sql_type = BigInt)]
         deliveries: i64,
     }
-    let inserted: Option<Inserted> = diesel::sql_query(
-        "WITH event AS ( \
+    let outbox: Vec<(&Uuid, Uuid, &str)> = batch
+        .iter()
+        .flat_map(|e| {
+            e.deliveries
+                .iter()
+                .map(move |(id, destination)| (id, e.id, destination.as_str()))
+        })
+        .collect();
+    let inserted: Vec<Inserted> = diesel::sql_query(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
+                 AS t(id, source, event_id, event_type, payload, content_type, headers)), \
+         event AS ( \
              INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
+             ORDER BY source, event_id \
              ON CONFLICT (source, event_id) DO NOTHING \
              RETURNING id), \
          outbox AS ( \
              INSERT INTO deliveries (id, event_id, destination, status) \
-             SELECT d.id, event.id, d.destination, 'pending' \
-             FROM event, unnest($8::uuid[], $9::text[]) AS d(id, destination) \
-             RETURNING 1) \
-         SELECT (SELECT count(*) FROM outbox) AS deliveries FROM event",
+             SELECT d.id, d.event_uuid, d.destination, 'pending' \
+             FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS d(id, event_uuid, destination) \
+             JOIN event ON event.id = d.event_uuid \
+             RETURNING event_id) \
+         SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
+         FROM event",
     )
-    .bind::<diesel::sql_types::Uuid, _>(event.id)
-    .bind::<Text, _>(event.source)
-    .bind::<Text, _>(event.event_id)
-    .bind::<Text, _>(event.event_type)
-    .bind::<Bytea, _>(event.payload)
-    .bind::<Text, _>(event.content_type)
-    .bind::<Jsonb, _>(&event.headers)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(delivery_ids)
-    .bind::<Array<Text>, _>(destinations)
-    .get_result(conn)
-    .await
-    .optional()?;
-    Ok(inserted.map(|i| usize::try_from(i.deliveries).unwrap_or(0)))
+    .bind::<Array<diesel::sql_types::Uuid>, _>(batch.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(batch.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|e| e.content_type.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(batch.iter().map(|e| &e.headers).collect::<Vec<_>>())
+    .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(id, _, _)| **id).collect::<Vec<_>>())
+    .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, event, _)| *event).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(outbox.iter().map(|(_, _, destination)| *destination).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(inserted
+        .into_iter()
+        .map(|i| (i.id, usize::try_from(i.deliveries).unwrap_or(0)))
+        .collect())
 }
 
-/// The stored id of a provider event, if any.
-pub async fn find_id(
+/// The stored ids of these provider events, keyed by `(source, event_id)`.
+pub async fn find_ids(
     conn: &mut AsyncPgConnection,
-    source: &str,
-    event_id: &str,
-) -> QueryResult<Option<Uuid>> {
-    events::table
-        .filter(events::source.eq(source))
-        .filter(events::event_id.eq(event_id))
-        .select(events::id)
-        .first(conn)
-        .await
-        .optional()
+    keys: &[(&str, &str)],
+) -> QueryResult<std::collections::HashMap<(String, String), Uuid>> {
+    use diesel::sql_types::{Array, Text};
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        source: String,
+        #[diesel(sql_type = Text)]
+        event_id: String,
+    }
+    let found: Vec<Found> = diesel::sql_query(
+        "SELECT e.id, e.source, e.event_id FROM events e \
+         JOIN unnest($1::text[], $2::text[]) AS k(source, event_id) \
+           ON e.source = k.source AND e.event_id = k.event_id",
+    )
+    .bind::<Array<Text>, _>(keys.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(keys.iter().map(|(_, e)| *e).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|f| ((f.source, f.event_id), f.id))
+        .collect())
 }
 
 /// An event in a list: no payload.

@@ -1,23 +1,10 @@
-//! Rows as Rust types: `New*` structs for inserts, and the delivery states.
+//! Rows as Rust types, and the delivery states.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::schema::{deliveries, events};
-
-/// A verified provider event about to be stored.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = events)]
-pub struct NewEvent<'a> {
-    pub id: Uuid,
-    pub source: &'a str,
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    pub payload: &'a [u8],
-    pub content_type: &'a str,
-    pub headers: serde_json::Value,
-}
+use super::schema::deliveries;
 
 /// A delivery row as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]

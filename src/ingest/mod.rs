@@ -9,6 +9,7 @@
 //! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
 
+mod commit;
 pub mod routing;
 pub mod verify;
 
@@ -28,9 +29,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::AppContext;
-use crate::db::models::NewEvent;
-use crate::db::{deliveries, events};
+use crate::db::deliveries;
+use crate::db::events::BatchEvent;
 use crate::http_error::ApiError;
+use commit::{GroupCommitter, Stored};
 use routing::Router;
 
 /// The content type stored when a provider sends none.
@@ -51,6 +53,7 @@ struct IngestState {
     max_body_bytes: usize,
     /// Wakes the notifier task, which tells relays in other processes.
     notify_others: Arc<Notify>,
+    committer: GroupCommitter,
 }
 
 /// Runs the ingest listener on `listener` until `shutdown` is cancelled.
@@ -60,6 +63,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &ctx.config;
+    // The committers outlive the HTTP server's graceful stop, which waits for in-flight
+    // requests (and so for their commits); they are stopped after it.
+    let committers_stop = CancellationToken::new();
+    let (committer, committers) = GroupCommitter::start(ctx.pool.clone(), committers_stop.clone());
     let state = web::Data::new(IngestState {
         sources: config
             .sources
@@ -79,6 +86,7 @@ pub async fn run(
         max_body_bytes: config.ingest.max_body_bytes,
         ctx: ctx.clone(),
         notify_others: Arc::new(Notify::new()),
+        committer,
     });
     let notifier = tokio::spawn(notify_relays(
         ctx.clone(),
@@ -92,6 +100,10 @@ pub async fn run(
         .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
         .run();
     let served = crate::app::serve_until_cancelled(server, shutdown).await;
+    committers_stop.cancel();
+    for committer in committers {
+        let _ = committer.await;
+    }
     let _ = notifier.await;
     served
 }
@@ -196,20 +208,25 @@ async fn receive_for(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(DEFAULT_CONTENT_TYPE);
-        let event = NewEvent {
+        let event = BatchEvent {
             id: Uuid::now_v7(),
-            source: &source_name,
-            event_id: &verified.event_id,
-            event_type: &verified.event_type,
-            payload: &body,
-            content_type,
+            source: source_name.clone(),
+            event_id: verified.event_id.clone(),
+            event_type: verified.event_type.clone(),
+            payload: body.to_vec(),
+            content_type: content_type.to_string(),
             headers: kept_headers(request.headers(), &source.kept_headers),
+            deliveries: state
+                .router
+                .destinations_for(&source_name, &verified.event_type)
+                .map(|destination| (Uuid::now_v7(), destination.to_string()))
+                .collect(),
         };
-        let destinations: Vec<&str> = state
-            .router
-            .destinations_for(&source_name, &verified.event_type)
-            .collect();
-        let stored = store(&state.ctx, &event, &destinations).await?;
+        let stored = state
+            .committer
+            .store(event)
+            .await
+            .map_err(|e| ApiError::Unavailable(anyhow::anyhow!(e)))?;
         let (status, id) = match stored {
             Stored::Accepted { id, deliveries } => {
                 if deliveries > 0 {
@@ -286,43 +303,4 @@ fn kept_headers(headers: &HeaderMap, names: &[String]) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Object(kept)
-}
-
-enum Stored {
-    Accepted {
-        id: Uuid,
-        deliveries: usize,
-    },
-    /// `id` is the stored event's; `None` only if it was pruned in the meantime.
-    Duplicate {
-        id: Option<Uuid>,
-    },
-}
-
-/// Stores the event and its outbox rows atomically, or recognises a duplicate.
-/// Any storage failure is `Unavailable`: the provider retries later and, since nothing
-/// was committed, nothing is lost or doubled.
-async fn store(ctx: &AppContext, event: &NewEvent<'_>, destinations: &[&str]) -> Result<Stored, ApiError> {
-    let unavailable =
-        |e: diesel::result::Error| ApiError::Unavailable(anyhow::Error::new(e).context("storing the event"));
-    let mut conn =
-        ctx.pool.get().await.map_err(|e| {
-            ApiError::Unavailable(anyhow::Error::new(e).context("getting a database connection"))
-        })?;
-    let delivery_ids: Vec<Uuid> = destinations.iter().map(|_| Uuid::now_v7()).collect();
-    match events::insert_with_outbox(&mut conn, event, &delivery_ids, destinations)
-        .await
-        .map_err(unavailable)?
-    {
-        Some(deliveries) => Ok(Stored::Accepted {
-            id: event.id,
-            deliveries,
-        }),
-        None => {
-            let id = events::find_id(&mut conn, event.source, event.event_id)
-                .await
-                .map_err(unavailable)?;
-            Ok(Stored::Duplicate { id })
-        }
-    }
 }

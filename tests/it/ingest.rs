@@ -403,3 +403,65 @@ async fn in_flight_request_finishes_during_graceful_stop() {
         1
     );
 }
+
+/// Group commit: concurrent requests share statements, but each is answered for its
+/// own event — new ones accepted with their own id and outbox rows, repeats as
+/// duplicates naming the stored event.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_distinct_and_repeated_events_are_each_answered_for_themselves() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &["invoice.*"])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    // 150 distinct events, every third posted twice, all at once.
+    let requests: Vec<_> = (0..150)
+        .flat_map(|i| std::iter::repeat_n(i, if i % 3 == 0 { 2 } else { 1 }))
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            let event_type = if i % 2 == 0 {
+                "invoice.paid"
+            } else {
+                "customer.created"
+            };
+            let body = stripe_event(&format!("evt_group_{i}"), event_type);
+            tokio::spawn(async move { (i, json(post_stripe(&client, &url, &body).await).await) })
+        })
+        .collect();
+    let mut ids: std::collections::HashMap<u32, std::collections::HashSet<String>> = Default::default();
+    let mut accepted = 0;
+    for request in requests {
+        let (i, (status, answer)) = request.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["event_id"], format!("evt_group_{i}"));
+        if answer["status"] == "accepted" {
+            accepted += 1;
+        }
+        ids.entry(i)
+            .or_default()
+            .insert(answer["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(accepted, 150, "each distinct event accepted exactly once");
+    assert!(
+        ids.values().all(|set| set.len() == 1),
+        "a repeat names the stored event"
+    );
+    for (i, set) in &ids {
+        let id = set.iter().next().unwrap();
+        assert_eq!(
+            db.count(&format!(
+                "SELECT count(*) FROM events WHERE id = '{id}' AND event_id = 'evt_group_{i}'"
+            ))
+            .await,
+            1
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 150);
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries").await,
+        75,
+        "only invoice.* events are routed"
+    );
+    relayd.stop().await.unwrap();
+}
