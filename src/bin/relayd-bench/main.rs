@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     broker_url: String,
     /// Offered rate of the ingest scenario (requests per second).
-    #[arg(long, default_value_t = 5000.0)]
+    #[arg(long, default_value_t = 8000.0)]
     ingest_rate: f64,
     /// Offered rate of the e2e scenario (events per second).
     #[arg(long, default_value_t = 2000.0)]
@@ -63,8 +63,12 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Open requests at most (the load generator's connections).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     concurrency: usize,
+    /// Clients of the raw INSERT baseline (each holds a PostgreSQL connection, so keep it
+    /// under max_connections).
+    #[arg(long, default_value_t = 64)]
+    raw_clients: usize,
     /// Deliveries in the backlog scenario.
     #[arg(long, default_value_t = 100_000)]
     backlog: u64,
@@ -374,7 +378,7 @@ async fn raw_inserts(args: &Args) -> anyhow::Result<Row> {
     let body = load::event_body("raw", 0, args.body_bytes);
     let stop_at = Instant::now() + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..args.concurrency {
+    for worker in 0..args.raw_clients {
         let url = url.clone();
         let body = body.clone();
         tasks.spawn(async move {
@@ -404,7 +408,7 @@ async fn raw_inserts(args: &Args) -> anyhow::Result<Row> {
     let elapsed = started.elapsed();
     latencies.sort();
     Ok(Row {
-        scenario: format!("raw INSERT ×{}", args.concurrency),
+        scenario: format!("raw INSERT ×{}", args.raw_clients),
         achieved_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
         requests: latencies.len() as u64,
         p50_ms: percentile_ms(&latencies, 0.50),
