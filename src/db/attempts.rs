@@ -6,17 +6,17 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::delivery_attempts;
 
-/// An attempt to record (see `deliveries::record_outcome`). Exactly one of
+/// An attempt to record (see `deliveries::record_outcomes`). Exactly one of
 /// `status_code` and `error` is set.
-#[derive(Debug, Clone, Copy)]
-pub struct NewAttempt<'a> {
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
     pub delivery_id: uuid::Uuid,
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub status_code: Option<i32>,
-    pub error: Option<&'a str>,
-    pub response_snippet: Option<&'a str>,
+    pub error: Option<String>,
+    pub response_snippet: Option<String>,
 }
 
 /// An attempt as stored.

@@ -104,6 +104,8 @@ pub async fn postpone_queued(
 /// What a worker needs after claiming a delivery.
 #[derive(Debug, QueryableByName)]
 pub struct Claimed {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: uuid::Uuid,
     /// The attempt this claim starts (1 for the first); also the fencing token for
     /// recording its outcome.
     #[diesel(sql_type = diesel::sql_types::Integer)]
@@ -112,10 +114,10 @@ pub struct Claimed {
     pub destination: String,
 }
 
-/// Claims a delivery for one attempt: it becomes `delivering` with `attempts + 1` and a
-/// lease until `now() + lease`. Returns `None` when the row is not claimable (already
-/// delivered, dead, held by another worker, not yet due, or gone): the message that
-/// asked for it is a duplicate.
+/// Claims deliveries for one attempt each: they become `delivering` with
+/// `attempts + 1` and a lease until `now() + lease`. Rows that are not claimable
+/// (already delivered, dead, held by another worker, not yet due, or gone) are left
+/// alone and absent from the result: the messages that asked for them are duplicates.
 ///
 /// Claimable: `queued`; `delivering` whose lease expired; and the states a relay
 /// publishes from — `pending`, due `retrying` — because a message can arrive before the
@@ -125,25 +127,24 @@ pub struct Claimed {
 /// re-check the row, now `queued`) instead of missing it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
+    ids: &[uuid::Uuid],
     lease: std::time::Duration,
-) -> QueryResult<Option<Claimed>> {
+) -> QueryResult<Vec<Claimed>> {
     diesel::sql_query(
         "UPDATE deliveries \
          SET status = 'delivering', attempts = attempts + 1, updated_at = now(), \
              lease_until = now() + make_interval(secs => $2), \
              next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = $1 \
+         WHERE id = ANY($1) \
            AND (status IN ('queued', 'pending') \
                 OR (status = 'retrying' AND next_attempt_at <= now()) \
                 OR (status = 'delivering' AND lease_until <= now())) \
-         RETURNING attempts, destination",
+         RETURNING id, attempts, destination",
     )
-    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .get_result(conn)
+    .load(conn)
     .await
-    .optional()
 }
 
 /// The outcome of one attempt, as stored on the delivery.
@@ -165,71 +166,95 @@ pub enum Outcome {
     },
 }
 
-/// Records `outcome` for the attempt `attempt` of delivery `id`, and the attempt's row
-/// when there was one, in a single statement (so in one implicit transaction). Only the
-/// holder of that attempt may change the delivery: if another worker claimed it since
-/// (its lease expired), the delivery is left alone and this returns false; the attempt
-/// row is recorded either way, since the attempt happened.
-pub async fn record_outcome(
+/// One attempt's result to record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub delivery_id: uuid::Uuid,
+    /// The attempt's number: only its holder may change the delivery.
+    pub attempt: i32,
+    pub outcome: Outcome,
+    /// The attempt's row, when a request was made.
+    pub row: Option<super::attempts::NewAttempt>,
+}
+
+/// Records outcomes (and their attempt rows) in a single statement, hence in one
+/// implicit transaction. A delivery changes only if it is still `delivering` with the
+/// same attempt number: if another worker claimed it since (its lease expired), it is
+/// left alone. Attempt rows are recorded either way, since the attempts happened.
+/// Returns the ids of the deliveries changed.
+pub async fn record_outcomes(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
-    attempt: i32,
-    outcome: &Outcome,
-    attempt_row: Option<&super::attempts::NewAttempt<'_>>,
-) -> QueryResult<bool> {
-    use diesel::sql_types::{Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid};
-    let (status, status_code, error, retry_in) = match outcome {
-        Outcome::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
-        Outcome::Retrying {
-            retry_in,
-            status_code,
-            error,
-        } => (
-            "retrying",
-            *status_code,
-            Some(error.as_str()),
-            Some(retry_in.as_secs_f64()),
-        ),
-        Outcome::Dead { status_code, error } => ("dead", *status_code, Some(error.as_str()), None),
-    };
-    let row = attempt_row.copied().unwrap_or(super::attempts::NewAttempt {
-        delivery_id: id,
-        attempt,
-        started_at: chrono::Utc::now(),
-        duration_ms: 0,
-        status_code: None,
-        error: None,
-        response_snippet: None,
-    });
-    let updated = diesel::sql_query(
+    records: &[Record],
+) -> QueryResult<std::collections::HashSet<uuid::Uuid>> {
+    use diesel::sql_types::{Array, Double, Integer, Nullable, Text, Timestamptz, Uuid};
+    #[derive(QueryableByName)]
+    struct Changed {
+        #[diesel(sql_type = Uuid)]
+        id: uuid::Uuid,
+    }
+    let mut ids = Vec::new();
+    let mut attempts = Vec::new();
+    let mut statuses = Vec::new();
+    let mut codes = Vec::new();
+    let mut errors = Vec::new();
+    let mut retry_ins = Vec::new();
+    for record in records {
+        let (status, code, error, retry_in) = match &record.outcome {
+            Outcome::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
+            Outcome::Retrying {
+                retry_in,
+                status_code,
+                error,
+            } => (
+                "retrying",
+                *status_code,
+                Some(error.as_str()),
+                Some(retry_in.as_secs_f64()),
+            ),
+            Outcome::Dead { status_code, error } => ("dead", *status_code, Some(error.as_str()), None),
+        };
+        ids.push(record.delivery_id);
+        attempts.push(record.attempt);
+        statuses.push(status);
+        codes.push(code);
+        errors.push(error);
+        retry_ins.push(retry_in);
+    }
+    let rows: Vec<&super::attempts::NewAttempt> = records.iter().filter_map(|r| r.row.as_ref()).collect();
+    let changed: Vec<Changed> = diesel::sql_query(
         "WITH attempt AS ( \
              INSERT INTO delivery_attempts \
                  (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
-             SELECT $7, $8, $9, $10, $11, $12, $13 WHERE $14) \
-         UPDATE deliveries SET status = $3, updated_at = now(), lease_until = NULL, \
-                last_status_code = $4, last_error = $5, \
-                delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END, \
-                next_attempt_at = CASE WHEN $3 = 'retrying' THEN now() + make_interval(secs => $6) \
-                                       ELSE next_attempt_at END \
-         WHERE id = $1 AND attempts = $2 AND status = 'delivering'",
+             SELECT * FROM unnest($7::uuid[], $8::int[], $9::timestamptz[], $10::int[], $11::int[], \
+                                  $12::text[], $13::text[])), \
+         outcome AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::float8[]) \
+                 AS o(id, attempt, status, status_code, error, retry_in)) \
+         UPDATE deliveries d SET status = o.status, updated_at = now(), lease_until = NULL, \
+                last_status_code = o.status_code, last_error = o.error, \
+                delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END, \
+                next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + make_interval(secs => o.retry_in) \
+                                       ELSE d.next_attempt_at END \
+         FROM outcome o \
+         WHERE d.id = o.id AND d.attempts = o.attempt AND d.status = 'delivering' \
+         RETURNING d.id",
     )
-    .bind::<Uuid, _>(id)
-    .bind::<Integer, _>(attempt)
-    .bind::<Text, _>(status)
-    .bind::<Nullable<Integer>, _>(status_code)
-    .bind::<Nullable<Text>, _>(error)
-    .bind::<Nullable<Double>, _>(retry_in)
-    .bind::<Uuid, _>(row.delivery_id)
-    .bind::<Integer, _>(row.attempt)
-    .bind::<Timestamptz, _>(row.started_at)
-    .bind::<Integer, _>(row.duration_ms)
-    .bind::<Nullable<Integer>, _>(row.status_code)
-    .bind::<Nullable<Text>, _>(row.error)
-    .bind::<Nullable<Text>, _>(row.response_snippet)
-    .bind::<Bool, _>(attempt_row.is_some())
-    .execute(conn)
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Nullable<Integer>>, _>(&codes)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Array<Nullable<Double>>, _>(&retry_ins)
+    .bind::<Array<Uuid>, _>(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Integer>>, _>(rows.iter().map(|r| r.status_code).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.response_snippet.as_deref()).collect::<Vec<_>>())
+    .load(conn)
     .await?;
-    Ok(updated == 1)
+    Ok(changed.into_iter().map(|c| c.id).collect())
 }
 
 /// The due backlog: how many rows the relay should publish now, and how long the

@@ -10,17 +10,16 @@
 //! consumers stop taking messages, in-flight deliveries get the grace period to finish
 //! and be recorded, and whatever is left unacked is redelivered by the broker.
 
+mod batch;
 mod schedule;
 mod send;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,29 +27,33 @@ use crate::app::AppContext;
 use crate::broker::{headers, Consumer, IncomingMessage, Topology};
 use crate::db::attempts::NewAttempt;
 use crate::db::deliveries::{self, Outcome};
-use crate::db::PooledConnection;
 
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = &ctx.config;
+    let targets = config
+        .destinations
+        .iter()
+        .map(|d| {
+            let target = send::Target {
+                url: reqwest::Url::parse(&d.url).with_context(|| format!("destination {} url", d.name))?,
+                signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
+                    .with_context(|| format!("destination {} signing_secret", d.name))?,
+                timeout: d.timeout,
+            };
+            Ok((d.name.clone(), Arc::new(target)))
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    // The lease of a claim: the longest destination timeout plus `worker.lease_margin`
+    // (a row's destination is only known once claimed; the longest is always enough).
+    // A crashed worker's delivery is retried once its lease has expired.
+    let lease = targets.values().map(|t| t.timeout).max().unwrap_or_default() + config.worker.lease_margin;
     let worker = Arc::new(Worker {
+        batcher: batch::Batcher::start(ctx.relaxed_pool.clone(), lease),
         ctx: ctx.clone(),
         client: send::client().context("building the HTTP client")?,
         permits: Arc::new(Semaphore::new(config.worker.concurrency)),
-        targets: config
-            .destinations
-            .iter()
-            .map(|d| {
-                let target = send::Target {
-                    url: reqwest::Url::parse(&d.url)
-                        .with_context(|| format!("destination {} url", d.name))?,
-                    signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
-                        .with_context(|| format!("destination {} signing_secret", d.name))?,
-                    timeout: d.timeout,
-                };
-                Ok((d.name.clone(), Arc::new(target)))
-            })
-            .collect::<anyhow::Result<HashMap<_, _>>>()?,
+        targets,
     });
     let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
@@ -79,6 +82,8 @@ struct Worker {
     /// `worker.concurrency` across every destination.
     permits: Arc<Semaphore>,
     targets: HashMap<String, Arc<send::Target>>,
+    /// Combines concurrent claims and records into shared statements.
+    batcher: batch::Batcher,
 }
 
 /// Feeds one destination's messages to delivery tasks until shutdown, then drains.
@@ -111,15 +116,6 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, shutdown: Cancella
     if drained.is_err() {
         tracing::warn!("grace period over: unfinished deliveries stay unacked and will be redelivered");
     }
-}
-
-/// Delays for retrying database work in the worker: 100 ms doubling to 2 s, 6 tries.
-fn db_retry() -> impl Iterator<Item = Duration> {
-    ExponentialBackoff::from_millis(2)
-        .factor(50)
-        .max_delay(Duration::from_secs(2))
-        .map(jitter)
-        .take(6)
 }
 
 /// The parts of a message a delivery needs.
@@ -180,12 +176,7 @@ impl Worker {
     async fn deliver(&self, envelope: Envelope, message: IncomingMessage) {
         let IncomingMessage { body, acker, .. } = message;
         let span = tracing::Span::current();
-        let claimed = self
-            .with_db(|mut conn| async move {
-                let lease = self.claim_lease();
-                deliveries::claim(&mut conn, envelope.delivery_id, lease).await
-            })
-            .await;
+        let claimed = self.batcher.claim(envelope.delivery_id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
@@ -264,21 +255,22 @@ impl Worker {
         acker: crate::broker::Acker,
     ) {
         let attempt = claimed.attempts;
+        let row = response.map(|response| NewAttempt {
+            delivery_id,
+            attempt,
+            started_at: response.started_at,
+            duration_ms: i32::try_from(response.duration.as_millis()).unwrap_or(i32::MAX),
+            status_code: response.status_code.map(i32::from),
+            error: response.error.clone(),
+            response_snippet: response.snippet.clone(),
+        });
         let recorded = self
-            .with_db(|mut conn| {
-                let outcome = &outcome;
-                let row = response.map(|response| NewAttempt {
-                    delivery_id,
-                    attempt,
-                    started_at: response.started_at,
-                    duration_ms: i32::try_from(response.duration.as_millis()).unwrap_or(i32::MAX),
-                    status_code: response.status_code.map(i32::from),
-                    error: response.error.as_deref(),
-                    response_snippet: response.snippet.as_deref(),
-                });
-                async move {
-                    deliveries::record_outcome(&mut conn, delivery_id, attempt, outcome, row.as_ref()).await
-                }
+            .batcher
+            .record(deliveries::Record {
+                delivery_id,
+                attempt,
+                outcome: outcome.clone(),
+                row,
             })
             .await;
         match (recorded, &outcome) {
@@ -306,36 +298,5 @@ impl Worker {
                 acker.reject();
             }
         }
-    }
-
-    /// Runs `op` with a pooled connection, retrying transient failures with backoff.
-    async fn with_db<T, F, Fut>(&self, op: F) -> Result<T, String>
-    where
-        F: Fn(PooledConnection) -> Fut,
-        Fut: std::future::Future<Output = diesel::QueryResult<T>>,
-    {
-        let mut delays = db_retry();
-        loop {
-            let result = match self.ctx.relaxed_pool.get().await {
-                Ok(conn) => op(conn).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match (result, delays.next()) {
-                (Ok(value), _) => return Ok(value),
-                (Err(e), Some(delay)) => {
-                    tracing::debug!(error = %e, retry_in = ?delay, "database operation failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                (Err(e), None) => return Err(e),
-            }
-        }
-    }
-
-    /// The lease of a claim: the longest destination timeout plus `worker.lease_margin`
-    /// (the row's destination is only known once claimed; the longest is always enough).
-    /// A crashed worker's delivery is retried once its lease has expired.
-    fn claim_lease(&self) -> Duration {
-        let longest = self.targets.values().map(|t| t.timeout).max().unwrap_or_default();
-        longest + self.ctx.config.worker.lease_margin
     }
 }

@@ -336,9 +336,10 @@ async fn claim_waits_for_the_relays_commit_instead_of_dropping_the_message() {
     let id = ids[0];
     let claim = tokio::spawn(async move {
         let mut worker = AsyncPgConnection::establish(&url).await.unwrap();
-        deliveries::claim(&mut worker, id, Duration::from_secs(30))
+        deliveries::claim(&mut worker, &[id], Duration::from_secs(30))
             .await
             .unwrap()
+            .pop()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!claim.is_finished(), "the claim waits for the relay's row lock");
@@ -370,20 +371,20 @@ async fn a_retrying_row_is_not_claimable_before_its_time() {
         .await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
     let lease = Duration::from_secs(30);
-    assert!(deliveries::claim(&mut conn, later[0], lease)
+    assert!(deliveries::claim(&mut conn, &later, lease)
         .await
         .unwrap()
-        .is_none());
-    assert!(deliveries::claim(&mut conn, done[0], lease)
+        .is_empty());
+    assert!(deliveries::claim(&mut conn, &done, lease)
         .await
         .unwrap()
-        .is_none());
-    assert!(deliveries::claim(&mut conn, leased[0], lease)
+        .is_empty());
+    assert!(deliveries::claim(&mut conn, &leased, lease)
         .await
         .unwrap()
-        .is_none());
-    assert!(deliveries::claim(&mut conn, due[0], lease)
-        .await
-        .unwrap()
-        .is_some());
+        .is_empty());
+    // One statement for several: only the claimable one comes back.
+    let all = [later[0], done[0], leased[0], due[0]];
+    let claimed = deliveries::claim(&mut conn, &all, lease).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [due[0]]);
 }
