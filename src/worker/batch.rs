@@ -10,6 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use diesel_async::AsyncPgConnection;
+use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::deliveries::{self, Claimed, Record};
@@ -81,6 +83,30 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
         .take(6)
 }
 
+/// Runs `op` with a pooled connection and `input`, retrying failures with backoff.
+async fn retrying<I: ?Sized, T>(
+    pool: &DbPool,
+    what: &str,
+    input: &I,
+    op: impl for<'c> Fn(&'c mut AsyncPgConnection, &'c I) -> BoxFuture<'c, diesel::QueryResult<T>>,
+) -> Result<T, String> {
+    let mut delays = retry_delays();
+    loop {
+        let attempt = match pool.get().await {
+            Ok(mut conn) => op(&mut conn, input).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match (attempt, delays.next()) {
+            (Ok(value), _) => return Ok(value),
+            (Err(e), Some(delay)) => {
+                tracing::debug!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
 async fn run_claims(
     pool: DbPool,
     mut rx: mpsc::Receiver<(uuid::Uuid, Reply<Option<Claimed>>)>,
@@ -88,23 +114,10 @@ async fn run_claims(
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
         let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
-        let mut delays = retry_delays();
-        let result = loop {
-            let attempt = match pool.get().await {
-                Ok(mut conn) => deliveries::claim(&mut conn, &ids, lease)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match (attempt, delays.next()) {
-                (Ok(claimed), _) => break Ok(claimed),
-                (Err(e), Some(delay)) => {
-                    tracing::debug!(error = %e, retry_in = ?delay, "claim failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                (Err(e), None) => break Err(e),
-            }
-        };
+        let result = retrying(&pool, "claim", ids.as_slice(), |conn, ids| {
+            deliveries::claim(conn, ids, lease).boxed()
+        })
+        .await;
         match result {
             Ok(claimed) => {
                 let mut by_id: HashMap<uuid::Uuid, Claimed> =
@@ -125,23 +138,11 @@ async fn run_claims(
 async fn run_records(pool: DbPool, mut rx: mpsc::Receiver<(Record, Reply<bool>)>) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (records, replies): (Vec<Record>, Vec<Reply<bool>>) = batch.into_iter().unzip();
-        let mut delays = retry_delays();
-        let result: Result<HashSet<uuid::Uuid>, String> = loop {
-            let attempt = match pool.get().await {
-                Ok(mut conn) => deliveries::record_outcomes(&mut conn, &records)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match (attempt, delays.next()) {
-                (Ok(changed), _) => break Ok(changed),
-                (Err(e), Some(delay)) => {
-                    tracing::debug!(error = %e, retry_in = ?delay, "recording failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                (Err(e), None) => break Err(e),
-            }
-        };
+        let result: Result<HashSet<uuid::Uuid>, String> =
+            retrying(&pool, "recording", records.as_slice(), |conn, records| {
+                deliveries::record_outcomes(conn, records).boxed()
+            })
+            .await;
         for (record, reply) in records.iter().zip(replies) {
             let _ = reply.send(match &result {
                 Ok(changed) => Ok(changed.contains(&record.delivery_id)),
