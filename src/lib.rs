@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod ops;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 pub mod signing;
 pub mod telemetry;
 pub mod worker;

@@ -370,6 +370,21 @@ pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, St
         .await
 }
 
+/// The changes of a replay: back to `pending`, due now, with a fresh attempt budget.
+/// (A macro because diesel's changeset tuple type is unwieldy to name.)
+macro_rules! replay_reset {
+    () => {
+        (
+            deliveries::status.eq(super::models::DeliveryStatus::Pending.as_str()),
+            deliveries::attempts.eq(0),
+            deliveries::next_attempt_at.eq(diesel::dsl::now),
+            deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+            deliveries::delivered_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            deliveries::updated_at.eq(diesel::dsl::now),
+        )
+    };
+}
+
 /// What a bulk replay selects. Event fields filter through the event.
 #[derive(Debug, Default, Clone)]
 pub struct ReplayFilter {
@@ -437,14 +452,7 @@ pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> Quer
             .filter(deliveries::id.eq_any(target))
             .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
     )
-    .set((
-        deliveries::status.eq(DeliveryStatus::Pending.as_str()),
-        deliveries::attempts.eq(0),
-        deliveries::next_attempt_at.eq(diesel::dsl::now),
-        deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
-        deliveries::delivered_at.eq(None::<chrono::DateTime<chrono::Utc>>),
-        deliveries::updated_at.eq(diesel::dsl::now),
-    ))
+    .set(replay_reset!())
     .execute(conn)
     .await?;
     if replayed > 0 {
@@ -464,14 +472,7 @@ pub async fn replay_one(
             .filter(deliveries::id.eq(id))
             .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
     )
-    .set((
-        deliveries::status.eq(DeliveryStatus::Pending.as_str()),
-        deliveries::attempts.eq(0),
-        deliveries::next_attempt_at.eq(diesel::dsl::now),
-        deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
-        deliveries::delivered_at.eq(None::<chrono::DateTime<chrono::Utc>>),
-        deliveries::updated_at.eq(diesel::dsl::now),
-    ))
+    .set(replay_reset!())
     .returning(Delivery::as_returning())
     .get_result(conn)
     .await

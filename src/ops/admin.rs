@@ -129,6 +129,18 @@ fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// The keyset cursor `before`: an id from a previous page's `next_cursor`.
+fn cursor(before: Option<String>) -> Result<Option<Uuid>, ApiError> {
+    non_empty(before)
+        .map(|c| parse_id(&c, "before (cursor)"))
+        .transpose()
+}
+
+/// A full page may have more after it: its last id is the next page's cursor.
+fn next_cursor(len: usize, limit: i64, last: Option<Uuid>) -> Option<Uuid> {
+    (len as i64 == limit).then_some(last).flatten()
+}
+
 fn non_empty(text: Option<String>) -> Option<String> {
     text.filter(|t| !t.is_empty())
 }
@@ -203,9 +215,7 @@ async fn list_events(
         event_type: non_empty(query.event_type),
         status: parse_status(&query.status)?,
         q: non_empty(query.q),
-        before: non_empty(query.before)
-            .map(|c| parse_id(&c, "before (cursor)"))
-            .transpose()?,
+        before: cursor(query.before)?,
         limit: limit(query.limit)?,
     };
     let mut conn = connection(&ctx).await?;
@@ -221,9 +231,7 @@ async fn list_events(
             last_status_code: d.last_status_code,
         });
     }
-    let next_cursor = (page.len() as i64 == filter.limit)
-        .then(|| page.last().map(|e| e.id))
-        .flatten();
+    let next_cursor = next_cursor(page.len(), filter.limit, page.last().map(|e| e.id));
     let items: Vec<serde_json::Value> = page
         .into_iter()
         .map(|event| {
@@ -306,16 +314,12 @@ async fn list_deliveries(
     let filter = DeliveryFilter {
         status: parse_status(&query.status)?,
         destination: non_empty(query.destination),
-        before: non_empty(query.before)
-            .map(|c| parse_id(&c, "before (cursor)"))
-            .transpose()?,
+        before: cursor(query.before)?,
         limit: limit(query.limit)?,
     };
     let mut conn = connection(&ctx).await?;
     let page = deliveries::list(&mut conn, &filter).await.map_err(storage)?;
-    let next_cursor = (page.len() as i64 == filter.limit)
-        .then(|| page.last().map(|d| d.delivery.id))
-        .flatten();
+    let next_cursor = next_cursor(page.len(), filter.limit, page.last().map(|d| d.delivery.id));
     Ok(HttpResponse::Ok().json(json!({ "items": page, "next_cursor": next_cursor })))
 }
 

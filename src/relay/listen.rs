@@ -65,8 +65,5 @@ async fn listen(database_url: &str) -> diesel::QueryResult<AsyncPgConnection> {
 }
 
 fn delays() -> impl Iterator<Item = Duration> {
-    tokio_retry::strategy::ExponentialBackoff::from_millis(2)
-        .factor(250)
-        .max_delay(Duration::from_secs(10))
-        .map(tokio_retry::strategy::jitter)
+    crate::retry::backoff(Duration::from_millis(500), Duration::from_secs(10))
 }

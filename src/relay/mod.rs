@@ -110,10 +110,7 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Retry delays after a failed turn (database unreachable, …): 100 ms doubling to 5 s.
 fn backoff() -> impl Iterator<Item = Duration> {
-    tokio_retry::strategy::ExponentialBackoff::from_millis(2)
-        .factor(50)
-        .max_delay(Duration::from_secs(5))
-        .map(tokio_retry::strategy::jitter)
+    crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 struct Relay {

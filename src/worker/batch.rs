@@ -76,11 +76,7 @@ async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
 
 /// Delays for retrying a failed statement: 100 ms doubling to 2 s, 6 tries.
 fn retry_delays() -> impl Iterator<Item = Duration> {
-    tokio_retry::strategy::ExponentialBackoff::from_millis(2)
-        .factor(50)
-        .max_delay(Duration::from_secs(2))
-        .map(tokio_retry::strategy::jitter)
-        .take(6)
+    crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(2)).take(6)
 }
 
 /// Runs `op` with a pooled connection and `input`, retrying failures with backoff.
