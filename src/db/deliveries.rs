@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::prepared::prepared;
 use super::schema::deliveries;
 
 /// Wakes relays listening on [`super::OUTBOX_CHANNEL`]; delivered at commit.
@@ -42,18 +43,32 @@ pub struct DueDelivery {
 /// another relay holds: `pending`; `retrying` whose retry time has come; `delivering`
 /// whose lease expired; `queued` whose re-check time has come. `next_attempt_at` is
 /// "when the relay must look at this row next" for every state, so one range scan of
-/// the partial due index finds them all.
+/// the partial due index finds them all. Must run inside a transaction (it holds the
+/// row locks until the caller commits).
+///
+/// The plan must not depend on statistics: the outbox goes from empty to a backlog of
+/// 100,000 rows faster than autovacuum re-analyzes it, and with statistics that say
+/// "almost nothing is due" the planner bitmap-scans every due row, joins each to its
+/// event, sorts them all and keeps 500. Bitmap scans are switched off for this
+/// transaction so that the only sensible plan is the ordered walk of the due index that
+/// stops after `limit` rows; the events are joined to those rows only.
 pub async fn claim_due(conn: &mut AsyncPgConnection, limit: usize) -> QueryResult<Vec<DueDelivery>> {
-    diesel::sql_query(
-        "SELECT d.id, d.event_id AS event_uuid, d.destination, d.status, d.attempts, \
+    prepared("SET LOCAL enable_bitmapscan = off")
+        .execute(conn)
+        .await?;
+    prepared(
+        "WITH due AS ( \
+             SELECT id, event_id, destination, status, attempts, next_attempt_at FROM deliveries \
+             WHERE status IN ('pending', 'queued', 'delivering', 'retrying') \
+               AND next_attempt_at <= now() \
+               AND (status <> 'delivering' OR lease_until IS NULL OR lease_until <= now()) \
+             ORDER BY next_attempt_at \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED) \
+         SELECT d.id, d.event_id AS event_uuid, d.destination, d.status, d.attempts, \
                 e.event_id, e.source, e.event_type, e.content_type, e.payload \
-         FROM deliveries d JOIN events e ON e.id = d.event_id \
-         WHERE d.status IN ('pending', 'queued', 'delivering', 'retrying') \
-           AND d.next_attempt_at <= now() \
-           AND (d.status <> 'delivering' OR d.lease_until IS NULL OR d.lease_until <= now()) \
-         ORDER BY d.next_attempt_at \
-         LIMIT $1 \
-         FOR UPDATE OF d SKIP LOCKED",
+         FROM due d JOIN events e ON e.id = d.event_id \
+         ORDER BY d.next_attempt_at",
     )
     .bind::<diesel::sql_types::BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
     .load(conn)
@@ -70,13 +85,13 @@ pub async fn mark_queued(
     if ids.is_empty() {
         return Ok(0);
     }
-    diesel::sql_query(
+    prepared(
         "UPDATE deliveries SET status = 'queued', lease_until = NULL, updated_at = now(), \
-                next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = ANY($1)",
+                next_attempt_at = now() + make_interval(secs => $1) \
+         WHERE id = ANY($2)",
     )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Double, _>(recheck_after.as_secs_f64())
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .execute(conn)
     .await
 }
@@ -91,12 +106,12 @@ pub async fn postpone_queued(
     if ids.is_empty() {
         return Ok(0);
     }
-    diesel::sql_query(
-        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = ANY($1) AND status = 'queued'",
+    prepared(
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $1) \
+         WHERE id = ANY($2) AND CASE WHEN status = 'queued' THEN true ELSE false END",
     )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Double, _>(recheck_after.as_secs_f64())
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .execute(conn)
     .await
 }
@@ -125,24 +140,34 @@ pub struct Claimed {
 /// for the lock of a row that matches the WHERE clause in its committed version, so
 /// matching those states is what makes this UPDATE wait for the relay's commit (then
 /// re-check the row, now `queued`) instead of missing it.
+///
+/// The state test is a `CASE`, not an `OR` of conditions, on purpose: the `OR` form
+/// implies the partial due index's predicate, and with statistics gathered while the
+/// outbox was nearly empty the planner chose to scan that whole index (every due row)
+/// for each claim. A `CASE` leaves the primary key as the only index that applies.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     ids: &[uuid::Uuid],
     lease: std::time::Duration,
 ) -> QueryResult<Vec<Claimed>> {
-    diesel::sql_query(
+    prepared(
         "UPDATE deliveries \
          SET status = 'delivering', attempts = attempts + 1, updated_at = now(), \
-             lease_until = now() + make_interval(secs => $2), \
+             lease_until = now() + make_interval(secs => $1), \
              next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = ANY($1) \
-           AND (status IN ('queued', 'pending') \
-                OR (status = 'retrying' AND next_attempt_at <= now()) \
-                OR (status = 'delivering' AND lease_until <= now())) \
+         WHERE id = ANY($3) \
+           AND CASE status \
+                   WHEN 'queued' THEN true \
+                   WHEN 'pending' THEN true \
+                   WHEN 'retrying' THEN next_attempt_at <= now() \
+                   WHEN 'delivering' THEN lease_until <= now() \
+                   ELSE false \
+               END \
          RETURNING id, attempts, destination",
     )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .load(conn)
     .await
 }
@@ -182,6 +207,9 @@ pub struct Record {
 /// same attempt number: if another worker claimed it since (its lease expired), it is
 /// left alone. Attempt rows are recorded either way, since the attempts happened.
 /// Returns the ids of the deliveries changed.
+///
+/// As in [`claim`], the state test is written so that it does not imply the partial due
+/// index's predicate: only the primary key can find the rows, whatever the statistics.
 pub async fn record_outcomes(
     conn: &mut AsyncPgConnection,
     records: &[Record],
@@ -221,14 +249,14 @@ pub async fn record_outcomes(
         retry_ins.push(retry_in);
     }
     let rows: Vec<&super::attempts::NewAttempt> = records.iter().filter_map(|r| r.row.as_ref()).collect();
-    let changed: Vec<Changed> = diesel::sql_query(
+    let changed: Vec<Changed> = prepared(
         "WITH attempt AS ( \
              INSERT INTO delivery_attempts \
                  (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
-             SELECT * FROM unnest($7::uuid[], $8::int[], $9::timestamptz[], $10::int[], $11::int[], \
-                                  $12::text[], $13::text[])), \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], \
+                                  $6::text[], $7::text[])), \
          outcome AS ( \
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::text[], $6::float8[]) \
+             SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::int[], $12::text[], $13::float8[]) \
                  AS o(id, attempt, status, status_code, error, retry_in)) \
          UPDATE deliveries d SET status = o.status, updated_at = now(), lease_until = NULL, \
                 last_status_code = o.status_code, last_error = o.error, \
@@ -236,15 +264,9 @@ pub async fn record_outcomes(
                 next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + make_interval(secs => o.retry_in) \
                                        ELSE d.next_attempt_at END \
          FROM outcome o \
-         WHERE d.id = o.id AND d.attempts = o.attempt AND d.status = 'delivering' \
+         WHERE d.id = o.id AND CASE WHEN d.status = 'delivering' THEN d.attempts = o.attempt ELSE false END \
          RETURNING d.id",
     )
-    .bind::<Array<Uuid>, _>(&ids)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Nullable<Integer>>, _>(&codes)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
-    .bind::<Array<Nullable<Double>>, _>(&retry_ins)
     .bind::<Array<Uuid>, _>(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
     .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
@@ -252,6 +274,12 @@ pub async fn record_outcomes(
     .bind::<Array<Nullable<Integer>>, _>(rows.iter().map(|r| r.status_code).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.response_snippet.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Nullable<Integer>>, _>(&codes)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Array<Nullable<Double>>, _>(&retry_ins)
     .load(conn)
     .await?;
     Ok(changed.into_iter().map(|c| c.id).collect())

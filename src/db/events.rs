@@ -49,7 +49,7 @@ pub async fn insert_batch_with_outbox(
                 .map(move |(id, destination)| (id, e.id, destination.as_str()))
         })
         .collect();
-    let inserted: Vec<Inserted> = diesel::sql_query(
+    let inserted: Vec<Inserted> = super::prepared::prepared(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
                  AS t(id, source, event_id, event_type, payload, content_type, headers)), \
@@ -101,7 +101,7 @@ pub async fn find_ids(
         #[diesel(sql_type = Text)]
         event_id: String,
     }
-    let found: Vec<Found> = diesel::sql_query(
+    let found: Vec<Found> = super::prepared::prepared(
         "SELECT e.id, e.source, e.event_id FROM events e \
          JOIN unnest($1::text[], $2::text[]) AS k(source, event_id) \
            ON e.source = k.source AND e.event_id = k.event_id",

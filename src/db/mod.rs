@@ -9,6 +9,7 @@ pub mod deliveries;
 pub mod events;
 pub mod migrate;
 pub mod models;
+pub mod prepared;
 pub mod schema;
 
 use std::time::Duration;
@@ -51,7 +52,10 @@ pub fn build_pool(
     durability: Durability,
 ) -> anyhow::Result<DbPool> {
     let runtime = tokio::runtime::Handle::current();
-    let mut session = format!("SET application_name = '{application_name}'");
+    // Plans are made per execution even for cached statements (see `prepared`): a
+    // generic plan chosen while the outbox is empty would be kept once it is full.
+    let mut session =
+        format!("SET application_name = '{application_name}'; SET plan_cache_mode = force_custom_plan");
     if durability == Durability::Relaxed {
         session.push_str("; SET synchronous_commit TO OFF");
     }

@@ -138,7 +138,9 @@ impl Relay {
             .context("getting a database connection")?;
         let turn = conn
             .transaction::<_, anyhow::Error, _>(async |conn| {
+                let started = Instant::now();
                 let due = deliveries::claim_due(conn, config.batch_size).await?;
+                let claimed_in = started.elapsed();
                 if due.is_empty() {
                     return Ok(Turn::default());
                 }
@@ -146,6 +148,7 @@ impl Relay {
                 let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
                 let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
                 let results = self.publisher.publish_batch(messages).await;
+                let published_in = started.elapsed();
 
                 let mut confirmed = Vec::with_capacity(ids.len());
                 let mut first_error = None;
@@ -167,7 +170,7 @@ impl Relay {
                 if let Some(error) = first_error {
                     tracing::warn!(failed = turn.failed, published = turn.published, %error, "some deliveries were not published; they stay due");
                 } else {
-                    tracing::debug!(published = turn.published, postponed = turn.postponed, "relayed a batch");
+                    tracing::debug!(published = turn.published, postponed = turn.postponed, ?claimed_in, ?published_in, marked_in = ?started.elapsed(), "relayed a batch");
                 }
                 Ok(turn)
             })

@@ -110,10 +110,12 @@ async fn run_claims(
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
         let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        let started = std::time::Instant::now();
         let result = retrying(&pool, "claim", ids.as_slice(), |conn, ids| {
             deliveries::claim(conn, ids, lease).boxed()
         })
         .await;
+        tracing::debug!(batch = ids.len(), took = ?started.elapsed(), "claimed a batch");
         match result {
             Ok(claimed) => {
                 let mut by_id: HashMap<uuid::Uuid, Claimed> =
@@ -134,11 +136,13 @@ async fn run_claims(
 async fn run_records(pool: DbPool, mut rx: mpsc::Receiver<(Record, Reply<bool>)>) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (records, replies): (Vec<Record>, Vec<Reply<bool>>) = batch.into_iter().unzip();
+        let started = std::time::Instant::now();
         let result: Result<HashSet<uuid::Uuid>, String> =
             retrying(&pool, "recording", records.as_slice(), |conn, records| {
                 deliveries::record_outcomes(conn, records).boxed()
             })
             .await;
+        tracing::debug!(batch = records.len(), took = ?started.elapsed(), "recorded a batch");
         for (record, reply) in records.iter().zip(replies) {
             let _ = reply.send(match &result {
                 Ok(changed) => Ok(changed.contains(&record.delivery_id)),
