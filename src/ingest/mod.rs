@@ -3,8 +3,9 @@
 //! `POST /webhooks/{source}` reads the raw body (bounded by `ingest.max_body_bytes`),
 //! verifies it with the source's verifier, and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
-//! outbox row per subscribed destination, then wakes the relay (in process, and through
-//! a coalesced `NOTIFY` for other processes). It answers only after the commit, so a
+//! outbox row per subscribed destination, then wakes the relay: the one in this process
+//! directly, or, when this process runs no relay, relays elsewhere through a coalesced
+//! `NOTIFY`. It answers only after the commit, so a
 //! 200 means the event is durable. It never talks to the broker
 //! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
@@ -51,8 +52,11 @@ struct IngestState {
     sources: HashMap<String, Source>,
     router: Router,
     max_body_bytes: usize,
-    /// Wakes the notifier task, which tells relays in other processes.
-    notify_others: Arc<Notify>,
+    /// Wakes the notifier task, which tells relays in other processes; `None` when this
+    /// process runs a relay itself. That relay publishes the rows, and a NOTIFY would
+    /// only cost PostgreSQL a global commit lock and every relay an empty extra turn.
+    /// (Relays elsewhere still find any rows on their poll interval.)
+    notify_others: Option<Arc<Notify>>,
     committer: GroupCommitter,
 }
 
@@ -85,14 +89,13 @@ pub async fn run(
         router: Router::new(&config.destinations),
         max_body_bytes: config.ingest.max_body_bytes,
         ctx: ctx.clone(),
-        notify_others: Arc::new(Notify::new()),
+        notify_others: (!ctx.roles.contains(&crate::cli::Role::Relay)).then(|| Arc::new(Notify::new())),
         committer,
     });
-    let notifier = tokio::spawn(notify_relays(
-        ctx.clone(),
-        state.notify_others.clone(),
-        shutdown.clone(),
-    ));
+    let notifier = state
+        .notify_others
+        .clone()
+        .map(|wake| tokio::spawn(notify_relays(ctx.clone(), wake, shutdown.clone())));
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .listen(listener)
         .context("listening for webhooks")?
@@ -104,7 +107,9 @@ pub async fn run(
     for committer in committers {
         let _ = committer.await;
     }
-    let _ = notifier.await;
+    if let Some(notifier) = notifier {
+        let _ = notifier.await;
+    }
     served
 }
 
@@ -231,10 +236,12 @@ async fn receive_for(
             Stored::Accepted { id, deliveries } => {
                 if deliveries > 0 {
                     // The relay of this process, if any, publishes without waiting for
-                    // NOTIFY's round trip or its poll interval; relays elsewhere hear a
-                    // NOTIFY from the notifier task.
+                    // NOTIFY's round trip or its poll interval; otherwise relays
+                    // elsewhere hear a NOTIFY from the notifier task.
                     state.ctx.outbox_wake.notify_one();
-                    state.notify_others.notify_one();
+                    if let Some(notify_others) = &state.notify_others {
+                        notify_others.notify_one();
+                    }
                 }
                 tracing::info!(event.uuid = %id, deliveries, "accepted");
                 ("accepted", Some(id))
