@@ -25,6 +25,8 @@ pub struct BatchEvent {
 /// `(source, event_id)` is already stored — or appears earlier in the same batch — are
 /// skipped with their deliveries. Returns, for each event stored, its deliveries count.
 ///
+/// A cached statement (see [`super::prepared`]): its plan does not depend on table sizes.
+///
 /// Duplicates are settled by the unique constraint (`ON CONFLICT DO NOTHING`), never by
 /// a prior SELECT: a concurrent statement inserting the same key waits for this one's
 /// commit and then sees the conflict. Rows are inserted in key order, so two batches
@@ -86,7 +88,8 @@ pub async fn insert_batch_with_outbox(
         .collect())
 }
 
-/// The stored ids of these provider events, keyed by `(source, event_id)`.
+/// The stored ids of these provider events, keyed by `(source, event_id)`. Planned on
+/// each call (it is rare, and its best join depends on the size of `events`).
 pub async fn find_ids(
     conn: &mut AsyncPgConnection,
     keys: &[(&str, &str)],
@@ -101,7 +104,7 @@ pub async fn find_ids(
         #[diesel(sql_type = Text)]
         event_id: String,
     }
-    let found: Vec<Found> = super::prepared::prepared(
+    let found: Vec<Found> = diesel::sql_query(
         "SELECT e.id, e.source, e.event_id FROM events e \
          JOIN unnest($1::text[], $2::text[]) AS k(source, event_id) \
            ON e.source = k.source AND e.event_id = k.event_id",

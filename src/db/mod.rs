@@ -52,12 +52,14 @@ pub fn build_pool(
     durability: Durability,
 ) -> anyhow::Result<DbPool> {
     let runtime = tokio::runtime::Handle::current();
-    // Plans are made per execution even for cached statements (see `prepared`): a
-    // generic plan chosen while the outbox is empty would be kept once it is full.
-    let mut session =
-        format!("SET application_name = '{application_name}'; SET plan_cache_mode = force_custom_plan");
+    let mut session = format!("SET application_name = '{application_name}'");
     if durability == Durability::Relaxed {
-        session.push_str("; SET synchronous_commit TO OFF");
+        // The relay's and worker's statements find rows through indexes whose best use
+        // depends on how full the outbox is: they are planned per execution even when
+        // cached (see `prepared`). The synchronous pool's only cached statement, the
+        // ingest insert, has one plan whatever the table sizes, so PostgreSQL may keep
+        // a generic plan of it and skip planning.
+        session.push_str("; SET synchronous_commit TO OFF; SET plan_cache_mode = force_custom_plan");
     }
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     // No `SELECT 1` round trip on every checkout: a broken connection fails its first

@@ -7,9 +7,12 @@
 //! appear once, in order, and the connection's statement cache (keyed by that text)
 //! parses it only the first time.
 //!
-//! Plans are still made per execution: connections run with `plan_cache_mode =
-//! force_custom_plan` (see [`super::build_pool`]), because a generic plan chosen while
-//! the outbox was empty would be kept when it is suddenly full.
+//! A statement whose best plan depends on table sizes must run on the relaxed pool,
+//! whose connections plan every execution (`plan_cache_mode = force_custom_plan`, see
+//! [`super::build_pool`]): a generic plan chosen while the outbox was empty would be
+//! kept when it is suddenly full. On the synchronous pool PostgreSQL may keep a generic
+//! plan, so only statements with one sensible plan whatever the sizes (the ingest
+//! insert) are prepared there; the rest use `diesel::sql_query`.
 
 use std::marker::PhantomData;
 

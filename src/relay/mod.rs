@@ -130,9 +130,11 @@ impl Relay {
     /// Claims, publishes and marks one batch in one transaction.
     async fn turn(&self) -> anyhow::Result<Turn> {
         let config = &self.ctx.config.relay;
+        // Relaxed commits (see `db::Durability::Relaxed`): a mark forgotten in a
+        // PostgreSQL crash only makes the relay publish the row again.
         let mut conn = self
             .ctx
-            .pool
+            .relaxed_pool
             .get()
             .await
             .context("getting a database connection")?;
