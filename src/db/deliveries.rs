@@ -39,6 +39,23 @@ pub struct DueDelivery {
     pub payload: Vec<u8>,
 }
 
+/// What [`claim_due`] runs first in its transaction (see there why).
+pub const CLAIM_DUE_SETUP: &str = "SET LOCAL enable_bitmapscan = off";
+
+/// [`claim_due`]'s statement (`$1`: the limit); public so that tests can EXPLAIN it.
+pub const CLAIM_DUE_SQL: &str = "WITH due AS ( \
+             SELECT id, event_id, destination, status, attempts, next_attempt_at FROM deliveries \
+             WHERE status IN ('pending', 'queued', 'delivering', 'retrying') \
+               AND next_attempt_at <= now() \
+               AND (status <> 'delivering' OR lease_until IS NULL OR lease_until <= now()) \
+             ORDER BY next_attempt_at \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED) \
+         SELECT d.id, d.event_id AS event_uuid, d.destination, d.status, d.attempts, \
+                e.event_id, e.source, e.event_type, e.content_type, e.payload \
+         FROM due d JOIN events e ON e.id = d.event_id \
+         ORDER BY d.next_attempt_at";
+
 /// Locks up to `limit` rows the relay must publish now, oldest due first, skipping rows
 /// another relay holds: `pending`; `retrying` whose retry time has come; `delivering`
 /// whose lease expired; `queued` whose re-check time has come. `next_attempt_at` is
@@ -53,26 +70,11 @@ pub struct DueDelivery {
 /// transaction so that the only sensible plan is the ordered walk of the due index that
 /// stops after `limit` rows; the events are joined to those rows only.
 pub async fn claim_due(conn: &mut AsyncPgConnection, limit: usize) -> QueryResult<Vec<DueDelivery>> {
-    prepared("SET LOCAL enable_bitmapscan = off")
-        .execute(conn)
-        .await?;
-    prepared(
-        "WITH due AS ( \
-             SELECT id, event_id, destination, status, attempts, next_attempt_at FROM deliveries \
-             WHERE status IN ('pending', 'queued', 'delivering', 'retrying') \
-               AND next_attempt_at <= now() \
-               AND (status <> 'delivering' OR lease_until IS NULL OR lease_until <= now()) \
-             ORDER BY next_attempt_at \
-             LIMIT $1 \
-             FOR UPDATE SKIP LOCKED) \
-         SELECT d.id, d.event_id AS event_uuid, d.destination, d.status, d.attempts, \
-                e.event_id, e.source, e.event_type, e.content_type, e.payload \
-         FROM due d JOIN events e ON e.id = d.event_id \
-         ORDER BY d.next_attempt_at",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-    .load(conn)
-    .await
+    prepared(CLAIM_DUE_SETUP).execute(conn).await?;
+    prepared(CLAIM_DUE_SQL)
+        .bind::<diesel::sql_types::BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+        .load(conn)
+        .await
 }
 
 /// Marks rows the broker confirmed as `queued`; the relay looks at them again after
@@ -129,6 +131,22 @@ pub struct Claimed {
     pub destination: String,
 }
 
+/// [`claim`]'s statement (`$1`, `$2`: the lease in seconds; `$3`: the ids); public so
+/// that tests can EXPLAIN it.
+pub const CLAIM_SQL: &str = "UPDATE deliveries \
+         SET status = 'delivering', attempts = attempts + 1, updated_at = now(), \
+             lease_until = now() + make_interval(secs => $1), \
+             next_attempt_at = now() + make_interval(secs => $2) \
+         WHERE id = ANY($3) \
+           AND CASE status \
+                   WHEN 'queued' THEN true \
+                   WHEN 'pending' THEN true \
+                   WHEN 'retrying' THEN next_attempt_at <= now() \
+                   WHEN 'delivering' THEN lease_until <= now() \
+                   ELSE false \
+               END \
+         RETURNING id, attempts, destination";
+
 /// Claims deliveries for one attempt each: they become `delivering` with
 /// `attempts + 1` and a lease until `now() + lease`. Rows that are not claimable
 /// (already delivered, dead, held by another worker, not yet due, or gone) are left
@@ -150,26 +168,12 @@ pub async fn claim(
     ids: &[uuid::Uuid],
     lease: std::time::Duration,
 ) -> QueryResult<Vec<Claimed>> {
-    prepared(
-        "UPDATE deliveries \
-         SET status = 'delivering', attempts = attempts + 1, updated_at = now(), \
-             lease_until = now() + make_interval(secs => $1), \
-             next_attempt_at = now() + make_interval(secs => $2) \
-         WHERE id = ANY($3) \
-           AND CASE status \
-                   WHEN 'queued' THEN true \
-                   WHEN 'pending' THEN true \
-                   WHEN 'retrying' THEN next_attempt_at <= now() \
-                   WHEN 'delivering' THEN lease_until <= now() \
-                   ELSE false \
-               END \
-         RETURNING id, attempts, destination",
-    )
-    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .load(conn)
-    .await
+    prepared(CLAIM_SQL)
+        .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+        .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+        .load(conn)
+        .await
 }
 
 /// The outcome of one attempt, as stored on the delivery.
@@ -201,6 +205,26 @@ pub struct Record {
     /// The attempt's row, when a request was made.
     pub row: Option<super::attempts::NewAttempt>,
 }
+
+/// [`record_outcomes`]'s statement (`$1`–`$7`: the attempt rows' columns; `$8`–`$13`:
+/// the outcomes' id, attempt, status, status code, error, retry delay); public so that
+/// tests can EXPLAIN it.
+pub const RECORD_OUTCOMES_SQL: &str = "WITH attempt AS ( \
+             INSERT INTO delivery_attempts \
+                 (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], \
+                                  $6::text[], $7::text[])), \
+         outcome AS ( \
+             SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::int[], $12::text[], $13::float8[]) \
+                 AS o(id, attempt, status, status_code, error, retry_in)) \
+         UPDATE deliveries d SET status = o.status, updated_at = now(), lease_until = NULL, \
+                last_status_code = o.status_code, last_error = o.error, \
+                delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END, \
+                next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + make_interval(secs => o.retry_in) \
+                                       ELSE d.next_attempt_at END \
+         FROM outcome o \
+         WHERE d.id = o.id AND CASE WHEN d.status = 'delivering' THEN d.attempts = o.attempt ELSE false END \
+         RETURNING d.id";
 
 /// Records outcomes (and their attempt rows) in a single statement, hence in one
 /// implicit transaction. A delivery changes only if it is still `delivering` with the
@@ -249,39 +273,26 @@ pub async fn record_outcomes(
         retry_ins.push(retry_in);
     }
     let rows: Vec<&super::attempts::NewAttempt> = records.iter().filter_map(|r| r.row.as_ref()).collect();
-    let changed: Vec<Changed> = prepared(
-        "WITH attempt AS ( \
-             INSERT INTO delivery_attempts \
-                 (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], \
-                                  $6::text[], $7::text[])), \
-         outcome AS ( \
-             SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::int[], $12::text[], $13::float8[]) \
-                 AS o(id, attempt, status, status_code, error, retry_in)) \
-         UPDATE deliveries d SET status = o.status, updated_at = now(), lease_until = NULL, \
-                last_status_code = o.status_code, last_error = o.error, \
-                delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END, \
-                next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + make_interval(secs => o.retry_in) \
-                                       ELSE d.next_attempt_at END \
-         FROM outcome o \
-         WHERE d.id = o.id AND CASE WHEN d.status = 'delivering' THEN d.attempts = o.attempt ELSE false END \
-         RETURNING d.id",
-    )
-    .bind::<Array<Uuid>, _>(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Integer>>, _>(rows.iter().map(|r| r.status_code).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.response_snippet.as_deref()).collect::<Vec<_>>())
-    .bind::<Array<Uuid>, _>(&ids)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Nullable<Integer>>, _>(&codes)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
-    .bind::<Array<Nullable<Double>>, _>(&retry_ins)
-    .load(conn)
-    .await?;
+    let changed: Vec<Changed> = prepared(RECORD_OUTCOMES_SQL)
+        .bind::<Array<Uuid>, _>(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Integer>>, _>(rows.iter().map(|r| r.status_code).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.iter()
+                .map(|r| r.response_snippet.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Uuid>, _>(&ids)
+        .bind::<Array<Integer>, _>(&attempts)
+        .bind::<Array<Text>, _>(&statuses)
+        .bind::<Array<Nullable<Integer>>, _>(&codes)
+        .bind::<Array<Nullable<Text>>, _>(&errors)
+        .bind::<Array<Nullable<Double>>, _>(&retry_ins)
+        .load(conn)
+        .await?;
     Ok(changed.into_iter().map(|c| c.id).collect())
 }
 

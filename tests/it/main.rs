@@ -12,5 +12,6 @@ mod providers;
 mod relay;
 mod retention;
 mod sink;
+mod statements;
 mod support;
 mod worker;
