@@ -27,6 +27,10 @@ use report::{percentile_ms, Row};
 enum Scenario {
     /// Ingest role only: accepted rate and latency.
     Ingest,
+    /// Ingest offered 10 % more than the raw INSERT ceiling of this run (measures that
+    /// ceiling first if `raw` has not run): can ingest keep up with the database's own
+    /// single-row rate?
+    Ceiling,
     /// Every role: throughput and end-to-end latency, losses, duplicates.
     E2e,
     /// N deliveries stored with relay and worker stopped, then the time to drain them.
@@ -45,7 +49,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,e2e,backlog,sweep"
+        default_value = "raw,ingest,ceiling,e2e,backlog,sweep"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -114,7 +118,20 @@ async fn main() -> anyhow::Result<()> {
                 raw_ceiling = Some(row.achieved_per_s);
                 rows.push(row);
             }
-            Scenario::Ingest => rows.push(ingest(&args).await?),
+            Scenario::Ingest => rows.push(ingest(&args, "ingest", args.ingest_rate).await?),
+            Scenario::Ceiling => {
+                let ceiling = match raw_ceiling {
+                    Some(ceiling) => ceiling,
+                    None => {
+                        let row = raw_inserts(&args).await?;
+                        raw_ceiling = Some(row.achieved_per_s);
+                        rows.push(row);
+                        raw_ceiling.unwrap_or_default()
+                    }
+                };
+                let rate = (ceiling * 1.1).round();
+                rows.push(ingest(&args, "ingest at 1.1× raw", rate).await?);
+            }
             Scenario::E2e => rows.push(end_to_end(&args, "e2e", args.e2e_rate).await?),
             Scenario::Backlog => rows.push(backlog(&args).await?),
             Scenario::Sweep => {
@@ -241,23 +258,18 @@ fn load(args: &Args, setup: &Setup, rate: f64, run: &str) -> load::Load {
     }
 }
 
-async fn ingest(args: &Args) -> anyhow::Result<Row> {
+async fn ingest(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
     let url = fresh_database(args).await?;
     let setup = write_config(args, &url, None)?;
     let relayd =
         process::Relayd::start(&process::relayd_binary(), &setup.config, "ingest", &setup.ops).await?;
     let started = Instant::now();
-    let samples = load::run(&load(args, &setup, args.ingest_rate, "ingest")).await;
+    let run: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    let samples = load::run(&load(args, &setup, rate, &run)).await;
     let elapsed = started.elapsed();
     let usage = relayd.stop();
     let _ = std::fs::remove_file(&setup.config);
-    Ok(Row::from_requests(
-        "ingest",
-        args.ingest_rate,
-        &samples,
-        elapsed,
-        usage,
-    ))
+    Ok(Row::from_requests(name, rate, &samples, elapsed, usage))
 }
 
 async fn end_to_end(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
