@@ -85,10 +85,23 @@ impl Kind {
         }
     }
 
-    fn table(self) -> &'static str {
+    /// Deletes one batch (`$2` rows at most) and counts them. An event takes its
+    /// deliveries along (`ON DELETE CASCADE`) and their attempts (no foreign key there:
+    /// see the migration that dropped it); the attempts are found through the
+    /// deliveries as they were when the statement began.
+    fn delete_batch(self) -> String {
+        let candidates = self.candidates();
         match self {
-            Kind::DeliveredEvents | Kind::DeadEvents => "events",
-            Kind::Attempts => "delivery_attempts",
+            Kind::DeliveredEvents | Kind::DeadEvents => format!(
+                "WITH gone AS (DELETE FROM events WHERE id IN ({candidates} LIMIT $2) RETURNING id), \
+                      attempts AS (DELETE FROM delivery_attempts a USING deliveries d, gone \
+                                   WHERE d.event_id = gone.id AND a.delivery_id = d.id) \
+                 SELECT count(*) AS n FROM gone"
+            ),
+            Kind::Attempts => format!(
+                "WITH gone AS (DELETE FROM delivery_attempts WHERE id IN ({candidates} LIMIT $2) RETURNING id) \
+                 SELECT count(*) AS n FROM gone"
+            ),
         }
     }
 }
@@ -174,18 +187,15 @@ async fn prune_as_leader(
         if horizon.is_zero() {
             continue;
         }
-        let statement = format!(
-            "DELETE FROM {table} WHERE id IN ({candidates} LIMIT $2)",
-            table = kind.table(),
-            candidates = kind.candidates()
-        );
+        let statement = kind.delete_batch();
         let mut deleted = 0u64;
         loop {
             let n = diesel::sql_query(&statement)
                 .bind::<Double, _>(horizon.as_secs_f64())
                 .bind::<BigInt, _>(batch)
-                .execute(conn)
-                .await? as u64;
+                .get_result::<Count>(conn)
+                .await?
+                .n as u64;
             deleted += n;
             if n > 0 {
                 on_batch(kind, n);

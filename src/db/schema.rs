@@ -44,6 +44,5 @@ diesel::table! {
 }
 
 diesel::joinable!(deliveries -> events (event_id));
-diesel::joinable!(delivery_attempts -> deliveries (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(deliveries, delivery_attempts, events,);

@@ -139,7 +139,17 @@ async fn a_zero_duration_disables_its_rule() {
     assert_eq!(report.deleted, vec![(Kind::DeadEvents, 1)]);
     assert!(exists(&db, delivered_old).await);
     assert!(!exists(&db, dead_old).await);
+    // With the attempts rule off, the pruned event's attempt still goes with it.
     assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 1);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM delivery_attempts a \
+             WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)"
+        )
+        .await,
+        0,
+        "a pruned event's attempts go with it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
