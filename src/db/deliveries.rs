@@ -99,7 +99,8 @@ pub async fn mark_queued(
 }
 
 /// Leaves `queued` rows queued but looks at them again only after `recheck_after`:
-/// their queue still has a backlog, so they are waiting, not lost.
+/// their queue still has a backlog, so they are waiting, not lost. (The state test is a
+/// `CASE` for the reason given at [`claim`].)
 pub async fn postpone_queued(
     conn: &mut AsyncPgConnection,
     ids: &[uuid::Uuid],

@@ -2,12 +2,15 @@
 //! how often, and what happens when the broker or the relay fails.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relayd::broker::{OutgoingMessage, Publisher, Topology};
 use relayd::cli::Role;
 use relayd::config::Config;
 use relayd::db::deliveries;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, post_stripe, stripe_event, Relayd, TestBroker, TestDb};
 
@@ -396,4 +399,83 @@ async fn stale_queued_rows_are_republished_only_when_their_queue_is_empty() {
         "waiting rows are re-checked later instead"
     );
     relayd.stop().await.unwrap();
+}
+
+/// Counts the NOTIFYs on the outbox channel of `db` (listening once this returns) until
+/// `stop` is cancelled.
+async fn count_outbox_notifications(db: &TestDb, stop: CancellationToken) -> Arc<AtomicUsize> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use futures_util::StreamExt;
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let mut conn = diesel_async::AsyncPgConnection::establish(&db.url).await.unwrap();
+    diesel::sql_query(format!("LISTEN {}", relayd::db::OUTBOX_CHANNEL))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut notifications = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                item = notifications.next() => match item {
+                    Some(Ok(_)) => { counted.fetch_add(1, Ordering::SeqCst); }
+                    _ => return,
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    count
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_notifies_other_processes_only_when_it_runs_no_relay_itself() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let stop = CancellationToken::new();
+    let notifications = count_outbox_notifications(&db, stop.clone()).await;
+    let client = reqwest::Client::new();
+
+    // Ingest with its own relay: woken in process, no NOTIFY.
+    let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Ingest, Role::Relay]).await;
+    relayd.wait_ready().await;
+    let body = stripe_event("evt_in_process", "invoice.paid");
+    assert_eq!(
+        post_stripe(&client, &relayd.url("/webhooks/stripe"), &body)
+            .await
+            .status(),
+        200
+    );
+    let got = broker
+        .drain(&broker.queue("billing"), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 1, "published by the in-process relay");
+    relayd.stop().await.unwrap();
+    // A NOTIFY would have been sent right after the commit, long before the publish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        notifications.load(Ordering::SeqCst),
+        0,
+        "no NOTIFY from a process with a relay"
+    );
+
+    // Ingest alone: relays elsewhere hear a NOTIFY.
+    let ingest = Relayd::ingest(config(&db, &broker, &["billing"])).await;
+    let body = stripe_event("evt_elsewhere", "invoice.paid");
+    assert_eq!(
+        post_stripe(&client, &ingest.url("/webhooks/stripe"), &body)
+            .await
+            .status(),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while notifications.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        notifications.load(Ordering::SeqCst) >= 1,
+        "an ingest-only process notifies"
+    );
+    ingest.stop().await.unwrap();
+    stop.cancel();
 }

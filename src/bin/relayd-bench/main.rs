@@ -114,20 +114,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("relayd-bench: {scenario:?} …");
         match scenario {
             Scenario::Raw => {
-                let row = raw_inserts(&args).await?;
-                raw_ceiling = Some(row.achieved_per_s);
-                rows.push(row);
+                measure_raw(&args, &mut rows, &mut raw_ceiling).await?;
             }
             Scenario::Ingest => rows.push(ingest(&args, "ingest", args.ingest_rate).await?),
             Scenario::Ceiling => {
                 let ceiling = match raw_ceiling {
                     Some(ceiling) => ceiling,
-                    None => {
-                        let row = raw_inserts(&args).await?;
-                        raw_ceiling = Some(row.achieved_per_s);
-                        rows.push(row);
-                        raw_ceiling.unwrap_or_default()
-                    }
+                    None => measure_raw(&args, &mut rows, &mut raw_ceiling).await?,
                 };
                 let rate = (ceiling * 1.1).round();
                 rows.push(ingest(&args, "ingest at 1.1× raw", rate).await?);
@@ -166,6 +159,15 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("relayd-bench: wrote {}", args.out.display());
     Ok(())
+}
+
+/// Runs the raw INSERT baseline, records its row and ceiling, and returns the ceiling.
+async fn measure_raw(args: &Args, rows: &mut Vec<Row>, ceiling: &mut Option<f64>) -> anyhow::Result<f64> {
+    let row = raw_inserts(args).await?;
+    let achieved = row.achieved_per_s;
+    *ceiling = Some(achieved);
+    rows.push(row);
+    Ok(achieved)
 }
 
 /// A fresh, migrated `relayd_bench` database; returns its URL.
