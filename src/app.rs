@@ -21,6 +21,7 @@ use crate::cli::{role_name, Role};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::http_error::ApiError;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::{broker, ingest, ops, relay, worker};
 
@@ -39,6 +40,8 @@ pub struct AppContext {
     pub outbox_wake: Arc<Notify>,
     /// Connection state of this process's broker threads.
     pub broker_health: Arc<broker::Health>,
+    /// Progress of the roles' loops, for `/healthz`.
+    pub liveness: Liveness,
     pub metrics: Metrics,
 }
 
@@ -58,6 +61,7 @@ impl AppContext {
             roles,
             outbox_wake: Arc::new(Notify::new()),
             broker_health: broker::Health::new(),
+            liveness: Liveness::default(),
             metrics: Metrics::new(),
         }))
     }

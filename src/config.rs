@@ -62,6 +62,12 @@ pub struct DatabaseConfig {
     /// How long a request waits for a free connection (or a new one) before failing.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long one unit of database work (an ingest commit, a worker's statement, the
+    /// relay's statements) may go unanswered before it is abandoned and its connection
+    /// closed: a hung server, or one behind a half-open connection, fails fast instead
+    /// of holding requests until the provider gives up.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -70,6 +76,7 @@ impl Default for DatabaseConfig {
             url: Secret::new("postgres://postgres@127.0.0.1:5432/relayd"),
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -143,6 +150,11 @@ pub struct OpsConfig {
     pub listen: SocketAddr,
     /// Bearer token for `/admin`; the admin API is disabled while unset.
     pub admin_token: Option<Secret>,
+    /// `/healthz` fails (and an orchestrator restarts the process) once a role has made
+    /// no progress, or a broker connection has been down, for longer than this. Shorter
+    /// outages are ridden out in the process.
+    #[serde(with = "humantime_serde")]
+    pub liveness_stall: Duration,
 }
 
 impl Default for OpsConfig {
@@ -150,6 +162,7 @@ impl Default for OpsConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token: None,
+            liveness_stall: Duration::from_secs(120),
         }
     }
 }
@@ -544,6 +557,12 @@ impl Config {
         check_url("broker.url", self.broker.url.expose(), &["amqp", "amqps"])?;
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if self.ops.liveness_stall.is_zero() {
+            return Err(invalid("ops.liveness_stall", "must be longer than 0s"));
+        }
+        if self.database.query_timeout.is_zero() {
+            return Err(invalid("database.query_timeout", "must be longer than 0s"));
         }
         if !is_valid_name(&self.broker.prefix) {
             return Err(invalid("broker.prefix", NAME_RULE));

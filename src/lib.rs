@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod http_error;
 pub mod ingest;
+pub mod liveness;
 pub mod metrics;
 pub mod ops;
 pub mod relay;

@@ -167,32 +167,36 @@ enum Ended {
 
 impl ConsumerThread {
     fn run(mut self) {
-        let mut delays = session::reconnect_delays();
-        loop {
-            match self.consume_once() {
+        let mut reconnect = session::Reconnect::new();
+        'connections: loop {
+            match self.consume_once(&mut reconnect) {
                 Ok(Ended::Stopped) => break,
                 Ok(Ended::Lost(reason)) => {
                     tracing::warn!(queue = %self.queue, %reason, "consumer lost its broker connection; reconnecting");
-                    delays = session::reconnect_delays();
+                    reconnect.lost();
                 }
                 Err(e) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "consumer cannot connect to the broker")
+                    let delay = reconnect.failed();
+                    tracing::warn!(queue = %self.queue, error = %e, retry_in = ?delay, "consumer cannot connect to the broker");
                 }
             }
             self.health.set(&self.component, false);
-            let delay = delays.next().unwrap_or(Duration::from_secs(30));
-            // Wait for the next attempt, but stop at once if asked to.
-            match self.command_rx.recv_timeout(delay) {
-                Ok(Command::Stop { .. }) => break,
-                Ok(Command::Settle { .. }) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            // Wait until the next try is due, but stop at once if asked to. Settlements
+            // of the lost connection's messages are stale: the broker redelivers them.
+            while !reconnect.due() {
+                match self.command_rx.recv_timeout(reconnect.wait()) {
+                    Ok(Command::Stop { .. }) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        break 'connections
+                    }
+                    Ok(Command::Settle { .. }) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                }
             }
         }
         self.health.set(&self.component, false);
     }
 
     /// One connection's life: connect, consume until lost or stopped, close.
-    fn consume_once(&mut self) -> Result<Ended, String> {
+    fn consume_once(&mut self, reconnect: &mut session::Reconnect) -> Result<Ended, String> {
         let mut connection = session::connect(&self.config)?;
         let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
         self.topology.declare(&channel).map_err(|e| e.to_string())?;
@@ -205,6 +209,7 @@ impl ConsumerThread {
             .basic_consume(self.queue.clone(), ConsumerOptions::default())
             .map_err(|e| e.to_string())?;
         self.generation += 1;
+        reconnect.connected();
         self.health.set(&self.component, true);
         tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
 

@@ -15,7 +15,7 @@ mod topology;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -72,7 +72,8 @@ pub mod headers {
 /// Connection state of this process's broker threads, for `/readyz` and metrics.
 #[derive(Debug, Default)]
 pub struct Health {
-    components: std::sync::Mutex<BTreeMap<String, bool>>,
+    /// Each component, with since when it has been disconnected (`None`: connected).
+    components: std::sync::Mutex<BTreeMap<String, Option<Instant>>>,
     /// Whether any component has ever registered (roles without a broker never do).
     used: AtomicBool,
 }
@@ -86,15 +87,38 @@ impl Health {
     pub fn set(&self, component: &str, connected: bool) {
         self.used.store(true, Ordering::Relaxed);
         if let Ok(mut components) = self.components.lock() {
-            components.insert(component.to_string(), connected);
+            let state = components.entry(component.to_string()).or_insert(None);
+            if connected {
+                *state = None;
+            } else {
+                // Only the first report of an outage starts its clock.
+                state.get_or_insert_with(Instant::now);
+            }
         }
+    }
+
+    /// Every component that has been disconnected for longer than `stall`, with how long.
+    pub fn down_for(&self, stall: Duration) -> Vec<(String, Duration)> {
+        self.components
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(name, since)| Some((name.clone(), since.as_ref()?.elapsed())))
+                    .filter(|(_, down)| *down > stall)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every component with whether it is connected.
     pub fn components(&self) -> Vec<(String, bool)> {
         self.components
             .lock()
-            .map(|c| c.iter().map(|(name, up)| (name.clone(), *up)).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|(name, down)| (name.clone(), down.is_none()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -107,7 +131,7 @@ impl Health {
         let components = self.components.lock().ok()?;
         let down: Vec<String> = components
             .iter()
-            .filter(|(_, up)| !**up)
+            .filter(|(_, down)| down.is_some())
             .map(|(name, _)| name.clone())
             .collect();
         Some(if down.is_empty() { Ok(()) } else { Err(down) })

@@ -139,28 +139,29 @@ struct PublisherThread {
 
 impl PublisherThread {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
-        let mut delays = session::reconnect_delays();
-        let mut next_connect = Instant::now();
+        let mut reconnect = session::Reconnect::new();
         loop {
-            if self.session.is_none() && Instant::now() >= next_connect {
+            if self.session.is_none() && reconnect.due() {
                 match Session::open(&self.config, &self.topology) {
                     Ok(session) => {
                         tracing::info!(exchange = %self.topology.exchange(), "publisher connected to the broker");
                         self.session = Some(session);
                         self.health.set(COMPONENT, true);
-                        delays = session::reconnect_delays();
+                        reconnect.connected();
                     }
                     Err(e) => {
-                        let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                        let delay = reconnect.failed();
                         tracing::warn!(error = %e, retry_in = ?delay, "publisher cannot connect to the broker");
-                        next_connect = Instant::now() + delay;
                     }
                 }
             }
+            // Connected: wake up now and then to check the connection. Not connected:
+            // wake up when the next try is due (a command may come first; it is answered
+            // at once, and the try follows when due).
             let wait = if self.session.is_some() {
                 LIVENESS_INTERVAL
             } else {
-                next_connect.saturating_duration_since(Instant::now())
+                reconnect.wait()
             };
             match commands.recv_timeout(wait) {
                 Ok(Command::Publish { messages, reply }) => {
@@ -173,9 +174,9 @@ impl PublisherThread {
                 Err(mpsc::RecvTimeoutError::Timeout) => self.check_liveness(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if self.session.is_none() && next_connect <= Instant::now() {
-                // Lost during this turn: wait a first backoff step before reconnecting.
-                next_connect = Instant::now() + delays.next().unwrap_or(Duration::from_secs(1));
+            if self.session.is_none() && reconnect.is_connected() {
+                // Lost during this turn: the first try is immediate.
+                reconnect.lost();
             }
         }
         if let Some(session) = self.session.take() {

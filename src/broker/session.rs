@@ -1,7 +1,7 @@
 //! Opening amiquip connections, and the reconnect schedule (tokio-retry's exponential
 //! backoff with jitter, used as a plain iterator of delays on a blocking thread).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use tokio_retry::strategy::ExponentialBackoff;
@@ -122,13 +122,81 @@ impl Target {
     }
 }
 
-/// Delays between reconnect attempts: 200 ms doubling up to 30 s, each with "equal
-/// jitter" (half fixed, half random) so replicas do not reconnect in lockstep.
+/// The longest wait between two connection tries.
+pub(super) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// A session that lived at least this long counts as healthy: losing it restarts the
+/// backoff from its first (immediate) try. One lost sooner keeps backing off, so a
+/// broker that accepts and then drops connections is not hammered.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Delays between reconnect attempts: 200 ms doubling up to [`MAX_RECONNECT_DELAY`],
+/// each with "equal jitter" (half fixed, half random) so replicas do not reconnect in
+/// lockstep.
 pub(super) fn reconnect_delays() -> impl Iterator<Item = Duration> {
     ExponentialBackoff::from_millis(2)
         .factor(100)
-        .max_delay(Duration::from_secs(30))
+        .max_delay(MAX_RECONNECT_DELAY)
         .map(|delay| delay / 2 + tokio_retry::strategy::jitter(delay / 2))
+}
+
+/// When a broker thread should next try to connect: immediately after a loss is
+/// noticed, then on [`reconnect_delays`] while tries fail. One value per thread; every
+/// state change goes through a method, so the schedule always converges on a try.
+pub(super) struct Reconnect {
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    next_try: Instant,
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    /// Not connected, first try due now.
+    pub(super) fn new() -> Self {
+        Self {
+            delays: Box::new(reconnect_delays()),
+            next_try: Instant::now(),
+            connected_at: None,
+        }
+    }
+
+    /// Whether a try is due now.
+    pub(super) fn due(&self) -> bool {
+        self.connected_at.is_none() && Instant::now() >= self.next_try
+    }
+
+    /// How long until the next try (zero when it is due).
+    pub(super) fn wait(&self) -> Duration {
+        self.next_try.saturating_duration_since(Instant::now())
+    }
+
+    pub(super) fn is_connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
+    pub(super) fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// A try failed: the next one waits the next backoff step, which is returned.
+    pub(super) fn failed(&mut self) -> Duration {
+        let delay = self.delays.next().unwrap_or(MAX_RECONNECT_DELAY);
+        self.next_try = Instant::now() + delay;
+        delay
+    }
+
+    /// The session was lost: try again at once if it had been stable, else back off.
+    pub(super) fn lost(&mut self) {
+        let stable = self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= STABLE_SESSION);
+        if stable {
+            self.delays = Box::new(reconnect_delays());
+            self.next_try = Instant::now();
+        } else {
+            self.failed();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +244,25 @@ mod tests {
         let delays: Vec<Duration> = reconnect_delays().take(12).collect();
         assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
         assert!(delays[3] >= Duration::from_millis(800), "{delays:?}");
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= MAX_RECONNECT_DELAY), "{delays:?}");
+    }
+
+    #[test]
+    fn a_lost_stable_session_is_retried_at_once_and_failures_back_off() {
+        let mut reconnect = Reconnect::new();
+        assert!(reconnect.due(), "the first try is immediate");
+        let delay = reconnect.failed();
+        assert!(!reconnect.due() && delay > Duration::ZERO && reconnect.wait() <= delay);
+        reconnect.connected();
+        assert!(!reconnect.due(), "no try while connected");
+        // A session that lived long enough: its loss is retried at once.
+        reconnect.connected_at = Some(Instant::now() - STABLE_SESSION);
+        reconnect.lost();
+        assert!(reconnect.due() && reconnect.wait() == Duration::ZERO);
+        // One lost right after connecting backs off instead.
+        reconnect.connected();
+        reconnect.lost();
+        assert!(!reconnect.due() && reconnect.wait() > Duration::ZERO);
+        assert!(reconnect.wait() <= MAX_RECONNECT_DELAY);
     }
 }

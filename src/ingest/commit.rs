@@ -12,6 +12,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -53,11 +56,24 @@ pub struct GroupCommitter {
 
 impl GroupCommitter {
     /// Starts the committer tasks; they run until `stop` is cancelled.
-    pub fn start(pool: DbPool, stop: CancellationToken) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+    /// Each batch's database work is abandoned after `query_timeout` (its requests get
+    /// the failure, and 503).
+    pub fn start(
+        pool: DbPool,
+        query_timeout: Duration,
+        stop: CancellationToken,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let (sender, receiver) = mpsc::channel(MAX_BATCH * COMMITTERS * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let tasks = (0..COMMITTERS)
-            .map(|_| tokio::spawn(committer(pool.clone(), receiver.clone(), stop.clone())))
+            .map(|_| {
+                tokio::spawn(committer(
+                    pool.clone(),
+                    query_timeout,
+                    receiver.clone(),
+                    stop.clone(),
+                ))
+            })
             .collect();
         (Self { sender }, tasks)
     }
@@ -74,7 +90,12 @@ impl GroupCommitter {
     }
 }
 
-async fn committer(pool: DbPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, stop: CancellationToken) {
+async fn committer(
+    pool: DbPool,
+    query_timeout: Duration,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    stop: CancellationToken,
+) {
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
@@ -94,7 +115,7 @@ async fn committer(pool: DbPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, 
         };
         let (events, replies): (Vec<BatchEvent>, Vec<_>) =
             batch.into_iter().map(|p| (p.event, p.reply)).unzip();
-        match store_batch(&pool, &events).await {
+        match store_batch(&pool, query_timeout, &events).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -110,12 +131,18 @@ async fn committer(pool: DbPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, 
 }
 
 /// One statement for the batch, then one lookup for its duplicates (if any).
-async fn store_batch(pool: &DbPool, events: &[BatchEvent]) -> Result<Vec<Stored>, String> {
-    let mut conn = pool
+async fn store_batch(pool: &DbPool, timeout: Duration, events: &[BatchEvent]) -> Result<Vec<Stored>, String> {
+    let conn = pool
         .get()
         .await
         .map_err(|e| format!("getting a database connection: {e}"))?;
-    let inserted: HashMap<Uuid, usize> = events::insert_batch_with_outbox(&mut conn, events)
+    crate::db::bounded(conn, timeout, async |conn| store_batch_on(conn, events).await)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+async fn store_batch_on(conn: &mut AsyncPgConnection, events: &[BatchEvent]) -> Result<Vec<Stored>, String> {
+    let inserted: HashMap<Uuid, usize> = events::insert_batch_with_outbox(conn, events)
         .await
         .map_err(|e| format!("storing the events: {e}"))?;
     let duplicates: Vec<(&str, &str)> = events
@@ -126,7 +153,7 @@ async fn store_batch(pool: &DbPool, events: &[BatchEvent]) -> Result<Vec<Stored>
     let existing = if duplicates.is_empty() {
         HashMap::new()
     } else {
-        events::find_ids(&mut conn, &duplicates)
+        events::find_ids(conn, &duplicates)
             .await
             .map_err(|e| format!("looking up duplicates: {e}"))?
     };

@@ -70,7 +70,11 @@ pub async fn run(
     // The committers outlive the HTTP server's graceful stop, which waits for in-flight
     // requests (and so for their commits); they are stopped after it.
     let committers_stop = CancellationToken::new();
-    let (committer, committers) = GroupCommitter::start(ctx.pool.clone(), committers_stop.clone());
+    let (committer, committers) = GroupCommitter::start(
+        ctx.pool.clone(),
+        ctx.config.database.query_timeout,
+        committers_stop.clone(),
+    );
     let state = web::Data::new(IngestState {
         sources: config
             .sources

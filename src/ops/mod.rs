@@ -32,7 +32,7 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/healthz", web::get().to(crate::app::healthz))
+            .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .configure(|cfg| admin::configure(cfg, &state))
@@ -47,6 +47,29 @@ pub async fn run(
     .shutdown_timeout(2)
     .run();
     crate::app::serve_until_cancelled(server, shutdown).await
+}
+
+/// `GET /healthz`: 200 while every role makes progress; 503 naming what has been stuck
+/// (a loop without progress, a broker connection down) for over `ops.liveness_stall`,
+/// so that an orchestrator restarts a process that did not heal itself.
+async fn healthz(ctx: web::Data<AppContext>) -> HttpResponse {
+    let stall = ctx.config.ops.liveness_stall;
+    let mut stalled = ctx.liveness.stalled(stall);
+    stalled.extend(
+        ctx.broker_health
+            .down_for(stall)
+            .into_iter()
+            .map(|(component, down)| (format!("{component} disconnected"), down)),
+    );
+    if stalled.is_empty() {
+        return HttpResponse::Ok().json(json!({ "status": "ok" }));
+    }
+    let reasons: serde_json::Map<String, serde_json::Value> = stalled
+        .into_iter()
+        .map(|(part, quiet)| (part, format!("no progress for {}s", quiet.as_secs()).into()))
+        .collect();
+    tracing::error!(stalled = %serde_json::Value::Object(reasons.clone()), "not live: no progress for longer than ops.liveness_stall");
+    HttpResponse::ServiceUnavailable().json(json!({ "status": "stalled", "stalled": reasons }))
 }
 
 /// `GET /metrics`: the Prometheus exposition of this process.

@@ -55,7 +55,7 @@ pub async fn forward_notifications(database_url: String, wake: Arc<Notify>, shut
 }
 
 async fn listen(database_url: &str) -> diesel::QueryResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(database_url)
+    let mut conn = AsyncPgConnection::establish(&crate::db::with_keepalive(database_url))
         .await
         .map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))?;
     diesel::sql_query(format!("LISTEN {OUTBOX_CHANNEL}"))

@@ -52,6 +52,10 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         // A wake-up that arrives while this turn runs leaves a permit, so the wait below
         // returns at once: no notification is lost between the query and the wait.
         let turn = relay.turn().await;
+        if matches!(&turn, Ok(turn) if turn.failed == 0) {
+            // Reached the database, and the broker took whatever there was to publish.
+            ctx.liveness.beat("relay");
+        }
         if let Ok(turn) = &turn {
             let claimed = turn.published + turn.failed + turn.postponed;
             if claimed > 0 {
@@ -132,13 +136,16 @@ impl Relay {
         let config = &self.ctx.config.relay;
         // Relaxed commits (see `db::Durability::Relaxed`): a mark forgotten in a
         // PostgreSQL crash only makes the relay publish the row again.
-        let mut conn = self
+        let conn = self
             .ctx
             .relaxed_pool
             .get()
             .await
             .context("getting a database connection")?;
-        let turn = conn
+        // The turn's statements each get `database.query_timeout`; the publish in
+        // between gets the broker's confirm timeout.
+        let bound = self.ctx.config.database.query_timeout * 2 + self.ctx.config.broker.confirm_timeout;
+        let turn = crate::db::bounded(conn, bound, async |conn| conn
             .transaction::<_, anyhow::Error, _>(async |conn| {
                 let started = Instant::now();
                 let due = deliveries::claim_due(conn, config.batch_size).await?;
@@ -176,7 +183,8 @@ impl Relay {
                 }
                 Ok(turn)
             })
-            .await?;
+            .await)
+        .await??;
         Ok(turn)
     }
 

@@ -31,11 +31,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batcher tasks; they stop when every `Batcher` clone is dropped.
-    pub fn start(pool: DbPool, lease: Duration) -> Self {
+    /// Each statement is abandoned (and retried) after `query_timeout`.
+    pub fn start(pool: DbPool, query_timeout: Duration, lease: Duration) -> Self {
         let (claims, claim_rx) = mpsc::channel(MAX_BATCH * 4);
         let (records, record_rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run_claims(pool.clone(), claim_rx, lease));
-        tokio::spawn(run_records(pool, record_rx));
+        tokio::spawn(run_claims(pool.clone(), query_timeout, claim_rx, lease));
+        tokio::spawn(run_records(pool, query_timeout, record_rx));
         Self { claims, records }
     }
 
@@ -82,6 +83,7 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 /// Runs `op` with a pooled connection and `input`, retrying failures with backoff.
 async fn retrying<I: ?Sized, T>(
     pool: &DbPool,
+    timeout: Duration,
     what: &str,
     input: &I,
     op: impl for<'c> Fn(&'c mut AsyncPgConnection, &'c I) -> BoxFuture<'c, diesel::QueryResult<T>>,
@@ -89,7 +91,10 @@ async fn retrying<I: ?Sized, T>(
     let mut delays = retry_delays();
     loop {
         let attempt = match pool.get().await {
-            Ok(mut conn) => op(&mut conn, input).await.map_err(|e| e.to_string()),
+            Ok(conn) => match crate::db::bounded(conn, timeout, async |conn| op(conn, input).await).await {
+                Ok(done) => done.map_err(|e| e.to_string()),
+                Err(timed_out) => Err(timed_out.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         match (attempt, delays.next()) {
@@ -105,13 +110,14 @@ async fn retrying<I: ?Sized, T>(
 
 async fn run_claims(
     pool: DbPool,
+    timeout: Duration,
     mut rx: mpsc::Receiver<(uuid::Uuid, Reply<Option<Claimed>>)>,
     lease: Duration,
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
         let ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
         let started = std::time::Instant::now();
-        let result = retrying(&pool, "claim", ids.as_slice(), |conn, ids| {
+        let result = retrying(&pool, timeout, "claim", ids.as_slice(), |conn, ids| {
             deliveries::claim(conn, ids, lease).boxed()
         })
         .await;
@@ -133,15 +139,18 @@ async fn run_claims(
     }
 }
 
-async fn run_records(pool: DbPool, mut rx: mpsc::Receiver<(Record, Reply<bool>)>) {
+async fn run_records(pool: DbPool, timeout: Duration, mut rx: mpsc::Receiver<(Record, Reply<bool>)>) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (records, replies): (Vec<Record>, Vec<Reply<bool>>) = batch.into_iter().unzip();
         let started = std::time::Instant::now();
-        let result: Result<HashSet<uuid::Uuid>, String> =
-            retrying(&pool, "recording", records.as_slice(), |conn, records| {
-                deliveries::record_outcomes(conn, records).boxed()
-            })
-            .await;
+        let result: Result<HashSet<uuid::Uuid>, String> = retrying(
+            &pool,
+            timeout,
+            "recording",
+            records.as_slice(),
+            |conn, records| deliveries::record_outcomes(conn, records).boxed(),
+        )
+        .await;
         tracing::debug!(batch = records.len(), took = ?started.elapsed(), "recorded a batch");
         for (record, reply) in records.iter().zip(replies) {
             let _ = reply.send(match &result {

@@ -49,7 +49,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     // A crashed worker's delivery is retried once its lease has expired.
     let lease = targets.values().map(|t| t.timeout).max().unwrap_or_default() + config.worker.lease_margin;
     let worker = Arc::new(Worker {
-        batcher: batch::Batcher::start(ctx.relaxed_pool.clone(), lease),
+        batcher: batch::Batcher::start(ctx.relaxed_pool.clone(), config.database.query_timeout, lease),
         ctx: ctx.clone(),
         client: send::client().context("building the HTTP client")?,
         permits: Arc::new(Semaphore::new(config.worker.concurrency)),

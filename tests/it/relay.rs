@@ -164,7 +164,7 @@ async fn notify_from_another_process_wakes_a_relay_only_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn broker_down_keeps_rows_pending_and_everything_is_published_once_after_recovery() {
+async fn an_unreachable_broker_keeps_rows_pending_and_readyz_names_the_publisher() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["billing"]);
     let mut down = config(&db, &broker, &["billing"]);
@@ -195,22 +195,7 @@ async fn broker_down_keeps_rows_pending_and_everything_is_published_once_after_r
         reason["checks"]["broker"].as_str().unwrap().contains("publisher"),
         "{reason}"
     );
-    relayd.stop().await.unwrap();
-
-    // The broker is back (the relay now reaches the real one).
-    let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Relay]).await;
-    let messages = broker
-        .drain(&broker.queue("billing"), 20, Duration::from_secs(15))
-        .await;
-    let ids: HashSet<String> = messages.iter().map(|m| m.message_id()).collect();
-    assert_eq!(messages.len(), 20, "every row published, none twice");
-    assert_eq!(ids.len(), 20);
-    db.wait_count(
-        "SELECT count(*) FROM deliveries WHERE status = 'queued'",
-        20,
-        Duration::from_secs(5),
-    )
-    .await;
+    // Recovery inside the running process is proven by the fault suite (tests/faults).
     relayd.stop().await.unwrap();
 }
 

@@ -1,0 +1,23 @@
+//! Fault tests: faults injected into a *running* relayd — the machine's own RabbitMQ and
+//! PostgreSQL stopped, killed and restarted, connections closed by the broker or cut by
+//! a proxy — each under steady load, with every accepted event checked at a receiving
+//! sink. Restarting relayd is never counted as recovery.
+//!
+//! This binary restarts the machine's services, so it is its own test binary (cargo runs
+//! test binaries one after another, never beside `it`), every test holds
+//! [`services::Services`], and the services are restored when each test ends, also on
+//! failure. `cargo test --test faults -- --nocapture` prints the fault report.
+
+// Shared with the `it` binary, which uses all of it; this one uses a part.
+#[allow(dead_code)]
+#[path = "../it/sink.rs"]
+mod sink;
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
+
+mod broker;
+mod database;
+mod harness;
+mod proxy;
+mod services;
