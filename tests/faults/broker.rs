@@ -53,6 +53,17 @@ async fn under_load<F, Fut>(
     sink.stop().await;
 }
 
+/// The fault of stopping the broker's app for `down`, then starting it.
+fn stop_app_for(down: Duration) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    move || {
+        Box::pin(async move {
+            blocking(services::rabbitmq_stop_app).await;
+            tokio::time::sleep(down).await;
+            blocking(services::rabbitmq_start_app).await;
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_process() {
     let _services = Services::exclusive().await;
@@ -60,11 +71,7 @@ async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_
         "rabbitmq stop_app 8 s / start_app",
         |_| {},
         Some("publisher"),
-        || async {
-            blocking(services::rabbitmq_stop_app).await;
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            blocking(services::rabbitmq_start_app).await;
-        },
+        stop_app_for(Duration::from_secs(8)),
     )
     .await;
 }
@@ -77,11 +84,7 @@ async fn broker_down_longer_than_the_liveness_stall_fails_healthz_until_it_is_ba
         "rabbitmq stop_app 8 s, liveness_stall 3 s",
         stall,
         Some("publisher"),
-        || async {
-            blocking(services::rabbitmq_stop_app).await;
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            blocking(services::rabbitmq_start_app).await;
-        },
+        stop_app_for(Duration::from_secs(8)),
     )
     .await;
 }
@@ -181,11 +184,7 @@ async fn amqp_connections_blackholed_for_15s_are_detected_and_replaced() {
         Some("publisher"),
         || async {
             let before = proxy.connections();
-            proxy.set(Faults {
-                hold_to_server: true,
-                hold_to_client: true,
-                ..Faults::default()
-            });
+            proxy.blackhole();
             tokio::time::sleep(PROXY_FAULT).await;
             opened_during = proxy.connections() - before;
             proxy.heal();

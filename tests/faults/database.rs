@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use relayd::cli::Role;
 
 use crate::harness::{self, assert_probes, report, settle, statuses, Answer, Load, Probe};
-use crate::proxy::{Faults, Proxy};
+use crate::proxy::Proxy;
 use crate::services::{self, blocking, Services};
 use crate::sink::{Behaviour, Sink};
 use crate::support::{self, Relayd, TestBroker, TestDb};
@@ -123,11 +123,7 @@ async fn database_blackholed_for_15s_ingest_answers_503_quickly_and_delivery_res
         Some(&proxy),
         Some("database"),
         |db| async {
-            proxy.set(Faults {
-                hold_to_server: true,
-                hold_to_client: true,
-                ..Faults::default()
-            });
+            proxy.blackhole();
             tokio::time::sleep(Duration::from_secs(15)).await;
             proxy.heal();
             db

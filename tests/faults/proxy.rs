@@ -89,6 +89,15 @@ impl Proxy {
         self.faults.send_replace(faults);
     }
 
+    /// No byte passes in either direction, on open and new connections alike.
+    pub fn blackhole(&self) {
+        self.set(Faults {
+            hold_to_server: true,
+            hold_to_client: true,
+            ..Faults::default()
+        });
+    }
+
     /// Back to passing everything through untouched.
     pub fn heal(&self) {
         self.set(Faults::default());
