@@ -6,61 +6,18 @@ use std::time::{Duration, Instant};
 
 use relayd::cli::Role;
 
-use crate::harness::{self, assert_probes, report, settle, statuses, Load, Probe};
+use crate::harness::{self, report, settle, statuses, under_load, Load};
 use crate::proxy::{Faults, Proxy};
 use crate::services::{self, blocking, Services};
 use crate::sink::{Behaviour, Sink};
 use crate::support::{Relayd, TestBroker, TestDb};
 
-const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
-
-/// Runs `fault` (which returns once the fault has ended) against a running
-/// `--role all` relayd under load, then checks every accepted event at the sink.
-/// `dependency` is what `/readyz` must name while the fault lasts.
-async fn under_load<F, Fut>(
-    name: &str,
-    config_for: impl FnOnce(&mut relayd::config::Config),
-    dependency: Option<&str>,
-    fault: F,
-) where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["sink"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let mut config = harness::config(&db, &broker, &sink);
-    config_for(&mut config);
-    let liveness_stall = config.ops.liveness_stall;
-    let relayd = Relayd::start(config, ALL).await;
-    relayd.wait_ready().await;
-    let probe = Probe::start(|path| relayd.ops_url(path));
-    let load = Load::start(relayd.url("/webhooks/stripe"), name);
-    load.wait_accepted(2 * harness::RATE as usize, Duration::from_secs(20))
-        .await;
-
-    let fault_start = Instant::now();
-    fault().await;
-    let fault_end = Instant::now();
-    // The load goes on after the fault, as providers' traffic does.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let answers = load.stop().await;
-    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
-    let readings = probe.stop().await;
-    report(name, &outcome, &statuses(&answers));
-    assert_probes(&readings, fault_start, fault_end, dependency, liveness_stall);
-    relayd.stop().await.unwrap();
-    sink.stop().await;
-}
-
 /// The fault of stopping the broker's app for `down`, then starting it.
-fn stop_app_for(down: Duration) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-    move || {
-        Box::pin(async move {
-            blocking(services::rabbitmq_stop_app).await;
-            tokio::time::sleep(down).await;
-            blocking(services::rabbitmq_start_app).await;
-        })
+fn stop_app_for(down: Duration) -> impl AsyncFnOnce(&TestDb) {
+    async move |_: &TestDb| {
+        blocking(services::rabbitmq_stop_app).await;
+        tokio::time::sleep(down).await;
+        blocking(services::rabbitmq_start_app).await;
     }
 }
 
@@ -69,7 +26,7 @@ async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_
     let _services = Services::exclusive().await;
     under_load(
         "rabbitmq stop_app 8 s / start_app",
-        |_| {},
+        |_, _| {},
         Some("publisher"),
         stop_app_for(Duration::from_secs(8)),
     )
@@ -79,7 +36,8 @@ async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_down_longer_than_the_liveness_stall_fails_healthz_until_it_is_back() {
     let _services = Services::exclusive().await;
-    let stall = |config: &mut relayd::config::Config| config.ops.liveness_stall = Duration::from_secs(3);
+    let stall =
+        |_: &TestDb, config: &mut relayd::config::Config| config.ops.liveness_stall = Duration::from_secs(3);
     under_load(
         "rabbitmq stop_app 8 s, liveness_stall 3 s",
         stall,
@@ -94,9 +52,9 @@ async fn broker_sigkilled_and_started_again_under_load_delivery_resumes_in_the_s
     let _services = Services::exclusive().await;
     under_load(
         "rabbitmq SIGKILL / start",
-        |_| {},
+        |_, _| {},
         Some("publisher"),
-        || async {
+        async |_| {
             blocking(services::rabbitmq_kill).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             blocking(services::rabbitmq_start).await;
@@ -110,9 +68,9 @@ async fn every_connection_closed_by_the_broker_under_load_is_reopened() {
     let _services = Services::exclusive().await;
     under_load(
         "rabbitmq close_all_connections",
-        |_| {},
+        |_, _| {},
         None,
-        || async {
+        async |_| {
             blocking(services::rabbitmq_close_all_connections).await;
         },
     )
@@ -120,8 +78,8 @@ async fn every_connection_closed_by_the_broker_under_load_is_reopened() {
 }
 
 /// Points relayd's broker connections at `proxy`.
-fn through(proxy: &Proxy) -> impl FnOnce(&mut relayd::config::Config) + '_ {
-    move |config| {
+fn through(proxy: &Proxy) -> impl FnOnce(&TestDb, &mut relayd::config::Config) + '_ {
+    move |_, config| {
         config.broker.url = relayd::config::Secret::new(format!("amqp://guest:guest@{}/%2f", proxy.addr));
     }
 }
@@ -141,7 +99,7 @@ async fn amqp_connections_reset_every_second_for_15s_recover_in_the_same_process
         "proxy resets AMQP every 1 s for 15 s",
         through(&proxy),
         None,
-        || async {
+        async |_| {
             let until = Instant::now() + PROXY_FAULT;
             while Instant::now() < until {
                 proxy.reset_all();
@@ -160,7 +118,7 @@ async fn amqp_connections_reset_then_refused_for_15s_recover_in_the_same_process
         "proxy resets AMQP, refuses for 15 s",
         through(&proxy),
         Some("publisher"),
-        || async {
+        async |_| {
             proxy.set(Faults {
                 refuse: true,
                 ..Faults::default()
@@ -182,7 +140,7 @@ async fn amqp_connections_blackholed_for_15s_are_detected_and_replaced() {
         "proxy blackholes AMQP for 15 s",
         through(&proxy),
         Some("publisher"),
-        || async {
+        async |_| {
             let before = proxy.connections();
             proxy.blackhole();
             tokio::time::sleep(PROXY_FAULT).await;
@@ -261,14 +219,14 @@ mod publisher {
         let name = queue.clone();
         under_load(
             "destination queue deleted (returns)",
-            move |config| {
+            move |_, config| {
                 *name.lock().unwrap() = format!("{}.destination.sink", config.broker.prefix);
                 // Messages that were in the deleted queue are lost by the broker: their
                 // rows are `queued`, and re-published once the queue is seen empty.
                 config.relay.requeue_after = Duration::from_secs(3);
             },
             None,
-            || async {
+            async |_| {
                 let queue = queue.lock().unwrap().clone();
                 TestBroker::with_channel(move |channel| {
                     channel
@@ -292,7 +250,7 @@ mod publisher {
         let config = harness::config(&db, &broker, &sink);
         // Only the publisher goes through the proxy; the worker consumes directly.
         let mut relay_config = config.clone();
-        through(&proxy)(&mut relay_config);
+        through(&proxy)(&db, &mut relay_config);
         relay_config.broker.confirm_timeout = Duration::from_secs(1);
         relay_config.broker.heartbeat = Duration::from_secs(30);
         let relay = Relayd::start(relay_config, &[Role::Ingest, Role::Relay]).await;

@@ -9,12 +9,14 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use relayd::cli::Role;
 use relayd::config::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::sink::Behaviour;
 use crate::sink::{Received, Sink};
-use crate::support::{self, stripe_event, stripe_signature, TestBroker, TestDb, STRIPE_SECRET};
+use crate::support::{self, stripe_event, stripe_signature, Relayd, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Events per second that every fault test offers while the fault happens.
 pub const RATE: u32 = 100;
@@ -40,6 +42,59 @@ pub fn config(db: &TestDb, broker: &TestBroker, sink: &Sink) -> Config {
     destination.timeout = Duration::from_secs(2);
     config.destinations = vec![destination];
     config
+}
+
+/// What a fault run saw, for a test's own checks afterwards.
+pub struct Run {
+    pub answers: Vec<Answer>,
+    pub fault_start: Instant,
+    pub fault_end: Instant,
+    /// The run's database (relayd has stopped; it is dropped with the run).
+    pub db: TestDb,
+}
+
+/// Runs `fault` (which returns once the fault has ended) against a running `--role all`
+/// relayd under [`RATE`] events/s, then checks every accepted event at the sink and the
+/// health endpoints ([`assert_probes`]), and reports the row. `config_for` adjusts the
+/// configuration (e.g. to go through a proxy); `dependency` is what `/readyz` must name
+/// while the fault lasts.
+pub async fn under_load(
+    name: &str,
+    config_for: impl FnOnce(&TestDb, &mut Config),
+    dependency: Option<&str>,
+    fault: impl AsyncFnOnce(&TestDb),
+) -> Run {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let mut config = self::config(&db, &broker, &sink);
+    config_for(&db, &mut config);
+    let liveness_stall = config.ops.liveness_stall;
+    let relayd = Relayd::start(config, &[Role::Ingest, Role::Relay, Role::Worker]).await;
+    relayd.wait_ready().await;
+    let probe = Probe::start(|path| relayd.ops_url(path));
+    let load = Load::start(relayd.url("/webhooks/stripe"), name);
+    load.wait_accepted(2 * RATE as usize, Duration::from_secs(20))
+        .await;
+
+    let fault_start = Instant::now();
+    fault(&db).await;
+    let fault_end = Instant::now();
+    // The load goes on after the fault, as providers' traffic does.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answers = load.stop().await;
+    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
+    let readings = probe.stop().await;
+    report(name, &outcome, &statuses(&answers));
+    assert_probes(&readings, fault_start, fault_end, dependency, liveness_stall);
+    relayd.stop().await.unwrap();
+    sink.stop().await;
+    Run {
+        answers,
+        fault_start,
+        fault_end,
+        db,
+    }
 }
 
 /// One request of the load and how it was answered.
