@@ -58,6 +58,7 @@ impl Publisher {
             topology,
             health,
             session: None,
+            reconnect: session::Reconnect::new(),
         };
         std::thread::Builder::new()
             .name("relayd-publisher".into())
@@ -135,22 +136,23 @@ struct PublisherThread {
     topology: Topology,
     health: Arc<Health>,
     session: Option<Session>,
+    /// When to try connecting next; told of every connect, failure and loss.
+    reconnect: session::Reconnect,
 }
 
 impl PublisherThread {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
-        let mut reconnect = session::Reconnect::new();
         loop {
-            if self.session.is_none() && reconnect.due() {
+            if self.session.is_none() && self.reconnect.due() {
                 match Session::open(&self.config, &self.topology) {
                     Ok(session) => {
                         tracing::info!(exchange = %self.topology.exchange(), "publisher connected to the broker");
                         self.session = Some(session);
                         self.health.set(COMPONENT, true);
-                        reconnect.connected();
+                        self.reconnect.connected();
                     }
                     Err(e) => {
-                        let delay = reconnect.failed();
+                        let delay = self.reconnect.failed();
                         tracing::warn!(error = %e, retry_in = ?delay, "publisher cannot connect to the broker");
                     }
                 }
@@ -161,7 +163,7 @@ impl PublisherThread {
             let wait = if self.session.is_some() {
                 LIVENESS_INTERVAL
             } else {
-                reconnect.wait()
+                self.reconnect.wait()
             };
             match commands.recv_timeout(wait) {
                 Ok(Command::Publish { messages, reply }) => {
@@ -173,10 +175,6 @@ impl PublisherThread {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.check_liveness(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if self.session.is_none() && reconnect.is_connected() {
-                // Lost during this turn: the first try is immediate.
-                reconnect.lost();
             }
         }
         if let Some(session) = self.session.take() {
@@ -190,6 +188,7 @@ impl PublisherThread {
             tracing::warn!(reason, "publisher lost its broker session; reconnecting");
             self.health.set(COMPONENT, false);
             session.close();
+            self.reconnect.lost();
         }
     }
 

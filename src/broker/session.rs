@@ -169,10 +169,6 @@ impl Reconnect {
         self.next_try.saturating_duration_since(Instant::now())
     }
 
-    pub(super) fn is_connected(&self) -> bool {
-        self.connected_at.is_some()
-    }
-
     pub(super) fn connected(&mut self) {
         self.connected_at = Some(Instant::now());
     }

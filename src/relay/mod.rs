@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppContext;
@@ -133,7 +133,6 @@ struct Turn {
 impl Relay {
     /// Claims, publishes and marks one batch in one transaction.
     async fn turn(&self) -> anyhow::Result<Turn> {
-        let config = &self.ctx.config.relay;
         // Relaxed commits (see `db::Durability::Relaxed`): a mark forgotten in a
         // PostgreSQL crash only makes the relay publish the row again.
         let conn = self
@@ -142,49 +141,55 @@ impl Relay {
             .get()
             .await
             .context("getting a database connection")?;
-        // The turn's statements each get `database.query_timeout`; the publish in
-        // between gets the broker's confirm timeout.
+        // The turn's database work gets twice `database.query_timeout` (a claim and
+        // short marks), plus the broker's confirm timeout for the publish in between.
         let bound = self.ctx.config.database.query_timeout * 2 + self.ctx.config.broker.confirm_timeout;
-        let turn = crate::db::bounded(conn, bound, async |conn| conn
-            .transaction::<_, anyhow::Error, _>(async |conn| {
-                let started = Instant::now();
-                let due = deliveries::claim_due(conn, config.batch_size).await?;
-                let claimed_in = started.elapsed();
-                if due.is_empty() {
-                    return Ok(Turn::default());
-                }
-                let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
-                let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
-                let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
-                let results = self.publisher.publish_batch(messages).await;
-                let published_in = started.elapsed();
-
-                let mut confirmed = Vec::with_capacity(ids.len());
-                let mut first_error = None;
-                for (id, result) in ids.iter().zip(&results) {
-                    match result {
-                        Ok(()) => confirmed.push(*id),
-                        Err(e) => {
-                            first_error.get_or_insert_with(|| e.to_string());
-                        }
-                    }
-                }
-                deliveries::mark_queued(conn, &confirmed, config.requeue_after).await?;
-                deliveries::postpone_queued(conn, &to_postpone, config.requeue_after).await?;
-                let turn = Turn {
-                    published: confirmed.len(),
-                    failed: ids.len() - confirmed.len(),
-                    postponed: to_postpone.len(),
-                };
-                if let Some(error) = first_error {
-                    tracing::warn!(failed = turn.failed, published = turn.published, %error, "some deliveries were not published; they stay due");
-                } else {
-                    tracing::debug!(published = turn.published, postponed = turn.postponed, ?claimed_in, ?published_in, marked_in = ?started.elapsed(), "relayed a batch");
-                }
-                Ok(turn)
-            })
-            .await)
+        let turn = crate::db::bounded(conn, bound, async |conn| {
+            conn.transaction::<_, anyhow::Error, _>(async |conn| self.publish_due(conn).await)
+                .await
+        })
         .await??;
+        Ok(turn)
+    }
+
+    /// Inside the turn's transaction: claim due rows, publish them, mark what the broker
+    /// confirmed.
+    async fn publish_due(&self, conn: &mut AsyncPgConnection) -> anyhow::Result<Turn> {
+        let config = &self.ctx.config.relay;
+        let started = Instant::now();
+        let due = deliveries::claim_due(conn, config.batch_size).await?;
+        let claimed_in = started.elapsed();
+        if due.is_empty() {
+            return Ok(Turn::default());
+        }
+        let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
+        let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
+        let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
+        let results = self.publisher.publish_batch(messages).await;
+        let published_in = started.elapsed();
+
+        let mut confirmed = Vec::with_capacity(ids.len());
+        let mut first_error = None;
+        for (id, result) in ids.iter().zip(&results) {
+            match result {
+                Ok(()) => confirmed.push(*id),
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        deliveries::mark_queued(conn, &confirmed, config.requeue_after).await?;
+        deliveries::postpone_queued(conn, &to_postpone, config.requeue_after).await?;
+        let turn = Turn {
+            published: confirmed.len(),
+            failed: ids.len() - confirmed.len(),
+            postponed: to_postpone.len(),
+        };
+        if let Some(error) = first_error {
+            tracing::warn!(failed = turn.failed, published = turn.published, %error, "some deliveries were not published; they stay due");
+        } else {
+            tracing::debug!(published = turn.published, postponed = turn.postponed, ?claimed_in, ?published_in, marked_in = ?started.elapsed(), "relayed a batch");
+        }
         Ok(turn)
     }
 
