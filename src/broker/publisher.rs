@@ -6,7 +6,8 @@
 //! `mandatory`, so one that no queue accepts comes back as a return and counts as
 //! failed rather than silently confirmed. After any connection-level failure, a
 //! confirm timeout or a return, the session is closed and reopened with backoff, which
-//! also redeclares the topology. The thread stops when the [`Publisher`] is dropped.
+//! also redeclares the topology; after a nack only the channel is replaced. The thread
+//! stops when the [`Publisher`] is dropped.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -104,14 +105,7 @@ struct Session {
 impl Session {
     fn open(config: &BrokerConfig, topology: &Topology) -> Result<Self, String> {
         let mut connection = session::connect(config)?;
-        let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
-        topology.declare(&channel).map_err(|e| e.to_string())?;
-        // amiquip requires listening before confirm mode is enabled.
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .map_err(|e| e.to_string())?;
-        let returns = channel.listen_for_returns().map_err(|e| e.to_string())?;
-        channel.enable_publisher_confirms().map_err(|e| e.to_string())?;
+        let (channel, confirms, returns) = confirm_channel(&mut connection, topology)?;
         Ok(Self {
             channel,
             confirms,
@@ -119,6 +113,20 @@ impl Session {
             next_tag: 1,
             connection,
         })
+    }
+
+    /// Replaces the channel with a fresh one on the same connection. RabbitMQ remembers
+    /// a queue's refusal (`reject-publish`) per channel and goes on nacking on that
+    /// channel for tens of seconds after the queue has room again; a new channel asks
+    /// the queue afresh.
+    fn reopen_channel(&mut self, topology: &Topology) -> Result<(), String> {
+        let (channel, confirms, returns) = confirm_channel(&mut self.connection, topology)?;
+        let old = std::mem::replace(&mut self.channel, channel);
+        let _ = old.close();
+        self.confirms = confirms;
+        self.returns = returns;
+        self.next_tag = 1;
+        Ok(())
     }
 
     fn close(self) {
@@ -129,6 +137,30 @@ impl Session {
         let _ = channel.close();
         let _ = connection.close();
     }
+}
+
+/// Opens a channel in confirm mode with returns listened for, and declares the
+/// topology on it.
+fn confirm_channel(
+    connection: &mut Connection,
+    topology: &Topology,
+) -> Result<
+    (
+        Channel,
+        crossbeam_channel::Receiver<Confirm>,
+        crossbeam_channel::Receiver<Return>,
+    ),
+    String,
+> {
+    let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
+    topology.declare(&channel).map_err(|e| e.to_string())?;
+    // amiquip requires listening before confirm mode is enabled.
+    let confirms = channel
+        .listen_for_publisher_confirms()
+        .map_err(|e| e.to_string())?;
+    let returns = channel.listen_for_returns().map_err(|e| e.to_string())?;
+    channel.enable_publisher_confirms().map_err(|e| e.to_string())?;
+    Ok((channel, confirms, returns))
 }
 
 struct PublisherThread {
@@ -230,6 +262,10 @@ impl PublisherThread {
         let outcome = publish_confirmed(session, &self.topology, messages, self.config.confirm_timeout);
         if let Some(reason) = outcome.reset_reason {
             self.drop_session(&reason);
+        } else if outcome.nacked {
+            if let Err(e) = session.reopen_channel(&self.topology) {
+                self.drop_session(&e);
+            }
         }
         outcome.results
     }
@@ -239,6 +275,8 @@ struct BatchOutcome {
     results: Vec<Result<(), Error>>,
     /// Set when the session can no longer be trusted (its tags or its connection).
     reset_reason: Option<String>,
+    /// Some message was nacked (a queue refused it): the channel is replaced.
+    nacked: bool,
 }
 
 /// Publishes `messages` and waits for every confirm (or the timeout).
@@ -267,6 +305,7 @@ fn publish_confirmed(
             return BatchOutcome {
                 results: vec![Err(error); messages.len()],
                 reset_reason: Some(e.to_string()),
+                nacked: false,
             };
         }
         session.next_tag += 1;
@@ -282,12 +321,16 @@ fn publish_confirmed(
     let mut undecided = messages.len();
     let deadline = Instant::now() + confirm_timeout;
     let mut reset_reason = None;
+    let mut nacked = false;
     while undecided > 0 {
         match session.confirms.recv_deadline(deadline) {
             Ok(confirm) => {
                 let (payload, outcome) = match confirm {
                     Confirm::Ack(p) => (p, Ok(())),
-                    Confirm::Nack(p) => (p, Err(Error::Nacked)),
+                    Confirm::Nack(p) => {
+                        nacked = true;
+                        (p, Err(Error::Nacked))
+                    }
                 };
                 let covered = if payload.multiple {
                     first_tag..=payload.delivery_tag
@@ -344,6 +387,7 @@ fn publish_confirmed(
             .map(|r| r.unwrap_or(Err(Error::NotConnected)))
             .collect(),
         reset_reason,
+        nacked,
     }
 }
 

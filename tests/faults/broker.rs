@@ -163,7 +163,6 @@ mod publisher {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread")]
-    #[ignore = "open: after the reject-publish policy is cleared, the relay publishes the nacked rows only ~30 s later (see the README's Failure modes)"]
     async fn nacked_messages_stay_pending_and_are_published_when_the_queue_has_room() {
         let _services = Services::exclusive().await;
         let db = TestDb::migrated().await;
