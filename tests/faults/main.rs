@@ -1,6 +1,6 @@
 //! Fault tests: faults injected into a *running* relayd — the machine's own RabbitMQ and
 //! PostgreSQL stopped, killed and restarted, connections closed by the broker or cut by
-//! a proxy — each under steady load, with every accepted event checked at a receiving
+//! a proxy, relayd's own processes killed or frozen — each under steady load, with every accepted event checked at a receiving
 //! sink. Restarting relayd is never counted as recovery.
 //!
 //! This binary restarts the machine's services, so it is its own test binary (cargo runs
@@ -9,6 +9,9 @@
 //! failure. `cargo test --test faults -- --nocapture` prints the fault report.
 
 // Shared with the `it` binary, which uses all of it; this one uses a part.
+#[allow(dead_code)]
+#[path = "../it/child.rs"]
+mod child;
 #[allow(dead_code)]
 #[path = "../it/sink.rs"]
 mod sink;
@@ -19,5 +22,6 @@ mod support;
 mod broker;
 mod database;
 mod harness;
+mod process;
 mod proxy;
 mod services;

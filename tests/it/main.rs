@@ -2,6 +2,9 @@
 //! relayd started in-process on `127.0.0.1:0` or as the real binary.
 
 mod browser;
+// Shared with the `faults` binary, which kills, stops and restarts children.
+#[allow(dead_code)]
+mod child;
 mod cli;
 mod deploy;
 mod ingest;

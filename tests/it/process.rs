@@ -1,136 +1,14 @@
-//! The real `relayd` binary as child processes: nothing accepted is lost when any
-//! process is SIGKILLed mid-stream, and SIGTERM stops cleanly.
+//! The real `relayd` binary as child processes: SIGTERM stops cleanly, and role-split
+//! replicas deliver each event once. (SIGKILL and SIGSTOP of each role under load are
+//! fault tests: `tests/faults/process.rs`.)
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::child::{config_file, Process};
 use crate::sink::{Behaviour, Sink};
-use crate::support::{self, stripe_event, stripe_signature, TempFile, TestBroker, TestDb, STRIPE_SECRET};
-
-/// Configuration for child processes: fast retries, short leases, JSON logs.
-fn config_file(db: &TestDb, broker: &TestBroker, sink: &Sink) -> TempFile {
-    support::temp_file(&format!(
-        r#"
-[database]
-url = "{db}"
-[broker]
-url = "{broker_url}"
-prefix = "{prefix}"
-[ingest]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[relay]
-poll_interval = "200ms"
-[worker]
-lease_margin = "1s"
-[worker.retry]
-schedule = ["200ms", "500ms", "1s", "2s", "2s", "2s"]
-[log]
-format = "json"
-level = "warn,relayd::cmd=info"
-[shutdown]
-grace_period = "5s"
-[[sources]]
-name = "stripe"
-kind = "stripe"
-secrets = ["{secret}"]
-[[destinations]]
-name = "sink"
-url = "{sink}"
-signing_secret = "{signing}"
-timeout = "2s"
-"#,
-        db = db.url,
-        broker_url = support::BROKER_URL,
-        prefix = broker.prefix,
-        secret = STRIPE_SECRET,
-        sink = sink.url,
-        signing = support::DESTINATION_SECRET,
-    ))
-}
-
-/// One relayd child process.
-struct Process {
-    child: Child,
-    roles: String,
-    /// The ingest address, when the process runs ingest.
-    ingest: Option<String>,
-}
-
-impl Process {
-    fn start(config: &TempFile, roles: &str) -> Self {
-        let mut child = Command::new(support::relayd_binary())
-            .args(["--role", roles, "--config"])
-            .arg(&config.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start relayd");
-        let stderr = child.stderr.take().unwrap();
-        // From here on, Drop kills the child if starting fails.
-        let mut process = Self {
-            child,
-            roles: roles.into(),
-            ingest: None,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("relayd --role {roles} did not start"));
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if json["message"] == "relayd started" {
-                process.ingest = json["ingest"].as_str().filter(|a| *a != "-").map(String::from);
-                // Keep draining stderr so the child never blocks on a full pipe.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
-                return process;
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relayd --role {} ignored SIGTERM",
-                self.roles
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{self, stripe_event, stripe_signature, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Sends `count` signed events like a provider does: each one is retried until it is
 /// answered 200 (the ingest process may be down for a while). Returns the accepted
@@ -192,14 +70,6 @@ async fn send_events(
     all
 }
 
-async fn wait_progress(progress: &Mutex<usize>, at_least: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while *progress.lock().unwrap() < at_least {
-        assert!(Instant::now() < deadline, "sending stalled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Every accepted event reached the sink; any duplicate carries the same webhook-id.
 fn assert_delivered_once_or_as_duplicates(sink: &Sink, accepted: &HashSet<String>) {
     let mut webhook_ids: HashMap<String, HashSet<String>> = HashMap::new();
@@ -228,63 +98,6 @@ fn assert_delivered_once_or_as_duplicates(sink: &Sink, accepted: &HashSet<String
         "{} events delivered, {duplicates} duplicate requests (same webhook-id)",
         accepted.len()
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_accepted_is_lost_when_an_all_roles_process_is_sigkilled_mid_stream() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::new(&["sink"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let config = config_file(&db, &broker, &sink);
-    let mut process = Process::start(&config, "all");
-    let ingest = Arc::new(RwLock::new(process.ingest.clone().unwrap()));
-    let progress = Arc::new(Mutex::new(0));
-    let sending = tokio::spawn(send_events(ingest.clone(), 300, progress.clone()));
-
-    wait_progress(&progress, 100).await;
-    process.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let process = Process::start(&config, "all");
-    *ingest.write().unwrap() = process.ingest.clone().unwrap();
-
-    let accepted = sending.await.unwrap();
-    assert_eq!(accepted.len(), 300);
-    sink.wait_for_events(&accepted, Duration::from_secs(60)).await;
-    assert_delivered_once_or_as_duplicates(&sink, &accepted);
-    assert_eq!(process.terminate().code(), Some(0));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_accepted_is_lost_when_each_role_split_process_is_sigkilled_in_turn() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::new(&["sink"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let config = config_file(&db, &broker, &sink);
-    let mut ingest_process = Process::start(&config, "ingest");
-    let mut relay_process = Process::start(&config, "relay");
-    let mut worker_process = Process::start(&config, "worker");
-    let ingest = Arc::new(RwLock::new(ingest_process.ingest.clone().unwrap()));
-    let progress = Arc::new(Mutex::new(0));
-    let sending = tokio::spawn(send_events(ingest.clone(), 300, progress.clone()));
-
-    wait_progress(&progress, 60).await;
-    worker_process.kill9();
-    worker_process = Process::start(&config, "worker");
-    wait_progress(&progress, 140).await;
-    relay_process.kill9();
-    relay_process = Process::start(&config, "relay");
-    wait_progress(&progress, 220).await;
-    ingest_process.kill9();
-    ingest_process = Process::start(&config, "ingest");
-    *ingest.write().unwrap() = ingest_process.ingest.clone().unwrap();
-
-    let accepted = sending.await.unwrap();
-    assert_eq!(accepted.len(), 300);
-    sink.wait_for_events(&accepted, Duration::from_secs(60)).await;
-    assert_delivered_once_or_as_duplicates(&sink, &accepted);
-    for process in [ingest_process, relay_process, worker_process] {
-        assert_eq!(process.terminate().code(), Some(0));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

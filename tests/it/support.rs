@@ -247,20 +247,7 @@ impl Relayd {
 
     /// Waits until `/readyz` answers 200 (database and broker connected).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = client.get(self.ops_url("/readyz")).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "relayd not ready within 20s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&self.ops_url("/readyz")).await;
     }
 
     /// Stops every role and returns how the daemon ended.
@@ -270,6 +257,24 @@ impl Relayd {
             .await
             .expect("relayd stops within 10s")
             .expect("daemon task")
+    }
+}
+
+/// Waits (up to 20 s) until `readyz` (a `/readyz` URL) answers 200.
+pub async fn wait_ready(readyz: &str) {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = client.get(readyz).send().await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{readyz} not ready within 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
