@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use relayd::cli::Role;
+use relayd::context::Role;
 
 use crate::harness::{self, report, settle, statuses, under_load, Load};
 use crate::proxy::{Faults, Proxy};
@@ -21,16 +21,50 @@ fn stop_app_for(down: Duration) -> impl AsyncFnOnce(&TestDb) {
     }
 }
 
+/// Also checks the gauges an operator alerts on: while the broker is away the publisher
+/// reads disconnected and the outbox shows the rows waiting, with their age.
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_process() {
     let _services = Services::exclusive().await;
-    under_load(
+    let run = under_load(
         "rabbitmq stop_app 8 s / start_app",
         |_, _| {},
         Some("publisher"),
         stop_app_for(Duration::from_secs(8)),
     )
     .await;
+    let during: Vec<&harness::Reading> = run
+        .readings
+        .iter()
+        .filter(|r| r.at >= run.fault_start && r.at <= run.fault_end)
+        .collect();
+    let publisher = r#"relayd_broker_connected{component="publisher"}"#;
+    assert!(
+        during.iter().any(|r| r.metric(publisher) == Some(0.0)),
+        "{publisher} never read 0 while the broker was down"
+    );
+    let (due, age) = during
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.metric("relayd_outbox_due")?,
+                r.metric("relayd_outbox_oldest_due_age_seconds")?,
+            ))
+        })
+        .fold((0.0, 0.0), |(d, a), (due, age)| {
+            (f64::max(d, due), f64::max(a, age))
+        });
+    // 100 events/s for 8 s wait in the outbox; the gauges refresh every 5 s.
+    assert!(
+        due >= 100.0,
+        "relayd_outbox_due read at most {due} during the outage"
+    );
+    assert!(
+        age >= 1.0,
+        "the oldest due row read at most {age} s old during the outage"
+    );
+    let last = run.readings.last().unwrap();
+    assert_eq!(last.metric(publisher), Some(1.0), "publisher connected again");
 }
 
 #[tokio::test(flavor = "multi_thread")]

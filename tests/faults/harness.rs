@@ -9,8 +9,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use relayd::cli::Role;
 use relayd::config::Config;
+use relayd::context::Role;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,8 @@ pub struct Run {
     pub answers: Vec<Answer>,
     pub fault_start: Instant,
     pub fault_end: Instant,
+    /// What the ops endpoints said, every 200 ms from before the fault to the end.
+    pub readings: Vec<Reading>,
     /// The run's database (relayd has stopped; it is dropped with the run).
     pub db: TestDb,
 }
@@ -93,6 +95,7 @@ pub async fn under_load(
         answers,
         fault_start,
         fault_end,
+        readings,
         db,
     }
 }
@@ -220,9 +223,22 @@ pub struct Reading {
     pub healthz_body: String,
     pub readyz: Option<u16>,
     pub readyz_body: String,
+    /// The `/metrics` text (empty when it did not answer).
+    pub metrics: String,
 }
 
-/// Reads `/healthz` and `/readyz` every 200 ms.
+impl Reading {
+    /// The value of the sample `series` (a metric name with its labels, as exposed,
+    /// e.g. `relayd_broker_connected{component="publisher"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split(' ').next()?.parse().ok()
+        })
+    }
+}
+
+/// Reads `/healthz`, `/readyz` and `/metrics` every 200 ms.
 pub struct Probe {
     stop: CancellationToken,
     task: JoinHandle<Vec<Reading>>,
@@ -230,7 +246,7 @@ pub struct Probe {
 
 impl Probe {
     pub fn start(ops_url: impl Fn(&str) -> String) -> Self {
-        let (healthz, readyz) = (ops_url("/healthz"), ops_url("/readyz"));
+        let (healthz, readyz, metrics) = (ops_url("/healthz"), ops_url("/readyz"), ops_url("/metrics"));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
@@ -249,12 +265,17 @@ impl Probe {
                     Ok(r) => (Some(r.status().as_u16()), r.text().await.unwrap_or_default()),
                     Err(_) => (None, String::new()),
                 };
+                let metrics = match client.get(&metrics).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
                 readings.push(Reading {
                     at,
                     healthz: health,
                     healthz_body: health_body,
                     readyz: ready,
                     readyz_body: body,
+                    metrics,
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
