@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::LogFormat;
+use crate::context::Role;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +36,7 @@ pub struct Cli {
         default_value = "all",
         value_name = "ROLES"
     )]
-    pub role: Vec<Role>,
+    pub role: Vec<RoleArg>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -84,9 +85,9 @@ pub struct ReplayArgs {
     pub all: bool,
 }
 
-/// A part of relayd that one process may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum Role {
+/// A `--role` value: a role, or `all` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
     /// Every role this build provides.
     All,
     /// Receive provider webhooks, verify them, store them in the outbox.
@@ -97,20 +98,15 @@ pub enum Role {
     Worker,
 }
 
-impl Role {
-    /// Every concrete role, in start order.
-    pub const CONCRETE: &'static [Role] = &[Role::Ingest, Role::Relay, Role::Worker];
-}
-
-/// The concrete roles to start: `all` expands to every role.
-pub fn select_roles(requested: &[Role]) -> Result<BTreeSet<Role>, String> {
+/// The roles to start: `all` expands to every role.
+pub fn select_roles(requested: &[RoleArg]) -> Result<BTreeSet<Role>, String> {
     let roles: BTreeSet<Role> = requested
         .iter()
         .flat_map(|&role| match role {
-            Role::All => Role::CONCRETE,
-            Role::Ingest => &[Role::Ingest][..],
-            Role::Relay => &[Role::Relay][..],
-            Role::Worker => &[Role::Worker][..],
+            RoleArg::All => Role::ALL,
+            RoleArg::Ingest => &[Role::Ingest][..],
+            RoleArg::Relay => &[Role::Relay][..],
+            RoleArg::Worker => &[Role::Worker][..],
         })
         .copied()
         .collect();
@@ -118,16 +114,6 @@ pub fn select_roles(requested: &[Role]) -> Result<BTreeSet<Role>, String> {
         return Err("no role to run".into());
     }
     Ok(roles)
-}
-
-/// The name of a role as written on the command line.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::All => "all",
-        Role::Ingest => "ingest",
-        Role::Relay => "relay",
-        Role::Worker => "worker",
-    }
 }
 
 #[cfg(test)]
@@ -151,17 +137,17 @@ mod tests {
     #[test]
     fn roles_parse_as_a_comma_list() {
         let cli = Cli::try_parse_from(["relayd", "--role", "ingest,relay"]).unwrap();
-        assert_eq!(cli.role, vec![Role::Ingest, Role::Relay]);
+        assert_eq!(cli.role, vec![RoleArg::Ingest, RoleArg::Relay]);
         assert!(Cli::try_parse_from(["relayd", "--role", "ingest,bogus"]).is_err());
     }
 
     #[test]
     fn all_expands_to_every_role_and_duplicates_collapse() {
-        let every: BTreeSet<Role> = Role::CONCRETE.iter().copied().collect();
-        assert_eq!(select_roles(&[Role::All]).unwrap(), every);
-        assert_eq!(select_roles(&[Role::Relay, Role::All]).unwrap(), every);
+        let every: BTreeSet<Role> = Role::ALL.iter().copied().collect();
+        assert_eq!(select_roles(&[RoleArg::All]).unwrap(), every);
+        assert_eq!(select_roles(&[RoleArg::Relay, RoleArg::All]).unwrap(), every);
         assert_eq!(
-            select_roles(&[Role::Worker, Role::Worker]).unwrap(),
+            select_roles(&[RoleArg::Worker, RoleArg::Worker]).unwrap(),
             BTreeSet::from([Role::Worker])
         );
     }

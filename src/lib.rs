@@ -2,17 +2,20 @@
 //! PostgreSQL (an outbox), relays it through RabbitMQ and delivers it, signed, to every
 //! subscribed downstream service.
 //!
-//! Roles (`ingest`, `relay`, `worker`) sit on top; they meet only through `app`, `db` and the shared
-//! modules below them, and never import each other.
+//! Roles (`ingest`, `relay`, `worker`) sit on top, started by `app`; they meet only
+//! through `context`, `wake`, `db`, `broker` and the other shared modules below them,
+//! and never import each other or `app`.
 
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod http_error;
 pub mod ingest;
+pub mod listener;
 pub mod liveness;
 pub mod metrics;
 pub mod ops;
@@ -21,4 +24,5 @@ pub mod retention;
 pub mod retry;
 pub mod signing;
 pub mod telemetry;
+pub mod wake;
 pub mod worker;

@@ -1,7 +1,8 @@
 //! Liveness: whether each part of this process is still making progress.
 //!
 //! A role's loop calls [`Liveness::beat`] after each turn that did its job (the relay
-//! after a turn that reached the database and the broker). `/healthz` fails once any
+//! after a turn that reached the database and the broker; each worker consume loop
+//! every few seconds while it turns). `/healthz` fails once any
 //! loop has gone `ops.liveness_stall` without a beat — or, from
 //! [`crate::broker::Health::down_for`], a broker connection has been down that long — so
 //! that an orchestrator restarts a process that cannot heal itself, never for a short

@@ -20,8 +20,8 @@ use diesel::sql_types::{BigInt, Double};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppContext;
 use crate::config::RetentionConfig;
+use crate::context::AppContext;
 
 /// Advisory lock key held by the pruning leader ("relaydpr").
 pub const LEADER_LOCK_KEY: i64 = 0x7265_6c61_7964_7072;

@@ -27,6 +27,12 @@ pub fn run(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<()> {
         let replayed = deliveries::replay(&mut conn, &filter)
             .await
             .context("replaying")?;
+        if replayed > 0 {
+            // Running relays publish the rows now rather than on their poll interval.
+            if let Err(e) = crate::wake::notify(&mut conn).await {
+                tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
+            }
+        }
         println!("replayed {replayed} deliveries");
         Ok(())
     })

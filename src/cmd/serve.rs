@@ -4,8 +4,9 @@
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppContext, Daemon};
-use crate::cli::{role_name, select_roles, Cli};
+use crate::app::Daemon;
+use crate::cli::{select_roles, Cli};
+use crate::context::AppContext;
 use crate::db::migrate;
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -23,7 +24,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone())?);
         let daemon = Daemon::start(ctx.clone(), shutdown).await?;
-        let roles: Vec<&str> = ctx.roles.iter().map(|r| role_name(*r)).collect();
+        let roles: Vec<&str> = ctx.roles.iter().map(|r| r.name()).collect();
         tracing::info!(
             roles = %roles.join(","),
             ingest = %daemon.ingest_addr.map_or_else(|| "-".to_string(), |a| a.to_string()),

@@ -6,14 +6,6 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::prepared::prepared;
 use super::schema::deliveries;
 
-/// Wakes relays listening on [`super::OUTBOX_CHANNEL`]; delivered at commit.
-pub async fn notify_outbox(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::sql_query(format!("NOTIFY {}", super::OUTBOX_CHANNEL))
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
 /// A due outbox row with what publishing it needs from its event.
 #[derive(Debug, QueryableByName)]
 pub struct DueDelivery {
@@ -449,8 +441,8 @@ impl ReplayFilter {
 
 /// Resets matching replayable deliveries (`dead`, `delivered`, `retrying`) to `pending`
 /// with a fresh attempt budget, in one statement; their attempts history stays, and so
-/// does their event (and with it the `webhook-id` destinations see). Returns how many.
-/// Wakes relays through `NOTIFY` on commit.
+/// does their event (and with it the `webhook-id` destinations see). Returns how many;
+/// the caller wakes the relays ([`crate::wake`]) once this is committed.
 pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<usize> {
     use super::models::DeliveryStatus;
     use super::schema::events;
@@ -495,9 +487,6 @@ pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> Quer
     .set(replay_reset!())
     .execute(conn)
     .await?;
-    if replayed > 0 {
-        notify_outbox(conn).await?;
-    }
     Ok(replayed)
 }
 
@@ -507,7 +496,7 @@ pub async fn replay_one(
     id: uuid::Uuid,
 ) -> QueryResult<Option<super::models::Delivery>> {
     use super::models::{Delivery, DeliveryStatus};
-    let replayed = diesel::update(
+    diesel::update(
         deliveries::table
             .filter(deliveries::id.eq(id))
             .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
@@ -516,9 +505,5 @@ pub async fn replay_one(
     .returning(Delivery::as_returning())
     .get_result(conn)
     .await
-    .optional()?;
-    if replayed.is_some() {
-        notify_outbox(conn).await?;
-    }
-    Ok(replayed)
+    .optional()
 }

@@ -26,9 +26,6 @@ pub type DbPool = Pool<AsyncPgConnection>;
 /// A connection checked out of [`DbPool`].
 pub type PooledConnection = Object<AsyncPgConnection>;
 
-/// The channel ingest `NOTIFY`s after committing new outbox rows; the relay `LISTEN`s.
-pub const OUTBOX_CHANNEL: &str = "relayd_outbox";
-
 /// How a pool's transactions commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -46,13 +43,22 @@ pub enum Durability {
 /// is down; the first query reports it. Every connection is established on the runtime
 /// that calls this (the daemon's main runtime) so that a connection's I/O task never
 /// lives on a short-lived runtime such as an HTTP worker thread's.
+///
+/// `idle_in_transaction` is how long the server lets a session of this pool sit idle
+/// inside a transaction before it ends the session: a relayd whose connection went
+/// silent mid-transaction (half-open, or the process frozen) must not keep the rows it
+/// locked from every other relay until TCP gives up, hours later.
 pub fn build_pool(
     config: &DatabaseConfig,
     application_name: &str,
     durability: Durability,
+    idle_in_transaction: Duration,
 ) -> anyhow::Result<DbPool> {
     let runtime = tokio::runtime::Handle::current();
-    let mut session = format!("SET application_name = '{application_name}'");
+    let mut session = format!(
+        "SET application_name = '{application_name}'; SET idle_in_transaction_session_timeout = {}",
+        idle_in_transaction.as_millis().max(1)
+    );
     if durability == Durability::Relaxed {
         // The relay's and worker's statements find rows through indexes whose best use
         // depends on how full the outbox is: they are planned per execution even when
@@ -124,24 +130,74 @@ pub struct TimedOut(pub Duration);
 /// connection is closed, never returned to the pool: a late reply, or an open
 /// transaction, may still be on it.
 pub async fn bounded<T>(
-    mut conn: PooledConnection,
+    conn: PooledConnection,
     timeout: Duration,
     work: impl AsyncFnOnce(&mut AsyncPgConnection) -> T,
 ) -> Result<T, TimedOut> {
-    let result = tokio::time::timeout(timeout, work(&mut conn)).await;
-    match result {
-        Ok(value) => Ok(value),
-        Err(_) => {
-            drop(Object::take(conn));
-            Err(TimedOut(timeout))
+    watched(conn, timeout, async |conn, _| work(conn).await).await
+}
+
+/// The deadline of the phase that work under [`watched`] is in.
+pub struct Watchdog {
+    /// The phase's deadline and its length.
+    phase: std::sync::Mutex<(tokio::time::Instant, Duration)>,
+}
+
+impl Watchdog {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            phase: std::sync::Mutex::new((tokio::time::Instant::now() + timeout, timeout)),
         }
     }
+
+    /// A new phase starts now and must end within `timeout`.
+    pub fn arm(&self, timeout: Duration) {
+        if let Ok(mut phase) = self.phase.lock() {
+            *phase = (tokio::time::Instant::now() + timeout, timeout);
+        }
+    }
+
+    fn phase(&self) -> (tokio::time::Instant, Duration) {
+        self.phase.lock().map(|p| *p).unwrap_or_else(|p| *p.into_inner())
+    }
+}
+
+/// [`bounded`] for work in phases of different lengths (a transaction that waits for
+/// the broker between two statements): the first phase gets `first`, and `work` arms
+/// the [`Watchdog`] at the start of each later one. The work is abandoned, and its
+/// connection closed, as soon as a phase overruns, not when the longest total would.
+pub async fn watched<T>(
+    mut conn: PooledConnection,
+    first: Duration,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
+) -> Result<T, TimedOut> {
+    let watchdog = Watchdog::new(first);
+    let outcome = {
+        let work = work(&mut conn, &watchdog);
+        let mut work = std::pin::pin!(work);
+        loop {
+            let (deadline, timeout) = watchdog.phase();
+            tokio::select! {
+                value = &mut work => break Ok(value),
+                _ = tokio::time::sleep_until(deadline) => {
+                    // The work may have armed a later deadline meanwhile.
+                    if watchdog.phase().0 <= tokio::time::Instant::now() {
+                        break Err(TimedOut(timeout));
+                    }
+                }
+            }
+        }
+    };
+    if outcome.is_err() {
+        drop(Object::take(conn));
+    }
+    outcome
 }
 
 /// `url` with TCP keepalive settings added unless the URL sets them: a connection whose
 /// peer vanished (a failed host, a dropped route) is noticed in about 25 s instead of
 /// the operating system's two hours. (A server that still acknowledges TCP but answers
-/// nothing is caught by [`bounded`] instead.)
+/// nothing is caught by [`bounded`] and [`watched`] instead.)
 pub fn with_keepalive(url: &str) -> String {
     let mut url = url.to_string();
     for (key, value) in [

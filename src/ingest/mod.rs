@@ -3,10 +3,9 @@
 //! `POST /webhooks/{source}` reads the raw body (bounded by `ingest.max_body_bytes`),
 //! verifies it with the source's verifier, and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
-//! outbox row per subscribed destination, then wakes the relay: the one in this process
-//! directly, or, when this process runs no relay, relays elsewhere through a coalesced
-//! `NOTIFY`. It answers only after the commit, so a
-//! 200 means the event is durable. It never talks to the broker
+//! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
+//! answers only after the commit, so a 200 means the event is durable. It never talks
+//! to the broker
 //! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
 
@@ -24,13 +23,11 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::app::AppContext;
-use crate::db::deliveries;
+use crate::context::AppContext;
 use crate::db::events::BatchEvent;
 use crate::http_error::ApiError;
 use commit::{GroupCommitter, Stored};
@@ -52,11 +49,6 @@ struct IngestState {
     sources: HashMap<String, Source>,
     router: Router,
     max_body_bytes: usize,
-    /// Wakes the notifier task, which tells relays in other processes; `None` when this
-    /// process runs a relay itself. That relay publishes the rows, and a NOTIFY would
-    /// only cost PostgreSQL a global commit lock and every relay an empty extra turn.
-    /// (Relays elsewhere still find any rows on their poll interval.)
-    notify_others: Option<Arc<Notify>>,
     committer: GroupCommitter,
 }
 
@@ -93,69 +85,36 @@ pub async fn run(
         router: Router::new(&config.destinations),
         max_body_bytes: config.ingest.max_body_bytes,
         ctx: ctx.clone(),
-        notify_others: (!ctx.roles.contains(&crate::cli::Role::Relay)).then(|| Arc::new(Notify::new())),
         committer,
     });
-    let notifier = state
-        .notify_others
-        .clone()
-        .map(|wake| tokio::spawn(notify_relays(ctx.clone(), wake, shutdown.clone())));
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .listen(listener)
         .context("listening for webhooks")?
         .disable_signals()
         .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
         .run();
-    let served = crate::app::serve_until_cancelled(server, shutdown).await;
+    let served = crate::listener::serve_until_cancelled(server, shutdown).await;
     committers_stop.cancel();
     for committer in committers {
         let _ = committer.await;
     }
-    if let Some(notifier) = notifier {
-        let _ = notifier.await;
-    }
     served
 }
 
-/// Sends PostgreSQL `NOTIFY` on the outbox channel after commits, for relays in other
-/// processes.
-///
-/// Not inside the ingest transaction: PostgreSQL serializes the commits of every
-/// transaction that notified on one global lock, which would cost ingest its group
-/// commit. Here, wake-ups that arrive while a NOTIFY is being sent collapse into the
-/// next one (`Notify` keeps a single permit), so a burst of commits costs one NOTIFY.
-/// A lost NOTIFY only delays a remote relay until its poll interval.
-async fn notify_relays(ctx: Arc<AppContext>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        match ctx.pool.get().await {
-            Ok(mut conn) => {
-                if let Err(e) = deliveries::notify_outbox(&mut conn).await {
-                    tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "no connection for the outbox NOTIFY; relays will poll"),
-        }
-    }
-}
-
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(crate::app::healthz))
+    cfg.route("/healthz", web::get().to(crate::listener::healthz))
         .service(
             web::resource("/webhooks/{source}")
                 .route(web::post().to(receive))
-                .default_service(web::to(crate::app::method_not_allowed)),
+                .default_service(web::to(crate::listener::method_not_allowed)),
         )
         // The path of the service relayd replaces, so Stripe's dashboard needs no change.
         .service(
             web::resource("/stripe/webhook")
                 .route(web::post().to(receive_stripe_alias))
-                .default_service(web::to(crate::app::method_not_allowed)),
+                .default_service(web::to(crate::listener::method_not_allowed)),
         )
-        .default_service(web::to(crate::app::not_found));
+        .default_service(web::to(crate::listener::not_found));
 }
 
 async fn receive_stripe_alias(
@@ -239,13 +198,7 @@ async fn receive_for(
         let (status, id) = match stored {
             Stored::Accepted { id, deliveries } => {
                 if deliveries > 0 {
-                    // The relay of this process, if any, publishes without waiting for
-                    // NOTIFY's round trip or its poll interval; otherwise relays
-                    // elsewhere hear a NOTIFY from the notifier task.
-                    state.ctx.outbox_wake.notify_one();
-                    if let Some(notify_others) = &state.notify_others {
-                        notify_others.notify_one();
-                    }
+                    state.ctx.wake.wake();
                 }
                 tracing::info!(event.uuid = %id, deliveries, "accepted");
                 ("accepted", Some(id))

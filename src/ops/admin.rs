@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppContext;
+use crate::context::AppContext;
 use crate::db::deliveries::{self, DeliveryFilter, ReplayFilter};
 use crate::db::events::{self, EventFilter};
 use crate::db::models::{Delivery, DeliveryStatus};
@@ -58,7 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             .route("/deliveries", web::get().to(list_deliveries))
             .route("/deliveries/{id}/replay", web::post().to(replay_one))
             .route("/replay", web::post().to(replay_many))
-            .default_service(web::to(crate::app::not_found)),
+            .default_service(web::to(crate::listener::not_found)),
     );
 }
 
@@ -335,7 +335,7 @@ async fn replay_one(
     let replayed: Option<Delivery> = deliveries::replay_one(&mut conn, id).await.map_err(storage)?;
     match replayed {
         Some(delivery) => {
-            ctx.outbox_wake.notify_one();
+            ctx.wake.wake();
             tracing::info!(delivery.id = %id, "delivery replayed by an operator");
             Ok(HttpResponse::Accepted().json(delivery))
         }
@@ -407,7 +407,7 @@ async fn replay_many(
     let mut conn = connection(&ctx).await?;
     let replayed = deliveries::replay(&mut conn, &filter).await.map_err(storage)?;
     if replayed > 0 {
-        ctx.outbox_wake.notify_one();
+        ctx.wake.wake();
     }
     tracing::info!(replayed, ?filter, "bulk replay by an operator");
     Ok(HttpResponse::Ok().json(json!({ "replayed": replayed })))

@@ -16,8 +16,7 @@ use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppContext;
-use crate::cli::Role;
+use crate::context::{AppContext, Role};
 
 /// A readiness probe answers within this, whatever the database does.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,7 +35,7 @@ pub async fn run(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .configure(|cfg| admin::configure(cfg, &state))
-            .default_service(web::to(crate::app::not_found))
+            .default_service(web::to(crate::listener::not_found))
     })
     // Probes and scrapes are light: one worker thread is plenty and keeps the cores for
     // the roles.
@@ -46,7 +45,7 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(2)
     .run();
-    crate::app::serve_until_cancelled(server, shutdown).await
+    crate::listener::serve_until_cancelled(server, shutdown).await
 }
 
 /// `GET /healthz`: 200 while every role makes progress; 503 naming what has been stuck

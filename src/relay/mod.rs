@@ -5,11 +5,9 @@
 //! `queued` exactly the rows the broker confirmed, all in one transaction. A crash
 //! before the commit leaves the rows claimable: they are published again, and the
 //! worker's claim drops the duplicate. The relay never marks a row it did not see
-//! confirmed. It wakes on the in-process signal from ingest, on PostgreSQL `NOTIFY`,
-//! or on `relay.poll_interval`; a full batch is followed at once by the next. On
+//! confirmed. It wakes on [`crate::wake`] (from ingest or admin in this process, or
+//! their `NOTIFY` from others) or on `relay.poll_interval`; a full batch is followed at once by the next. On
 //! shutdown it finishes (publishes and commits) the batch in hand, then stops.
-
-mod listen;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -19,8 +17,8 @@ use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppContext;
 use crate::broker::{OutgoingMessage, Publisher, Topology};
+use crate::context::AppContext;
 use crate::db::deliveries::{self, DueDelivery};
 use crate::db::models::DeliveryStatus;
 
@@ -33,9 +31,11 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let publisher = Publisher::start(&ctx.config.broker, topology, ctx.broker_health.clone())
         .context("starting the publisher")?;
     let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
-    let listener = tokio::spawn(listen::forward_notifications(
+    let listener = tokio::spawn(crate::wake::listen(
+        ctx.wake.clone(),
         ctx.config.database.url.expose().to_string(),
-        ctx.outbox_wake.clone(),
+        ctx.config.database.connect_timeout,
+        ctx.config.database.query_timeout,
         shutdown.clone(),
     ));
 
@@ -97,7 +97,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             }
             None => {
                 tokio::select! {
-                    _ = ctx.outbox_wake.notified() => {}
+                    _ = ctx.wake.notified() => {}
                     _ = tokio::time::sleep(poll_interval) => {}
                     _ = shutdown.cancelled() => {}
                 }
@@ -141,11 +141,11 @@ impl Relay {
             .get()
             .await
             .context("getting a database connection")?;
-        // The turn's database work gets twice `database.query_timeout` (a claim and
-        // short marks), plus the broker's confirm timeout for the publish in between.
-        let bound = self.ctx.config.database.query_timeout * 2 + self.ctx.config.broker.confirm_timeout;
-        let turn = crate::db::bounded(conn, bound, async |conn| {
-            conn.transaction::<_, anyhow::Error, _>(async |conn| self.publish_due(conn).await)
+        // The claim and the marks (with the commit) each get `database.query_timeout`;
+        // the publish between them the broker's confirm timeout on top.
+        let query_timeout = self.ctx.config.database.query_timeout;
+        let turn = crate::db::watched(conn, query_timeout, async |conn, watchdog| {
+            conn.transaction::<_, anyhow::Error, _>(async |conn| self.publish_due(conn, watchdog).await)
                 .await
         })
         .await??;
@@ -153,20 +153,27 @@ impl Relay {
     }
 
     /// Inside the turn's transaction: claim due rows, publish them, mark what the broker
-    /// confirmed.
-    async fn publish_due(&self, conn: &mut AsyncPgConnection) -> anyhow::Result<Turn> {
+    /// confirmed, arming `watchdog` for each phase.
+    async fn publish_due(
+        &self,
+        conn: &mut AsyncPgConnection,
+        watchdog: &crate::db::Watchdog,
+    ) -> anyhow::Result<Turn> {
         let config = &self.ctx.config.relay;
+        let query_timeout = self.ctx.config.database.query_timeout;
         let started = Instant::now();
         let due = deliveries::claim_due(conn, config.batch_size).await?;
         let claimed_in = started.elapsed();
         if due.is_empty() {
             return Ok(Turn::default());
         }
+        watchdog.arm(self.ctx.config.broker.confirm_timeout + query_timeout);
         let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
         let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
         let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
         let results = self.publisher.publish_batch(messages).await;
         let published_in = started.elapsed();
+        watchdog.arm(query_timeout);
 
         let mut confirmed = Vec::with_capacity(ids.len());
         let mut first_error = None;
@@ -195,10 +202,16 @@ impl Relay {
 
     /// Updates `relayd_outbox_due` and `relayd_outbox_oldest_due_age_seconds`.
     async fn refresh_gauges(&self) {
-        let Ok(mut conn) = self.ctx.relaxed_pool.get().await else {
+        let Ok(conn) = self.ctx.relaxed_pool.get().await else {
             return;
         };
-        match deliveries::due_summary(&mut conn).await {
+        let summary = crate::db::bounded(conn, self.ctx.config.database.query_timeout, async |conn| {
+            deliveries::due_summary(conn).await
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match summary {
             Ok(summary) => {
                 self.ctx.metrics.outbox_due.set(summary.due);
                 self.ctx

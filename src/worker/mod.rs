@@ -23,8 +23,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::app::AppContext;
 use crate::broker::{headers, Consumer, IncomingMessage, Topology};
+use crate::context::AppContext;
 use crate::db::attempts::NewAttempt;
 use crate::db::deliveries::{self, Outcome};
 
@@ -67,7 +67,8 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             ctx.broker_health.clone(),
         )
         .with_context(|| format!("starting the consumer of {}", destination.name))?;
-        destinations.spawn(consume(worker.clone(), consumer, shutdown.clone()));
+        let part = format!("worker:{}", destination.name);
+        destinations.spawn(consume(worker.clone(), consumer, part, shutdown.clone()));
     }
     if config.destinations.is_empty() {
         tracing::warn!("no destination is configured: the worker has nothing to consume");
@@ -75,6 +76,9 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     while destinations.join_next().await.is_some() {}
     Ok(())
 }
+
+/// How often, at most, each consume loop beats while it turns.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Worker {
     ctx: Arc<AppContext>,
@@ -86,13 +90,22 @@ struct Worker {
     batcher: batch::Batcher,
 }
 
-/// Feeds one destination's messages to delivery tasks until shutdown, then drains.
-async fn consume(worker: Arc<Worker>, mut consumer: Consumer, shutdown: CancellationToken) {
+/// Feeds one destination's messages to delivery tasks until shutdown, then drains. The
+/// loop beats `part` on [`crate::liveness`] every few seconds while it turns, so a loop
+/// wedged for `ops.liveness_stall` (waiting for a permit that never comes back, say)
+/// fails `/healthz`; an idle one keeps beating.
+async fn consume(worker: Arc<Worker>, mut consumer: Consumer, part: String, shutdown: CancellationToken) {
     let mut in_flight = JoinSet::new();
+    // Several beats within the stall time, so that a turning loop never looks stalled.
+    let mut heartbeat = tokio::time::interval(
+        (worker.ctx.config.ops.liveness_stall / 4).clamp(std::time::Duration::from_millis(10), HEARTBEAT),
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => worker.ctx.liveness.beat(&part),
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             message = consumer.recv() => {
                 let Some(message) = message else { break };

@@ -1,14 +1,18 @@
-//! PostgreSQL faults: a fast restart, every relayd backend terminated, and the database
-//! blackholed by a proxy (connections open, no byte passing).
+//! PostgreSQL faults: a fast restart, every relayd backend terminated, the database
+//! blackholed by a proxy (connections open, no byte passing), and the connections open
+//! at one moment abandoned (silent for good) while new ones work.
 
 use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
 
-use crate::harness::{self, under_load, Answer, Run};
+use relayd::context::Role;
+
+use crate::harness::{self, report, settle, statuses, under_load, Answer, Load, Run, RATE};
 use crate::proxy::Proxy;
 use crate::services::{self, blocking, Services};
-use crate::support::{self, TestDb};
+use crate::sink::{Behaviour, Sink};
+use crate::support::{self, Relayd, TestBroker, TestDb};
 
 /// Every accepted event is stored once, and every delivery of it ended delivered.
 async fn assert_stored_and_delivered(run: &Run) {
@@ -108,4 +112,68 @@ async fn database_blackholed_for_15s_ingest_answers_503_quickly_and_delivery_res
         run.fault_end,
         Duration::from_secs(5),
     );
+}
+
+/// A relay in its own process hears of new rows through `LISTEN`. When its connections
+/// go silent for good (the server vanished behind an address that still answers TCP, so
+/// keepalives pass), its pool connections are abandoned by the query timeout, the
+/// `LISTEN` connection by its ping, and a transaction left open on the server by
+/// PostgreSQL's idle limit: events accepted afterwards are published on the next
+/// `NOTIFY` again, not on the relay's (here 30 s) poll interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_whose_connections_go_silent_replaces_them_and_hears_notify_again() {
+    let _services = Services::exclusive().await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let config = harness::config(&db, &broker, &sink);
+    let mut relay_config = config.clone();
+    through(&proxy)(&db, &mut relay_config);
+    relay_config.relay.poll_interval = Duration::from_secs(30);
+    // A turn cut off after its publish leaves its rows locked, and the workers' claims
+    // of those messages waiting, until PostgreSQL ends the idle transaction: after
+    // `broker.confirm_timeout` + 2 × `database.query_timeout` (here 2 + 2 × 2 s).
+    relay_config.broker.confirm_timeout = Duration::from_secs(2);
+    let front = Relayd::start(config, &[Role::Ingest, Role::Worker]).await;
+    let relay = Relayd::start(relay_config, &[Role::Relay]).await;
+    front.wait_ready().await;
+    relay.wait_ready().await;
+    let name = "relay's PostgreSQL connections abandoned (silent, TCP up)";
+    let load = Load::start(front.url("/webhooks/stripe"), name);
+    load.wait_accepted(2 * RATE as usize, Duration::from_secs(20))
+        .await;
+
+    proxy.abandon_open();
+    let fault_end = Instant::now();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let answers = load.stop().await;
+    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
+    report(name, &outcome, &statuses(&answers));
+
+    // From 8 s after the fault (a 5 s ping answered within the 2 s query timeout, and a
+    // reconnect), each event is delivered within moments of its acceptance.
+    let received = sink.received();
+    let late: Vec<(String, Duration)> = answers
+        .iter()
+        .filter(|a| a.status == Some(200) && a.at >= fault_end + Duration::from_secs(8))
+        .filter_map(|a| {
+            let delivered = received
+                .iter()
+                .filter(|r| r.event_id() == a.event_id)
+                .map(|r| r.at)
+                .min()?;
+            let waited = delivered.saturating_duration_since(a.at);
+            (waited > Duration::from_secs(3)).then(|| (a.event_id.clone(), waited))
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} events waited for the poll interval, e.g. {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+    relay.stop().await.unwrap();
+    front.stop().await.unwrap();
+    sink.stop().await;
 }

@@ -4,7 +4,9 @@
 //! middlebox would), refuses new connections, and blackholes: connections stay open but
 //! no byte passes in the chosen directions — the half-open case that only heartbeats,
 //! keepalives and timeouts detect. Held bytes flow again when the blackhole ends, as TCP
-//! retransmission would deliver them after a partition heals. It stops when dropped.
+//! retransmission would deliver them after a partition heals. It can also abandon the
+//! connections open now (they pass nothing until healed, while new ones work: a peer
+//! that vanished behind an address that still answers). It stops when dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +29,8 @@ pub struct Faults {
     pub hold_to_client: bool,
     /// Each chunk waits this long before it is passed on.
     pub latency: Duration,
+    /// Connections numbered below this (in accept order, from 0) pass nothing.
+    pub abandoned_before: usize,
 }
 
 pub struct Proxy {
@@ -55,7 +59,7 @@ impl Proxy {
                     _ = stopped.cancelled() => return,
                 };
                 let Ok((client, _)) = accepted else { continue };
-                counter.fetch_add(1, Ordering::Relaxed);
+                let id = counter.fetch_add(1, Ordering::Relaxed);
                 if faults_rx.borrow().refuse {
                     reset(client);
                     continue;
@@ -66,7 +70,7 @@ impl Proxy {
                         reset(client);
                         return;
                     };
-                    connection(client, server, faults, resets, stopped).await;
+                    connection(id, client, server, faults, resets, stopped).await;
                 });
             }
         });
@@ -103,6 +107,13 @@ impl Proxy {
         self.set(Faults::default());
     }
 
+    /// Every connection open now passes nothing from here on (until [`Self::heal`]);
+    /// later ones are not affected.
+    pub fn abandon_open(&self) {
+        let open_before = self.connections();
+        self.faults.send_modify(|f| f.abandoned_before = open_before);
+    }
+
     /// Resets (RST) every connection open now; later ones are not affected.
     pub fn reset_all(&self) {
         self.resets.send_modify(|n| *n += 1);
@@ -122,6 +133,7 @@ fn reset(stream: TcpStream) {
 }
 
 async fn connection(
+    id: usize,
     client: TcpStream,
     server: TcpStream,
     faults: watch::Receiver<Faults>,
@@ -140,8 +152,10 @@ async fn connection(
     ];
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(client_read, server_write, faults.clone(), |f| f.hold_to_server);
-    let down = pump(server_read, client_write, faults, |f| f.hold_to_client);
+    let up = pump(id, client_read, server_write, faults.clone(), |f| {
+        f.hold_to_server
+    });
+    let down = pump(id, server_read, client_write, faults, |f| f.hold_to_client);
     let reset = tokio::select! {
         _ = async { tokio::join!(up, down) } => false,
         _ = resets.changed() => true,
@@ -156,9 +170,11 @@ async fn connection(
     // close last, and only then does each socket really close (RST after a reset).
 }
 
-/// Copies `from` into `to`, holding bytes while `held(faults)` and delaying them by the
-/// latency. A clean end of `from` is passed on as a FIN.
+/// Copies `from` into `to` for connection `id`, holding bytes while `held(faults)` or
+/// the connection is abandoned, and delaying them by the latency. A clean end of `from`
+/// is passed on as a FIN.
 async fn pump(
+    id: usize,
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
@@ -175,7 +191,7 @@ async fn pump(
         };
         loop {
             let now = *faults.borrow_and_update();
-            if !held(&now) {
+            if !held(&now) && id >= now.abandoned_before {
                 if !now.latency.is_zero() {
                     tokio::time::sleep(now.latency).await;
                 }

@@ -6,8 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relayd::cli::Role;
 use relayd::config::DestinationConfig;
+use relayd::context::Role;
 use serde_json::{json, Value};
 
 use crate::ops::{config, to_sink, TOKEN};

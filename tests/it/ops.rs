@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use relayd::cli::Role;
 use relayd::config::{Config, DestinationConfig, Secret};
+use relayd::context::Role;
 use serde_json::Value;
 
 use crate::sink::{Behaviour, Sink};
@@ -631,7 +631,7 @@ async fn readiness_waits_for_the_broker_threads_of_relay_and_worker_roles() {
     let sink = Sink::start(Behaviour::Succeed).await;
     for roles in [&[Role::Relay][..], &[Role::Worker][..]] {
         let config = config(&db, &broker, vec![to_sink("billing", &sink)]);
-        let ctx = relayd::app::AppContext::new(config, roles.iter().copied().collect()).unwrap();
+        let ctx = relayd::context::AppContext::new(config, roles.iter().copied().collect()).unwrap();
         // Only the ops listener runs: the role's broker threads never start.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relayd::broker::{OutgoingMessage, Publisher, Topology};
-use relayd::cli::Role;
 use relayd::config::Config;
+use relayd::context::Role;
 use relayd::db::deliveries;
 use tokio_util::sync::CancellationToken;
 
@@ -394,7 +394,7 @@ async fn count_outbox_notifications(db: &TestDb, stop: CancellationToken) -> Arc
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let mut conn = diesel_async::AsyncPgConnection::establish(&db.url).await.unwrap();
-    diesel::sql_query(format!("LISTEN {}", relayd::db::OUTBOX_CHANNEL))
+    diesel::sql_query(format!("LISTEN {}", relayd::wake::OUTBOX_CHANNEL))
         .execute(&mut conn)
         .await
         .unwrap();
@@ -463,4 +463,45 @@ async fn ingest_notifies_other_processes_only_when_it_runs_no_relay_itself() {
     );
     ingest.stop().await.unwrap();
     stop.cancel();
+}
+
+/// A relay whose connection goes silent in the middle of its turn (half-open, or the
+/// process frozen) must not keep the rows it claimed locked from the other relays: the
+/// server ends a session idle inside a transaction for longer than the relay ever waits
+/// between statements (`broker.confirm_timeout` plus two query timeouts).
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_claimed_by_a_transaction_left_idle_are_claimable_again_after_the_idle_limit() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let mut config = config(&db, &broker, &["billing"]);
+    config.broker.confirm_timeout = Duration::from_secs(1);
+    config.database.query_timeout = Duration::from_millis(500);
+    let ctx = relayd::context::AppContext::new(config, [Role::Relay].into()).unwrap();
+    let seeded = db
+        .seed_deliveries(3, "billing", "pending", "-1 second", None)
+        .await;
+
+    // A relay's turn: claims the rows, then never says another word.
+    let mut silent = ctx.relaxed_pool.get().await.unwrap();
+    silent.batch_execute("BEGIN").await.unwrap();
+    let claimed = deliveries::claim_due(&mut silent, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+
+    let mut other = db.connect().await;
+    let claim = async |conn: &mut diesel_async::AsyncPgConnection| {
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| deliveries::claim_due(conn, 10).await)
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(claim(&mut other).await, 0, "locked while the turn is alive");
+    // The limit is 1 s + 2 × 0.5 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        claim(&mut other).await,
+        seeded.len(),
+        "the server ended the idle transaction and released its rows"
+    );
+    drop(silent);
 }

@@ -266,7 +266,7 @@ async fn the_relay_prunes_periodically_and_counts_it() {
     let mut config = support::config(&db.url);
     broker.configure(&mut config);
     config.retention.interval = Duration::from_millis(200);
-    let relayd = Relayd::start(config, &[relayd::cli::Role::Relay]).await;
+    let relayd = Relayd::start(config, &[relayd::context::Role::Relay]).await;
     db.wait_count("SELECT count(*) FROM events", 0, Duration::from_secs(10))
         .await;
     let text = reqwest::get(relayd.ops_url("/metrics"))

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use relayd::app::{AppContext, Daemon};
-use relayd::cli::Role;
+use relayd::app::Daemon;
 use relayd::config::{Config, DestinationConfig, Secret, SourceConfig, SourceKind};
+use relayd::context::AppContext;
+use relayd::context::Role;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use relayd::cli::Role;
 use relayd::config::{Config, DestinationConfig};
+use relayd::context::Role;
 
 use crate::sink::{Behaviour, Sink};
 use crate::support::{self, post_stripe, stripe_event, Relayd, TestBroker, TestDb, DESTINATION_SECRET};
