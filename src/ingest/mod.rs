@@ -10,6 +10,7 @@
 //! requests finish within the grace period.
 
 mod commit;
+mod fields;
 pub mod routing;
 pub mod verify;
 
@@ -18,7 +19,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -32,9 +33,6 @@ use crate::db::events::BatchEvent;
 use crate::http_error::ApiError;
 use commit::{GroupCommitter, Stored};
 use routing::Router;
-
-/// The content type stored when a provider sends none.
-const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 /// A configured source, ready to verify requests.
 struct Source {
@@ -171,19 +169,16 @@ async fn receive_for(
         span.record("event.id", verified.event_id.as_str());
         span.record("event.type", verified.event_type.as_str());
 
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(DEFAULT_CONTENT_TYPE);
+        let checked = fields::check(&verified, request.headers(), &source.kept_headers)
+            .map_err(ApiError::InvalidPayload)?;
         let event = BatchEvent {
             id: Uuid::now_v7(),
             source: source_name.clone(),
             event_id: verified.event_id.clone(),
             event_type: verified.event_type.clone(),
             payload: body.to_vec(),
-            content_type: content_type.to_string(),
-            headers: kept_headers(request.headers(), &source.kept_headers),
+            content_type: checked.content_type,
+            headers: checked.headers,
             deliveries: state
                 .router
                 .destinations_for(&source_name, &verified.event_type)
@@ -255,16 +250,4 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// The headers kept with the event, as a JSON object of UTF-8 values.
-fn kept_headers(headers: &HeaderMap, names: &[String]) -> serde_json::Value {
-    let kept: serde_json::Map<String, serde_json::Value> = names
-        .iter()
-        .filter_map(|name| {
-            let value = headers.get(name.as_str())?.to_str().ok()?;
-            Some((name.clone(), serde_json::Value::from(value)))
-        })
-        .collect();
-    serde_json::Value::Object(kept)
 }

@@ -465,3 +465,143 @@ async fn concurrent_distinct_and_repeated_events_are_each_answered_for_themselve
     );
     relayd.stop().await.unwrap();
 }
+
+/// Posts `body` signed as a Stripe event with the given `Content-Type` value (raw bytes,
+/// so that non-ASCII values can be sent).
+async fn post_stripe_with_content_type(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    content_type: &[u8],
+) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .header(
+            "content-type",
+            reqwest::header::HeaderValue::from_bytes(content_type).unwrap(),
+        )
+        .header(
+            "stripe-signature",
+            stripe_signature(STRIPE_SECRET, support::now(), body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    json(response).await
+}
+
+/// What ingest stores must fit its columns and indexes and, later, the AMQP fields it is
+/// published in (short strings of at most 255 bytes, frames of bounded size). A field
+/// that does not is refused with a 400 naming it, before anything is stored: a signed
+/// request with a bad field is the sender's error, and retrying it can never succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn fields_that_cannot_be_stored_or_published_are_refused_with_400_and_nothing_is_stored() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &[])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    // Incompressible, so PostgreSQL cannot squeeze it under the btree limit.
+    let mut random = [0u8; 1500];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).unwrap();
+    let random_id = hex::encode(random);
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "id of 256 bytes",
+            stripe_event(&"a".repeat(256), "invoice.paid"),
+            b"application/json".to_vec(),
+        ),
+        (
+            "incompressible id of 3,000 bytes",
+            stripe_event(&random_id, "invoice.paid"),
+            b"application/json".to_vec(),
+        ),
+        (
+            "id with BEL",
+            stripe_event("evt_\u{7}bell", "invoice.paid"),
+            b"application/json".to_vec(),
+        ),
+        (
+            "id with NUL",
+            stripe_event("evt_\u{0}nul", "invoice.paid"),
+            b"application/json".to_vec(),
+        ),
+        (
+            "type of 200 KB",
+            stripe_event("evt_big_type", &"t".repeat(200_000)),
+            b"application/json".to_vec(),
+        ),
+        (
+            "type with NUL",
+            stripe_event("evt_nul_type", "invoice.\u{0}paid"),
+            b"application/json".to_vec(),
+        ),
+        (
+            "Content-Type of 300 bytes",
+            stripe_event("evt_long_ct", "invoice.paid"),
+            format!("application/json; x={}", "y".repeat(280)).into_bytes(),
+        ),
+        (
+            "non-ASCII Content-Type",
+            stripe_event("evt_utf8_ct", "invoice.paid"),
+            b"application/json; charset=\xe9".to_vec(),
+        ),
+    ];
+    for (case, body, content_type) in &cases {
+        let (status, answer) = post_stripe_with_content_type(&client, &url, body, content_type).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert_eq!(answer["error"], "invalid_payload", "{case}: {answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{case}: {answer}"
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 0, "nothing stored");
+
+    // The limits themselves are accepted.
+    let longest = stripe_event(&"b".repeat(255), &"c".repeat(255));
+    let content_type = format!(
+        "application/json; x={}",
+        "y".repeat(255 - "application/json; x=".len())
+    );
+    let (status, answer) =
+        post_stripe_with_content_type(&client, &url, &longest, content_type.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    relayd.stop().await.unwrap();
+}
+
+/// Bad requests arriving in the same instant as valid ones, so that they would share a
+/// group commit: every valid one is accepted, whatever its neighbours were.
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_events_beside_bad_ones_in_the_same_instant_are_all_accepted() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &[])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    for round in 0..3 {
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0..44 {
+            let (client, url) = (client.clone(), url.clone());
+            requests.spawn(async move {
+                let bad = n % 11 == 0;
+                let id = if bad {
+                    format!("evt_nul_{round}_{n}\u{0}")
+                } else {
+                    format!("evt_ok_{round}_{n}")
+                };
+                let body = stripe_event(&id, "invoice.paid");
+                (bad, post_stripe(&client, &url, &body).await.status().as_u16())
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            let (bad, status) = done.unwrap();
+            assert_eq!(status, if bad { 400 } else { 200 }, "round {round}, bad = {bad}");
+        }
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 120);
+    relayd.stop().await.unwrap();
+}

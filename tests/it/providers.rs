@@ -369,3 +369,42 @@ async fn kind_none_accepts_unsigned_events_by_their_json_id() {
     assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_payload")));
     relayd.stop().await.unwrap();
 }
+
+/// GitHub's delivery id is an unsigned header: a replayed signed request with a new id
+/// and a `Content-Type` longer than an AMQP short string, or an id too long for the
+/// index, is refused with a 400 before anything is stored (it used to be stored and
+/// then stall every publish).
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_id_and_content_type_headers_are_bounded_for_header_sourced_kinds() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.sources = vec![source("github", SourceKind::Github, &["gh"])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/github");
+    let body = b"{}";
+    let signature = format!("sha256={}", hex::encode(mac(b"gh", body)));
+    let request = |id: String, content_type: String| {
+        vec![
+            ("x-hub-signature-256".to_string(), signature.clone()),
+            ("x-github-delivery".to_string(), id),
+            ("content-type".to_string(), content_type),
+        ]
+    };
+    for headers in [
+        request(
+            "d-long-ct".into(),
+            format!("application/json; x={}", "y".repeat(300)),
+        ),
+        request("d".repeat(300), "application/json".into()),
+    ] {
+        let (status, answer) = post(&client, &url, &headers, body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("invalid_payload")),
+            "{answer}"
+        );
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    relayd.stop().await.unwrap();
+}

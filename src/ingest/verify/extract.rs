@@ -9,9 +9,6 @@ use crate::config::SourceConfig;
 /// The event type used when a source carries none.
 pub const UNKNOWN_TYPE: &str = "unknown";
 
-/// The longest provider event id relayd accepts (it is an index key).
-const MAX_ID_LEN: usize = 255;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdSource {
     Header(String),
@@ -60,11 +57,6 @@ impl IdSource {
             })?,
             Self::BodyHash => hex::encode(ring::digest::digest(&ring::digest::SHA256, body.bytes)),
         };
-        if id.len() > MAX_ID_LEN {
-            return Err(Error::InvalidPayload(format!(
-                "event id longer than {MAX_ID_LEN} bytes"
-            )));
-        }
         Ok(id)
     }
 }
@@ -97,9 +89,7 @@ impl TypeSource {
             Self::Pointer(pointer) => body.pointer_text(pointer),
             Self::Unknown => None,
         };
-        found
-            .filter(|t| t.len() <= MAX_ID_LEN)
-            .unwrap_or_else(|| UNKNOWN_TYPE.to_string())
+        found.unwrap_or_else(|| UNKNOWN_TYPE.to_string())
     }
 }
 

@@ -64,9 +64,6 @@ impl Verifier for StandardWebhooksVerifier {
                 humantime::format_duration(self.tolerance)
             )));
         }
-        if id.is_empty() || id.len() > 255 {
-            return Err(Error::InvalidPayload("webhook-id must be 1 to 255 bytes".into()));
-        }
         Ok(VerifiedEvent {
             event_id: id.to_string(),
             event_type: TypeSource::Pointer("/type".into()).extract(headers, &Body::new(body)),
