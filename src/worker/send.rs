@@ -142,7 +142,7 @@ pub async fn send(client: &reqwest::Client, target: &Target, request: Request<'_
         status_code: Some(status.as_u16()),
         error: None,
         retry_after,
-        snippet: (!snippet.is_empty()).then(|| String::from_utf8_lossy(&snippet).into_owned()),
+        snippet: (!snippet.is_empty()).then(|| crate::db::attempts::storable(&snippet, SNIPPET_BYTES)),
     }
 }
 
@@ -156,11 +156,11 @@ fn describe(error: &reqwest::Error) -> String {
     };
     // Only the error's causes: its own message names the URL, which may carry
     // credentials and must reach neither logs nor the database.
-    let mut detail = format!("{}", RedactedError(error));
-    if detail.len() > 500 {
-        detail.truncate(500);
-    }
-    format!("{kind}: {detail}")
+    let detail = format!("{}", RedactedError(error));
+    format!(
+        "{kind}: {}",
+        crate::db::attempts::storable(detail.as_bytes(), 500)
+    )
 }
 
 /// Displays a reqwest error and its sources without the URL.

@@ -21,6 +21,8 @@ pub enum Behaviour {
     AlwaysFail { status: u16 },
     /// Answers 200 after `delay` (longer than the destination's timeout: a hang).
     Slow { delay: Duration },
+    /// `status` with this body, every time.
+    Answer { status: u16, body: Vec<u8> },
 }
 
 /// One request as received.
@@ -168,6 +170,9 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
         Behaviour::Slow { delay } => {
             tokio::time::sleep(*delay).await;
             HttpResponse::Ok().body("late")
+        }
+        Behaviour::Answer { status, body } => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body(body.clone())
         }
     }
 }

@@ -388,3 +388,45 @@ async fn a_retrying_row_is_not_claimable_before_its_time() {
     let claimed = deliveries::claim(&mut conn, &all, lease).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [due[0]]);
 }
+
+/// A destination's answer is stored as the attempt's snippet: one with a NUL byte and
+/// invalid UTF-8 in its body (a text column holds neither) is stored with both replaced,
+/// and recording it fails neither its own outcome nor those recorded beside it — no
+/// delivery of either destination is sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_body_with_nul_and_invalid_utf8_is_recorded_and_no_neighbour_is_resent() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["odd", "plain"]);
+    let odd = Sink::start(Behaviour::Answer {
+        status: 200,
+        body: b"ok\0then \xff\xfe".to_vec(),
+    })
+    .await;
+    let plain = Sink::start(Behaviour::Succeed).await;
+    let destinations = vec![to_sink("odd", &odd), to_sink("plain", &plain)];
+    let relayd = Relayd::start(config(&db, &broker, destinations), ALL).await;
+    let ids: Vec<String> = (0..30).map(|n| format!("evt_odd_{n}")).collect();
+    for id in &ids {
+        post(&relayd, id, "invoice.paid").await;
+    }
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        60,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Long enough for a failed record to come back as a redelivery.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for sink in [&odd, &plain] {
+        assert_eq!(sink.received().len(), 30, "each event once at each destination");
+    }
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE d.destination = 'odd' AND a.response_snippet = 'ok\u{FFFD}then \u{FFFD}\u{FFFD}'"
+        )
+        .await,
+        30
+    );
+    relayd.stop().await.unwrap();
+}
