@@ -425,7 +425,9 @@ pub enum SignatureEncoding {
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub name: String,
-    pub url: String,
+    /// May hold credentials (userinfo, a token in the query), so it is a secret: it may
+    /// be `env:NAME`, and `check-config` shows it with those parts redacted.
+    pub url: Secret,
     /// Standard Webhooks `whsec_…` secret the deliveries are signed with.
     pub signing_secret: Secret,
     /// Sources this destination subscribes to; empty means every source.
@@ -543,6 +545,7 @@ impl Config {
             destination
                 .signing_secret
                 .resolve(&format!("destinations[{i}].signing_secret"))?;
+            destination.url.resolve(&format!("destinations[{i}].url"))?;
         }
         Ok(())
     }
@@ -641,7 +644,7 @@ impl Config {
                     format!("duplicate destination name {:?}", destination.name),
                 ));
             }
-            check_url(&key("url"), &destination.url, &["http", "https"])?;
+            check_url(&key("url"), destination.url.expose(), &["http", "https"])?;
             if crate::signing::decode_whsec(destination.signing_secret.expose()).is_none() {
                 return Err(invalid(
                     key("signing_secret"),
@@ -676,15 +679,20 @@ impl Config {
 
     /// The effective configuration as TOML, every secret shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        // URLs are secrets as a whole (they may hold passwords), but the host and
-        // database are what an operator checks: show the URL with its password hidden.
-        shown.database.url = Secret::new(redact_url_password(self.database.url.expose()));
-        shown.broker.url = Secret::new(redact_url_password(self.broker.url.expose()));
-        let mut table = toml::Table::try_from(&shown).unwrap_or_default();
-        for (section, shown_url) in [("database", &shown.database.url), ("broker", &shown.broker.url)] {
+        let mut table = toml::Table::try_from(self).unwrap_or_default();
+        // URLs are secrets as a whole (they may hold credentials), but the host, port
+        // and path are what an operator checks: show them with the credentials hidden.
+        let shown = |url: &Secret| toml::Value::String(redact_url(url.expose()));
+        for (section, url) in [("database", &self.database.url), ("broker", &self.broker.url)] {
             if let Some(toml::Value::Table(t)) = table.get_mut(section) {
-                t.insert("url".into(), toml::Value::String(shown_url.0.clone()));
+                t.insert("url".into(), shown(url));
+            }
+        }
+        if let Some(toml::Value::Array(shown_destinations)) = table.get_mut("destinations") {
+            for (t, destination) in shown_destinations.iter_mut().zip(&self.destinations) {
+                if let toml::Value::Table(t) = t {
+                    t.insert("url".into(), shown(&destination.url));
+                }
             }
         }
         toml::to_string_pretty(&table).unwrap_or_default()
@@ -877,16 +885,24 @@ fn tidy_key_paths(message: &str) -> String {
 }
 
 /// `scheme://user:secret@host/…` → `scheme://user:[redacted]@host/…`.
-fn redact_url_password(value: &str) -> String {
-    match url::Url::parse(value) {
-        Ok(mut url) if url.password().is_some() => {
-            // Only fails for URLs that cannot have a password, which this one has.
-            let _ = url.set_password(Some("redacted"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => REDACTED.to_string(),
+/// `value` with its password and the value of every query parameter replaced by
+/// `redacted` (the user, host, port, path and parameter names stay); `[redacted]` as a
+/// whole when it does not parse as one URL (a multi-host database URL, say).
+fn redact_url(value: &str) -> String {
+    let Ok(mut url) = url::Url::parse(value) else {
+        return REDACTED.to_string();
+    };
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have a password, which this one has.
+        let _ = url.set_password(Some("redacted"));
     }
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(names.iter().map(|name| (name.as_str(), "redacted")));
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -907,10 +923,13 @@ mod tests {
     }
 
     #[test]
-    fn url_password_is_redacted() {
-        let shown = redact_url_password("amqp://guest:hunter2@127.0.0.1:5672/%2f");
+    fn url_passwords_and_query_values_are_redacted() {
+        let shown = redact_url("amqp://guest:hunter2@127.0.0.1:5672/%2f");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("guest"), "{shown}");
+        let shown = redact_url("https://h.example/in?token=t0k&x=1");
+        assert_eq!(shown, "https://h.example/in?token=redacted&x=redacted");
+        assert_eq!(redact_url("postgres://a:b@h1:5432,h2:5433/db"), REDACTED);
     }
 
     #[test]

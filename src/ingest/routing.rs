@@ -61,7 +61,7 @@ mod tests {
     fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> DestinationConfig {
         DestinationConfig {
             name: name.into(),
-            url: "http://127.0.0.1:1/".into(),
+            url: crate::config::Secret::new("http://127.0.0.1:1/"),
             signing_secret: Secret::new("whsec_AQID"),
             sources: sources.iter().map(|s| s.to_string()).collect(),
             event_types: event_types.iter().map(|s| s.to_string()).collect(),

@@ -36,7 +36,8 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         .iter()
         .map(|d| {
             let target = send::Target {
-                url: reqwest::Url::parse(&d.url).with_context(|| format!("destination {} url", d.name))?,
+                url: reqwest::Url::parse(d.url.expose())
+                    .with_context(|| format!("destination {} url", d.name))?,
                 signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
                     .with_context(|| format!("destination {} signing_secret", d.name))?,
                 timeout: d.timeout,

@@ -37,7 +37,7 @@ pub fn config(db: &TestDb, broker: &TestBroker, sink: &Sink) -> Config {
         .map(|d| humantime::parse_duration(d).unwrap().into())
         .collect();
     let mut destination = support::destination("sink", &[], &[]);
-    destination.url = sink.url.clone();
+    destination.url = relayd::config::Secret::new(sink.url.clone());
     destination.max_in_flight = 16;
     destination.timeout = Duration::from_secs(2);
     config.destinations = vec![destination];

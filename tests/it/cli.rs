@@ -40,11 +40,29 @@ event_types = ["invoice.*"]
 
 #[test]
 fn check_config_prints_the_config_with_every_secret_redacted() {
-    let file = support::temp_file(VALID);
+    // Destination URLs carry credentials too: in their userinfo, in their query, or
+    // (kept out of the file) in a variable.
+    let config = format!(
+        r#"{VALID}
+[[destinations]]
+name = "partner"
+url = "https://hook-user:hook-pass-321@hooks.example.com/in?token=tok-654&x=1"
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+[[destinations]]
+name = "from-env"
+url = "env:RELAYD_IT_DESTINATION_URL"
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"#
+    );
+    let file = support::temp_file(&config);
     let output = Command::new(support::relayd_binary())
         .args(["check-config", "--config"])
         .arg(&file.0)
         .env("RELAYD_IT_SECRET_FROM_ENV", "whsec_secret_from_the_environment")
+        .env(
+            "RELAYD_IT_DESTINATION_URL",
+            "https://env-user:env-pass-852@env.example.com/x?key=k-963",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -57,6 +75,10 @@ fn check_config_prints_the_config_with_every_secret_redacted() {
         "whsec_source_secret_789",
         "whsec_secret_from_the_environment",
         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "hook-pass-321",
+        "tok-654",
+        "env-pass-852",
+        "k-963",
     ] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
@@ -69,6 +91,10 @@ fn check_config_prints_the_config_with_every_secret_redacted() {
         "non-secret parts stay visible:\n{stdout}"
     );
     assert!(stdout.contains("invoice.*"), "{stdout}");
+    assert!(
+        stdout.contains("hooks.example.com/in") && stdout.contains("env.example.com/x"),
+        "destination hosts and paths stay visible:\n{stdout}"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub const TOKEN: &str = "admin-token-for-tests-0123456789";
 
 pub fn to_sink(name: &str, sink: &Sink) -> DestinationConfig {
     DestinationConfig {
-        url: sink.url.clone(),
+        url: relayd::config::Secret::new(sink.url.clone()),
         timeout: Duration::from_secs(2),
         ..support::destination(name, &[], &[])
     }

@@ -195,7 +195,7 @@ pub fn config(database_url: &str) -> Config {
 pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> DestinationConfig {
     DestinationConfig {
         name: name.into(),
-        url: "http://127.0.0.1:9/hooks".into(),
+        url: relayd::config::Secret::new("http://127.0.0.1:9/hooks"),
         signing_secret: Secret::new(DESTINATION_SECRET),
         sources: sources.iter().map(|s| s.to_string()).collect(),
         event_types: event_types.iter().map(|s| s.to_string()).collect(),

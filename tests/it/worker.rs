@@ -14,7 +14,7 @@ const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
 
 fn to_sink(name: &str, sink: &Sink) -> DestinationConfig {
     DestinationConfig {
-        url: sink.url.clone(),
+        url: relayd::config::Secret::new(sink.url.clone()),
         timeout: Duration::from_secs(2),
         ..support::destination(name, &[], &[])
     }
