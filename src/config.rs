@@ -132,6 +132,20 @@ pub struct IngestConfig {
     pub listen: SocketAddr,
     /// Bodies larger than this are refused with 413 before anything is verified.
     pub max_body_bytes: usize,
+    /// A request whose body has not fully arrived this long after its head is answered
+    /// 408 and closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A connection that has not sent a whole request head this long after it opened
+    /// (or after its previous request) is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Bytes of request bodies held in memory across all requests at once; a request
+    /// that would go beyond is answered 503 + `Retry-After` (before its body is read
+    /// when it declares its length).
+    pub max_buffered_bytes: usize,
+    /// Open connections at most; further ones wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for IngestConfig {
@@ -139,6 +153,10 @@ impl Default for IngestConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(5),
+            max_buffered_bytes: 64 * 1024 * 1024,
+            max_connections: 1024,
         }
     }
 }
@@ -569,6 +587,21 @@ impl Config {
         }
         if !is_valid_name(&self.broker.prefix) {
             return Err(invalid("broker.prefix", NAME_RULE));
+        }
+        if self.ingest.body_timeout.is_zero() {
+            return Err(invalid("ingest.body_timeout", "must be longer than 0s"));
+        }
+        if self.ingest.header_timeout.is_zero() {
+            return Err(invalid("ingest.header_timeout", "must be longer than 0s"));
+        }
+        if self.ingest.max_buffered_bytes < self.ingest.max_body_bytes {
+            return Err(invalid(
+                "ingest.max_buffered_bytes",
+                "must be at least ingest.max_body_bytes (one largest body must fit)",
+            ));
+        }
+        if self.ingest.max_connections == 0 {
+            return Err(invalid("ingest.max_connections", "must be at least 1"));
         }
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be at least 1"));

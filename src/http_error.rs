@@ -33,6 +33,11 @@ pub enum ApiError {
     InvalidPayload(String),
     #[error("body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// Too many request bodies are held in memory right now; the caller should retry.
+    #[error("too many request bodies in flight; retry later")]
+    Busy,
     #[error("{0}")]
     BadRequest(String),
     /// The database (or another dependency) cannot take the request now; the caller
@@ -55,6 +60,8 @@ impl ApiError {
             Self::InvalidSignature(_) => "invalid_signature",
             Self::InvalidPayload(_) => "invalid_payload",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyTimeout(_) => "request_timeout",
+            Self::Busy => "busy",
             Self::BadRequest(_) => "bad_request",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -73,6 +80,8 @@ impl ResponseError for ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,7 +101,14 @@ impl ResponseError for ApiError {
         if matches!(self, Self::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if matches!(self, Self::Unavailable(_)) {
+        if matches!(
+            self,
+            Self::PayloadTooLarge { .. } | Self::BodyTimeout(_) | Self::Busy
+        ) {
+            // The rest of the body is not read: close rather than drain it.
+            response.force_close();
+        }
+        if matches!(self, Self::Unavailable(_) | Self::Busy) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
         }
         response.json(json!({ "error": self.code(), "message": self.to_string() }))

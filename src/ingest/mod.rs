@@ -1,6 +1,7 @@
 //! The ingest role: the public webhook listener.
 //!
-//! `POST /webhooks/{source}` reads the raw body (bounded by `ingest.max_body_bytes`),
+//! `POST /webhooks/{source}` reads the raw body (bounded in size, time and total
+//! memory: [`body`]),
 //! verifies it with the source's verifier, and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
 //! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
@@ -9,6 +10,7 @@
 //! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
 
+mod body;
 mod commit;
 mod fields;
 pub mod routing;
@@ -19,10 +21,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,7 +46,7 @@ struct IngestState {
     ctx: Arc<AppContext>,
     sources: HashMap<String, Source>,
     router: Router,
-    max_body_bytes: usize,
+    bodies: body::BodyReader,
     committer: GroupCommitter,
 }
 
@@ -81,11 +81,15 @@ pub async fn run(
             })
             .collect(),
         router: Router::new(&config.destinations),
-        max_body_bytes: config.ingest.max_body_bytes,
+        bodies: body::BodyReader::new(&config.ingest),
         ctx: ctx.clone(),
         committer,
     });
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .workers(workers)
+        .max_connections(config.ingest.max_connections.div_ceil(workers))
+        .client_request_timeout(config.ingest.header_timeout)
         .listen(listener)
         .context("listening for webhooks")?
         .disable_signals()
@@ -157,7 +161,7 @@ async fn receive_for(
             .sources
             .get(&source_name)
             .ok_or_else(|| ApiError::UnknownSource(source_name.clone()))?;
-        let body = read_body(&request, body, state.max_body_bytes).await?;
+        let body = state.bodies.read(&request, body).await?;
         let verified = source
             .verifier
             .verify(request.headers(), &body, SystemTime::now())
@@ -224,30 +228,4 @@ async fn receive_for(
         .metrics
         .ingest_request(&source_label, outcome, started.elapsed());
     result.map(|(_, response)| response)
-}
-
-/// Reads the whole body, refusing it as soon as it exceeds `limit` (and before reading
-/// anything when `Content-Length` already says so).
-async fn read_body(
-    request: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

@@ -166,3 +166,105 @@ async fn role_split_replicas_deliver_each_event_exactly_once_in_normal_operation
         assert_eq!(process.terminate().code(), Some(0));
     }
 }
+
+/// One slow sender: declares 1 MiB, sends 960 KiB, then goes silent. Returns the status
+/// it was answered with, or `None` when no answer came within 20 s.
+async fn slow_sender(ingest: String) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(&ingest).await.ok()?;
+    let (mut reader, mut writer) = stream.into_split();
+    let send = tokio::spawn(async move {
+        let head = format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nHost: {ingest}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1048576\r\n\r\n"
+        );
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..15 {
+            writer.write_all(&chunk).await?;
+        }
+        // Silent from here on, with the connection open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buffer = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    send.abort();
+    read.ok()?;
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// 200 connections that each declare 1 MiB, send 960 KiB and go silent: the large bodies
+/// held at once are capped (`ingest.max_buffered_bytes`, 64 MiB; senders beyond it are
+/// answered 503 before their body is read), each silent one is answered 408 after
+/// `ingest.body_timeout`, the process's memory stays bounded, and a normal signed
+/// request is answered 200 meanwhile. (On the code before these limits: no answer to
+/// any of the 200 within 20 s, RSS 282 MB.)
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_senders_cost_bounded_memory_and_a_normal_request_is_still_answered() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let config = config_file(&db, &broker, &sink);
+    let process = Process::start_with(&config, "ingest", &[("RELAYD__INGEST__BODY_TIMEOUT", "4s")]);
+    process.wait_ready().await;
+    let ingest = process.ingest.clone().unwrap();
+    let baseline = process.rss();
+
+    let senders: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(slow_sender(ingest.clone())))
+        .collect();
+    let mut peak = 0;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(process.rss());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let body = stripe_event("evt_beside_slow_senders", "invoice.paid");
+    let started = Instant::now();
+    let normal = client
+        .post(format!("http://{ingest}/webhooks/stripe"))
+        .header(
+            "stripe-signature",
+            stripe_signature(STRIPE_SECRET, support::now(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("a normal request is answered");
+    let took = started.elapsed();
+    let mut statuses: HashMap<Option<u16>, usize> = HashMap::new();
+    for sender in senders {
+        *statuses.entry(sender.await.unwrap()).or_default() += 1;
+        peak = peak.max(process.rss());
+    }
+    eprintln!(
+        "slow senders: answers {statuses:?}; RSS {} MB before, {} MB at the peak; a normal request took {took:?}",
+        baseline / 1_000_000,
+        peak / 1_000_000
+    );
+    assert_eq!(normal.status(), 200);
+    assert!(
+        statuses.keys().all(|s| matches!(s, Some(408 | 503))),
+        "every slow sender is answered 408 or 503: {statuses:?}"
+    );
+    assert!(
+        statuses.contains_key(&Some(408)),
+        "the body timeout answered some: {statuses:?}"
+    );
+    assert!(peak < 150_000_000, "RSS peaked at {} MB", peak / 1_000_000);
+    assert_eq!(process.terminate().code(), Some(0));
+}
