@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use diesel::sql_types::{BigInt, Double};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
@@ -152,7 +152,7 @@ pub async fn prune(
     mut on_batch: impl FnMut(Kind, u64),
 ) -> anyhow::Result<Option<Report>> {
     // A connection of its own: the session-level lock lives as long as it does.
-    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let mut conn = crate::db::connect(database_url).await?;
     #[derive(diesel::QueryableByName)]
     struct Locked {
         #[diesel(sql_type = diesel::sql_types::Bool)]

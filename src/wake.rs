@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -189,9 +189,7 @@ async fn forward(
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, String> {
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = db::connect(url).await.map_err(|e| e.to_string())?;
     diesel::sql_query(format!("LISTEN {OUTBOX_CHANNEL}"))
         .execute(&mut conn)
         .await

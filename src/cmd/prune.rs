@@ -1,7 +1,7 @@
 //! `relayd prune [--dry-run]`: one retention pass now, for operators and cron.
 
 use anyhow::Context;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
@@ -13,7 +13,7 @@ pub fn run(cli: &Cli, dry_run: bool) -> anyhow::Result<()> {
     let url = config.database.url.expose();
     super::runtime()?.block_on(async {
         if dry_run {
-            let mut conn = AsyncPgConnection::establish(url)
+            let mut conn = crate::db::connect(url)
                 .await
                 .context("connecting to the database")?;
             let report = retention::dry_run(&mut conn, retention)

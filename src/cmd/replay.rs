@@ -1,7 +1,6 @@
 //! `relayd replay`: the bulk replay of the admin API, straight against the database.
 
 use anyhow::Context;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::cli::{Cli, ReplayArgs};
 use crate::db::deliveries;
@@ -21,7 +20,7 @@ pub fn run(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<()> {
     .into_filter()
     .map_err(anyhow::Error::msg)?;
     super::runtime()?.block_on(async {
-        let mut conn = AsyncPgConnection::establish(config.database.url.expose())
+        let mut conn = crate::db::connect(config.database.url.expose())
             .await
             .context("connecting to the database")?;
         let replayed = deliveries::replay(&mut conn, &filter)

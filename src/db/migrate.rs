@@ -8,7 +8,7 @@
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// Every migration under `migrations/`, compiled into the binary (see `build.rs`).
@@ -20,10 +20,11 @@ const MIGRATION_LOCK_KEY: i64 = 0x7265_6c61_7964_6d67;
 /// Applies pending migrations under the advisory lock; returns the versions applied
 /// (empty when the schema was current).
 pub async fn run_pending(database_url: &str) -> anyhow::Result<Vec<String>> {
-    let url = database_url.to_string();
+    let conn = super::connect(database_url)
+        .await
+        .context("connecting to the database to migrate")?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-            .context("connecting to the database to migrate")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
             .context("taking the migration lock")?;
         let applied = conn
@@ -43,10 +44,11 @@ pub async fn run_pending(database_url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Reverts every applied migration (newest first). For tests of `down.sql`.
 pub async fn revert_all(database_url: &str) -> anyhow::Result<usize> {
-    let url = database_url.to_string();
+    let conn = super::connect(database_url)
+        .await
+        .context("connecting to the database to revert")?;
     tokio::task::spawn_blocking(move || {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-            .context("connecting to the database to revert")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.revert_all_migrations(MIGRATIONS)
             .map(|versions| versions.len())
             .map_err(|e| anyhow::anyhow!("reverting migrations: {e}"))
@@ -61,7 +63,7 @@ pub async fn revert_all(database_url: &str) -> anyhow::Result<usize> {
 /// A reachable database is left alone without further checks, so a role without
 /// `CREATEDB` never needs it.
 pub async fn ensure_database(database_url: &str) -> anyhow::Result<bool> {
-    let connect_error = match AsyncPgConnection::establish(database_url).await {
+    let connect_error = match super::connect(database_url).await {
         Ok(_) => return Ok(false),
         Err(e) => e,
     };
@@ -74,7 +76,7 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<bool> {
         return Err(connect_error).context("connecting to the database");
     }
     url.set_path("/postgres");
-    let Ok(mut admin) = AsyncPgConnection::establish(url.as_str()).await else {
+    let Ok(mut admin) = super::connect(url.as_str()).await else {
         return Err(connect_error).context("connecting to the database");
     };
     let exists = diesel::sql_query("SELECT 1 FROM pg_database WHERE datname = $1")

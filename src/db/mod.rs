@@ -5,6 +5,7 @@
 //! transaction. Nothing here knows about HTTP or the broker.
 
 pub mod attempts;
+mod connect;
 pub mod deliveries;
 pub mod events;
 pub mod migrate;
@@ -16,10 +17,11 @@ use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use crate::config::DatabaseConfig;
+pub use connect::connect;
 
 /// The pool every role of a process shares.
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -75,7 +77,7 @@ pub fn build_pool(
         let url = url.to_string();
         let session = session.clone();
         let establish = runtime.spawn(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = connect(&url).await?;
             conn.batch_execute(&session)
                 .await
                 .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;

@@ -17,4 +17,5 @@ mod retention;
 mod sink;
 mod statements;
 mod support;
+mod tls;
 mod worker;
