@@ -51,7 +51,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
     .route("/admin/", web::get().to(dashboard))
     .service(
         web::scope("/admin/api")
-            .app_data(web::Data::from(matcher))
+            // The token is checked here, before any handler's query, path or body is
+            // parsed: without it every request is a 401, whatever else is wrong with it.
+            .wrap_fn(move |request, service| {
+                use actix_web::dev::Service as _;
+                match authorize(request.request(), &matcher) {
+                    Ok(()) => futures_util::future::Either::Left(service.call(request)),
+                    Err(refused) => futures_util::future::Either::Right(std::future::ready(Ok(
+                        request.error_response(refused)
+                    ))),
+                }
+            })
             .route("/stats", web::get().to(stats))
             .route("/events", web::get().to(list_events))
             .route("/events/{id}", web::get().to(get_event))
@@ -147,12 +157,7 @@ fn non_empty(text: Option<String>) -> Option<String> {
 
 // ---- stats ---------------------------------------------------------------------
 
-async fn stats(
-    ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
+async fn stats(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
     let mut conn = connection(&ctx).await?;
     let counts = deliveries::counts(&mut conn).await.map_err(storage)?;
     let due = deliveries::due_summary(&mut conn).await.map_err(storage)?;
@@ -204,11 +209,8 @@ struct DeliverySummary {
 
 async fn list_events(
     ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
     let query = query.into_inner();
     let filter = EventFilter {
         source: non_empty(query.source),
@@ -244,13 +246,7 @@ async fn list_events(
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-async fn get_event(
-    ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
+async fn get_event(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "event id")?;
     let mut conn = connection(&ctx).await?;
     let event = events::get(&mut conn, id)
@@ -305,11 +301,8 @@ struct DeliveriesQuery {
 
 async fn list_deliveries(
     ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
     query: web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
     let query = query.into_inner();
     let filter = DeliveryFilter {
         status: parse_status(&query.status)?,
@@ -323,13 +316,7 @@ async fn list_deliveries(
     Ok(HttpResponse::Ok().json(json!({ "items": page, "next_cursor": next_cursor })))
 }
 
-async fn replay_one(
-    ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
+async fn replay_one(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "delivery id")?;
     let mut conn = connection(&ctx).await?;
     let replayed: Option<Delivery> = deliveries::replay_one(&mut conn, id).await.map_err(storage)?;
@@ -398,11 +385,8 @@ impl ReplayRequest {
 
 async fn replay_many(
     ctx: web::Data<AppContext>,
-    matcher: web::Data<TokenMatcher>,
-    request: HttpRequest,
     body: web::Json<ReplayRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &matcher)?;
     let filter = body.into_inner().into_filter().map_err(ApiError::BadRequest)?;
     let mut conn = connection(&ctx).await?;
     let replayed = deliveries::replay(&mut conn, &filter).await.map_err(storage)?;

@@ -276,6 +276,27 @@ async fn admin_needs_a_configured_token_and_the_right_bearer() {
             .status(),
         200
     );
+    // The token is checked before anything else is read: without it a malformed body,
+    // query or path is a 401, never a 400 that tells the caller about the API.
+    let unauthorized = [
+        client
+            .post(relayd.ops_url("/admin/api/replay"))
+            .header("content-type", "application/json")
+            .body("{not json"),
+        client.get(relayd.ops_url("/admin/api/deliveries?limit=many")),
+        client.get(relayd.ops_url("/admin/api/events/not-a-uuid")),
+        client.post(relayd.ops_url("/admin/api/deliveries/not-a-uuid/replay")),
+    ];
+    for request in unauthorized {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status.as_u16(), body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{body}"
+        );
+    }
     let page = client.get(relayd.ops_url("/admin/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the page itself holds no data");
     assert!(page.text().await.unwrap().contains("<title>relayd</title>"));
