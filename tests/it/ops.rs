@@ -299,6 +299,13 @@ async fn admin_needs_a_configured_token_and_the_right_bearer() {
     }
     let page = client.get(relayd.ops_url("/admin/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the page itself holds no data");
+    // No inline script may run on it (its script is /admin/dashboard.js; the browser
+    // test drives the page under this policy).
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(policy.contains("script-src 'self';"), "{policy}");
     assert!(page.text().await.unwrap().contains("<title>relayd</title>"));
     // Never on the ingest listener, token or not.
     for path in ["/admin/", "/admin/api/stats", "/metrics"] {

@@ -1,0 +1,156 @@
+"use strict";
+const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead"];
+const COLORS = Object.fromEntries(STATUSES.map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
+const samples = [];      // recent stats samples for the live chart
+let cursor = null, nextCursor = null;
+
+const $ = id => document.getElementById(id);
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;","'":"&#39;"}[c]));
+const badge = (status, text) => `<span class="badge" style="background:${COLORS[status] || "#999"}">${esc(text ?? status)}</span>`;
+const when = t => t ? new Date(t).toLocaleString() : "";
+
+async function api(path, options = {}) {
+  const response = await fetch("/admin/api" + path, {
+    ...options,
+    headers: { "Authorization": "Bearer " + sessionStorage.getItem("relayd-token"), "Content-Type": "application/json" },
+  });
+  if (response.status === 401) { logout("The token was refused."); throw new Error("unauthorized"); }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.message || response.statusText);
+  return body;
+}
+
+function logout(message) {
+  sessionStorage.removeItem("relayd-token");
+  $("app").style.display = "none"; $("logout").style.display = "none"; $("detail").style.display = "none";
+  $("login").style.display = "block"; $("login-error").textContent = message || "";
+}
+
+async function start() {
+  $("login").style.display = "none"; $("app").style.display = "block"; $("logout").style.display = "inline-block";
+  await Promise.all([refreshStats(), loadEvents()]);
+}
+
+async function refreshStats() {
+  const stats = await api("/stats");
+  samples.push({ at: Date.now(), ...stats.deliveries });
+  while (samples.length > 60) samples.shift();
+  const cards = STATUSES.map(s =>
+    `<div class="card" data-status="${s}"><div class="label"><span class="dot" style="background:${COLORS[s]}"></span>${s}</div>` +
+    `<div class="value">${stats.deliveries[s] ?? 0}</div></div>`).join("");
+  $("cards").innerHTML = cards +
+    `<div class="card"><div class="label">due backlog ${stats.due} · oldest ${Math.round(stats.oldest_due_age_seconds)}s</div>` +
+    `<canvas id="chart" width="480" height="64"></canvas></div>`;
+  drawChart();
+  const destinations = Object.keys(stats.destinations);
+  const select = $("dead-destination"), chosen = select.value;
+  select.innerHTML = destinations.map(d => `<option>${esc(d)}</option>`).join("");
+  // Keep the operator's choice; otherwise offer a destination that has dead deliveries.
+  const withDead = destinations.find(d => (stats.destinations[d].dead || 0) > 0);
+  if (destinations.includes(chosen)) select.value = chosen; else if (withDead) select.value = withDead;
+  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+function drawChart() {
+  const canvas = $("chart"); if (!canvas) return;
+  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+  g.clearRect(0, 0, w, h);
+  const max = Math.max(1, ...samples.flatMap(p => STATUSES.map(s => p[s] || 0)));
+  // One sample is drawn as a flat line until the next arrives.
+  const points = samples.length === 1 ? [samples[0], samples[0]] : samples;
+  for (const s of STATUSES) {
+    g.strokeStyle = COLORS[s]; g.lineWidth = 2; g.beginPath();
+    points.forEach((p, i) => {
+      const x = i * w / (points.length - 1), y = h - 4 - (p[s] || 0) * (h - 8) / max;
+      i ? g.lineTo(x, y) : g.moveTo(x, y);
+    });
+    g.stroke();
+  }
+}
+
+function filters() {
+  const p = new URLSearchParams();
+  for (const [key, id] of [["q", "f-q"], ["source", "f-source"], ["event_type", "f-type"], ["status", "f-status"]]) {
+    if ($(id).value) p.set(key, $(id).value);
+  }
+  p.set("limit", "25");
+  if (cursor) p.set("before", cursor);
+  return p.toString();
+}
+
+async function loadEvents() {
+  const page = await api("/events?" + filters());
+  nextCursor = page.next_cursor;
+  $("next").disabled = !nextCursor;
+  $("events").innerHTML = page.items.map(e =>
+    `<tr class="event" data-id="${e.id}"><td>${when(e.received_at)}</td><td>${esc(e.source)}</td>` +
+    `<td class="mono">${esc(e.event_id)}</td><td>${esc(e.event_type)}</td>` +
+    `<td>${e.deliveries.map(d => badge(d.status, d.destination + ": " + d.status)).join("") || '<span class="muted">none</span>'}</td></tr>`
+  ).join("") || `<tr><td colspan="5" class="muted">No events.</td></tr>`;
+  for (const row of document.querySelectorAll("tr.event")) row.onclick = () => openEvent(row.dataset.id);
+}
+
+function pretty(event) {
+  if (event.payload_encoding !== "utf-8") return event.payload;
+  try { return JSON.stringify(JSON.parse(event.payload), null, 2); } catch { return event.payload; }
+}
+
+async function openEvent(id) {
+  const e = await api("/events/" + id);
+  const deliveries = e.deliveries.map(d => `
+    <div class="card" style="margin-bottom:10px" data-delivery="${d.id}">
+      <div style="display:flex;align-items:center;gap:8px">
+        <strong>${esc(d.destination)}</strong> ${badge(d.status)}
+        <span class="muted">${d.attempts} attempt(s)</span><span style="flex:1"></span>
+        <button class="replay" data-id="${d.id}">Replay</button>
+      </div>
+      ${d.last_error ? `<div class="error">${esc(d.last_error)}</div>` : ""}
+      <table style="margin-top:8px"><thead><tr><th>#</th><th>started</th><th>result</th><th>ms</th></tr></thead><tbody>
+      ${d.attempt_history.map(a => `<tr><td>${a.attempt}</td><td>${when(a.started_at)}</td>` +
+        `<td>${a.status_code ?? esc(a.error)}</td><td>${a.duration_ms}</td></tr>`).join("") || '<tr><td colspan="4" class="muted">none yet</td></tr>'}
+      </tbody></table>
+    </div>`).join("");
+  $("detail").innerHTML = `
+    <div style="display:flex;align-items:center"><h2 style="margin:0">${esc(e.event_type)}</h2><span style="flex:1"></span>
+      <button id="close">Close</button></div>
+    <p class="muted">${esc(e.source)} · <span class="mono">${esc(e.event_id)}</span> · ${when(e.received_at)}<br>
+      webhook-id <span class="mono">${esc(e.id)}</span></p>
+    <h3>Deliveries</h3>${deliveries || '<p class="muted">No destination subscribes to this event.</p>'}
+    <h3>Payload <span class="muted">(${esc(e.content_type)})</span></h3><pre id="payload">${esc(pretty(e))}</pre>
+    <h3>Headers</h3><pre>${esc(JSON.stringify(e.headers, null, 2))}</pre>`;
+  $("detail").style.display = "block";
+  $("close").onclick = () => { $("detail").style.display = "none"; };
+  for (const button of document.querySelectorAll("button.replay")) {
+    button.onclick = async () => {
+      try {
+        await api(`/deliveries/${button.dataset.id}/replay`, { method: "POST" });
+        flash("Delivery replayed.");
+      } catch (err) { flash(err.message, true); }
+      await Promise.all([openEvent(id), refreshStats(), loadEvents()]);
+    };
+  }
+}
+
+function flash(text, isError) { $("flash").textContent = text; $("flash").className = isError ? "error" : "muted"; }
+
+$("f-status").innerHTML += STATUSES.map(s => `<option>${s}</option>`).join("");
+$("login-form").onsubmit = async ev => {
+  ev.preventDefault();
+  sessionStorage.setItem("relayd-token", $("token").value);
+  try { await start(); } catch (err) { if (err.message !== "unauthorized") $("login-error").textContent = err.message; }
+};
+$("logout").onclick = () => logout();
+$("apply").onclick = () => { cursor = null; loadEvents(); };
+$("first").onclick = () => { cursor = null; loadEvents(); };
+$("next").onclick = () => { if (nextCursor) { cursor = nextCursor; loadEvents(); } };
+$("replay-dead").onclick = async () => {
+  const destination = $("dead-destination").value;
+  if (!destination || !confirm(`Replay every dead delivery of ${destination}?`)) return;
+  try {
+    const result = await api("/replay", { method: "POST", body: JSON.stringify({ status: "dead", destination }) });
+    flash(`${result.replayed} dead deliveries of ${destination} replayed.`);
+  } catch (err) { flash(err.message, true); }
+  await Promise.all([refreshStats(), loadEvents()]);
+};
+setInterval(() => { if (sessionStorage.getItem("relayd-token")) refreshStats().catch(() => {}); }, 3000);
+if (sessionStorage.getItem("relayd-token")) start().catch(() => {});
