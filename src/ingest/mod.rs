@@ -142,15 +142,24 @@ async fn receive_for(
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let known = state.sources.contains_key(&source_name);
+    // The path segment is the sender's: an unknown one reaches logs and answers cut
+    // short, with control characters escaped.
+    let shown: String = if known {
+        source_name.clone()
+    } else {
+        let escaped = format!("{:?}", source_name.chars().take(64).collect::<String>());
+        escaped.trim_matches('"').to_string()
+    };
     let span = tracing::info_span!(
         "webhook",
-        source = %source_name,
+        source = %shown,
         event.id = tracing::field::Empty,
         event.r#type = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
     let state_for_metrics = state.clone();
-    let source_label = if state.sources.contains_key(&source_name) {
+    let source_label = if known {
         source_name.clone()
     } else {
         // Never an unbounded label: unknown sources share one.
@@ -160,7 +169,7 @@ async fn receive_for(
         let source = state
             .sources
             .get(&source_name)
-            .ok_or_else(|| ApiError::UnknownSource(source_name.clone()))?;
+            .ok_or_else(|| ApiError::UnknownSource(shown.clone()))?;
         let body = state.bodies.read(&request, body).await?;
         let verified = source
             .verifier

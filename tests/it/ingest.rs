@@ -221,6 +221,16 @@ async fn unknown_source_is_404_and_unknown_paths_are_json_404s() {
 
     let (status, answer) = json(post_stripe(&client, &relayd.url("/webhooks/shopify"), &body).await).await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_source")));
+    // A sender's path segment is not echoed whole (into the answer or the log line).
+    let long = "x".repeat(4000);
+    let (status, answer) =
+        json(post_stripe(&client, &relayd.url(&format!("/webhooks/{long}")), &body).await).await;
+    assert_eq!(status, 404);
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.len() < 120 && message.contains(&"x".repeat(64)),
+        "{message}"
+    );
     let (status, answer) = json(client.get(relayd.url("/nope")).send().await.unwrap()).await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
     let (status, answer) = json(client.get(relayd.url("/webhooks/stripe")).send().await.unwrap()).await;

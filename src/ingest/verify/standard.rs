@@ -52,7 +52,7 @@ impl Verifier for StandardWebhooksVerifier {
         let matched = self
             .keys
             .iter()
-            .any(|key| macs.iter().any(|mac| signing::verify(key, &signed, mac)));
+            .any(|key| signing::verify_any(key, &signed, &macs));
         if !matched {
             return Err(Error::InvalidSignature(
                 "signature matches no configured secret".into(),

@@ -84,12 +84,11 @@ impl Verifier for StripeVerifier {
         let header = parse_header(value)?;
         let timestamp = header.timestamp.to_string();
         let signed = [timestamp.as_bytes(), b".", body];
-        let matched = self.secrets.iter().any(|secret| {
-            header
-                .signatures
-                .iter()
-                .any(|mac| signing::verify(secret, &signed, mac))
-        });
+        // One HMAC per secret, compared with every `v1` of the header.
+        let matched = self
+            .secrets
+            .iter()
+            .any(|secret| signing::verify_any(secret, &signed, &header.signatures));
         if !matched {
             return Err(Error::InvalidSignature(
                 "no signature matches any configured secret".into(),
