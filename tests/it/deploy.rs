@@ -222,6 +222,27 @@ fn kubernetes_manifests_run_each_role_hardened_with_probes_and_room_to_stop() {
         .map(|h| h["spec"]["scaleTargetRef"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(hpas, ["relayd-ingest", "relayd-worker"]);
+    // The ops port (admin API included) is not open to everyone who can reach a pod;
+    // the ingest port is.
+    let policy = of_kind("NetworkPolicy")
+        .find(|p| p["metadata"]["name"] == "relayd-ops")
+        .expect("a NetworkPolicy for the ops port");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "relayd"
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let ops_rule = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == 9090)
+        .expect("a rule for 9090");
+    assert!(
+        ops_rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+        "9090 only from listed peers"
+    );
+    assert!(rules
+        .iter()
+        .any(|r| r["ports"][0]["port"] == 3000 && r.get("from").is_none()));
     let ingest_service = of_kind("Service")
         .find(|s| s["metadata"]["name"] == "relayd-ingest")
         .unwrap();
