@@ -16,7 +16,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// then a worker's stream of small ack frames meets the broker's delayed ACKs: Nagle
 /// holds each ack up to 40 ms, which capped deliveries at about one prefetch window per
 /// 40–60 ms. So relayd connects the socket itself and hands it to amiquip.
-/// `amqps://` URLs use TLS and need a hostname.
+/// `amqps://` URLs use TLS and need a hostname; the server's certificate is checked
+/// against the system's roots, or against the CA in the URL's `cacertfile` (as in
+/// RabbitMQ's URI spec).
 pub(super) fn connect(config: &BrokerConfig) -> Result<Connection, String> {
     let target = Target::parse(config.url.expose(), config.heartbeat)?;
     let stream = target.tcp_stream()?;
@@ -29,7 +31,14 @@ pub(super) fn connect(config: &BrokerConfig) -> Result<Connection, String> {
         .heartbeat(target.heartbeat)
         .connection_timeout(Some(CONNECT_TIMEOUT));
     let connection = if target.tls {
-        let connector = native_tls::TlsConnector::new().map_err(|e| format!("TLS setup: {e}"))?;
+        let mut connector = native_tls::TlsConnector::builder();
+        if let Some(path) = &target.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("reading cacertfile {path}: {e}"))?;
+            let ca = native_tls::Certificate::from_pem(&pem)
+                .map_err(|e| format!("cacertfile {path} is not a PEM certificate: {e}"))?;
+            connector.add_root_certificate(ca);
+        }
+        let connector = connector.build().map_err(|e| format!("TLS setup: {e}"))?;
         Connection::open_tls_stream(
             connector,
             &target.host,
@@ -53,6 +62,8 @@ struct Target {
     username: String,
     password: String,
     heartbeat: u16,
+    /// `cacertfile`: a PEM file of the CA certificates to trust (amqps only).
+    ca_file: Option<String>,
 }
 
 impl Target {
@@ -81,6 +92,10 @@ impl Target {
             .find(|(k, _)| k == "heartbeat")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or_else(|| u16::try_from(heartbeat.as_secs()).unwrap_or(u16::MAX));
+        let ca_file = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "cacertfile")
+            .map(|(_, v)| v.into_owned());
         Ok(Self {
             tls,
             host: parsed
@@ -95,6 +110,7 @@ impl Target {
                 .map_or("guest".into(), decode),
             password: parsed.password().map_or("guest".into(), decode),
             heartbeat,
+            ca_file,
         })
     }
 
@@ -216,10 +232,11 @@ mod tests {
                 username: "guest".into(),
                 password: "gu@est".into(),
                 heartbeat: 10,
+                ca_file: None,
             }
         );
         let target = Target::parse(
-            "amqps://mq.example.com/tenant?heartbeat=3",
+            "amqps://mq.example.com/tenant?heartbeat=3&cacertfile=%2Fetc%2Fca.pem",
             Duration::from_secs(10),
         )
         .unwrap();
@@ -228,6 +245,7 @@ mod tests {
             (target.port, target.vhost.as_str(), target.heartbeat),
             (5671, "tenant", 3)
         );
+        assert_eq!(target.ca_file.as_deref(), Some("/etc/ca.pem"));
         assert_eq!(
             (target.username.as_str(), target.password.as_str()),
             ("guest", "guest")

@@ -1,7 +1,7 @@
-//! TLS to PostgreSQL without libpq: a PostgreSQL of the test's own (initdb under a temp
-//! dir, another port) serving a certificate signed by a CA the test makes with
-//! `openssl`, and the machine's own PostgreSQL (Debian's self-signed snakeoil
-//! certificate) for `sslmode=require`.
+//! TLS to PostgreSQL without libpq, and to RabbitMQ: servers of the test's own (a
+//! PostgreSQL from initdb, a RabbitMQ node; own ports and directories under a temp dir)
+//! serving certificates signed by a CA the test makes with `openssl`, and the machine's
+//! own PostgreSQL (Debian's self-signed snakeoil certificate) for `sslmode=require`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -224,4 +224,142 @@ async fn relayd_speaks_tls_to_postgresql_and_verifies_the_server_as_asked() {
 async fn sslmode_require_encrypts_to_a_server_with_a_self_signed_certificate() {
     let url = format!("{}/postgres?sslmode=require", support::server_url());
     assert_eq!(encrypted(&url).await, Ok(true));
+}
+
+/// A RabbitMQ node of the test's own (its own node name, ports and directories under a
+/// temp dir) with only a TLS listener, serving a certificate from a CA the test makes;
+/// stopped and removed when dropped.
+struct TlsRabbit {
+    dir: PathBuf,
+    node: String,
+    port: u16,
+    ca: PathBuf,
+    other_ca: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TlsRabbit {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("relayd-amqps-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let ca = make_certificates(&dir, "a");
+        let other_ca = make_certificates(&dir, "b");
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = {port}\n\
+                 ssl_options.cacertfile = {d}/a-ca.pem\nssl_options.certfile = {d}/a-server.pem\n\
+                 ssl_options.keyfile = {d}/a-server.key\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n"
+            ),
+        )
+        .unwrap();
+        // No plugins: the machine's node may hold the management port.
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        run(Command::new("chown").arg("-R").arg("rabbitmq:rabbitmq").arg(&dir));
+        let node = format!(
+            "relayd-tls-{}@localhost",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let server = Self {
+            dir: dir.clone(),
+            node: node.clone(),
+            port,
+            ca,
+            other_ca,
+        };
+        run(Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", free_port().to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid")));
+        // The node registers a moment after `-detached` returns; until then the CLI
+        // cannot reach it at all.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let waited = Command::new("rabbitmqctl")
+                .args(["-n", &node, "--timeout", "30", "await_startup"])
+                .output()
+                .expect("run rabbitmqctl");
+            if waited.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {node} did not start: {}\n{}",
+                String::from_utf8_lossy(&waited.stderr),
+                std::fs::read_to_string(dir.join("log").join(format!("{node}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        server
+    }
+
+    fn url(&self, ca: &Path) -> String {
+        format!(
+            "amqps://guest:guest@localhost:{}/%2f?cacertfile={}",
+            self.port,
+            ca.display()
+        )
+    }
+}
+
+impl Drop for TlsRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `amqps://` with `cacertfile`: the relay publishes and the worker consumes over TLS
+/// to a broker whose certificate chains to that CA; with another CA nothing connects,
+/// and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayd_publishes_and_consumes_over_amqps_and_verifies_the_broker() {
+    use relayd::config::Secret;
+    use relayd::context::Role;
+    let rabbit = TlsRabbit::start();
+    let db = crate::support::TestDb::migrated().await;
+    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let mut config = support::config(&db.url);
+    config.broker.url = Secret::new(rabbit.url(&rabbit.ca));
+    config.broker.prefix = "tls".into();
+    let mut destination = support::destination("sink", &[], &[]);
+    destination.url = Secret::new(sink.url.clone());
+    config.destinations = vec![destination];
+    let all = [Role::Ingest, Role::Relay, Role::Worker];
+    let relayd = Relayd::start(config.clone(), &all).await;
+    relayd.wait_ready().await;
+    let body = stripe_event("evt_over_amqps", "invoice.paid");
+    let response = post_stripe(&reqwest::Client::new(), &relayd.url("/webhooks/stripe"), &body).await;
+    assert_eq!(response.status(), 200);
+    let received = sink.wait_for(1, std::time::Duration::from_secs(20)).await;
+    assert_eq!(received[0].body, body);
+    relayd.stop().await.unwrap();
+
+    config.broker.url = Secret::new(rabbit.url(&rabbit.other_ca));
+    let relayd = Relayd::start(config, &[Role::Relay]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let readyz = reqwest::get(relayd.ops_url("/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    let reason = readyz.text().await.unwrap();
+    assert!(reason.contains("publisher"), "{reason}");
+    relayd.stop().await.unwrap();
 }
