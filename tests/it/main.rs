@@ -7,6 +7,7 @@ mod browser;
 mod child;
 mod cli;
 mod deploy;
+mod hostile;
 mod ingest;
 mod migrations;
 mod ops;
