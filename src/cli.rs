@@ -62,7 +62,7 @@ pub enum Command {
 /// Which deliveries `relayd replay` resets. At least one filter, or `--all`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Only deliveries in this state: dead, delivered or retrying.
+    /// Only deliveries in this state: dead, delivered, retrying or quarantined.
     #[arg(long)]
     pub status: Option<String>,
     /// Only deliveries to this destination.

@@ -38,6 +38,10 @@ pub enum Error {
     Unroutable(String),
     #[error("broker error: {0}")]
     Broker(String),
+    /// No AMQP message can carry it; it was not sent (sending it would break the
+    /// session for every message behind it).
+    #[error("cannot be published: {0}")]
+    Unpublishable(String),
 }
 
 /// One delivery to publish: the raw payload plus what a worker needs to find its row.
@@ -57,6 +61,32 @@ pub struct OutgoingMessage {
     pub attempt: i32,
     pub content_type: String,
     pub body: Vec<u8>,
+}
+
+/// The most bytes of properties and headers a message may carry: they travel in one
+/// content-header frame, which must fit the broker's `frame_max` (128 KiB by default).
+const MAX_PROPERTY_BYTES: usize = 64 * 1024;
+
+impl OutgoingMessage {
+    /// Why no AMQP message can carry this one, if so: a `content_type` is a short string
+    /// (at most 255 bytes), and the properties must fit one frame.
+    pub fn unpublishable(&self) -> Option<String> {
+        if self.content_type.len() > 255 {
+            return Some(format!(
+                "content type of {} bytes (an AMQP short string holds 255)",
+                self.content_type.len()
+            ));
+        }
+        let properties = self.content_type.len()
+            + self.event_id.len()
+            + self.source.len()
+            + self.event_type.len()
+            + self.destination.len()
+            + 256;
+        (properties > MAX_PROPERTY_BYTES).then(|| {
+            format!("{properties} bytes of message properties (at most {MAX_PROPERTY_BYTES} fit a frame)")
+        })
+    }
 }
 
 /// Header names carried by every published message.

@@ -68,8 +68,33 @@ impl Publisher {
     }
 
     /// Publishes every message and waits for the broker's confirms. The result at
-    /// index `i` says whether message `i` is safely in its queue.
+    /// index `i` says whether message `i` is safely in its queue. A message no AMQP
+    /// message can carry is not sent at all ([`Error::Unpublishable`]).
     pub async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<(), Error>> {
+        let refused: Vec<Option<String>> = messages.iter().map(OutgoingMessage::unpublishable).collect();
+        if refused.iter().all(Option::is_none) {
+            return self.publish_sendable(messages).await;
+        }
+        let sendable: Vec<OutgoingMessage> = messages
+            .into_iter()
+            .zip(&refused)
+            .filter(|(_, refused)| refused.is_none())
+            .map(|(m, _)| m)
+            .collect();
+        let mut sent = self.publish_sendable(sendable).await.into_iter();
+        refused
+            .into_iter()
+            .map(|refused| match refused {
+                Some(reason) => Err(Error::Unpublishable(reason)),
+                None => sent.next().unwrap_or(Err(Error::NotConnected)),
+            })
+            .collect()
+    }
+
+    async fn publish_sendable(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<(), Error>> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
         let count = messages.len();
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Publish { messages, reply }).is_err() {

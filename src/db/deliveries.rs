@@ -90,6 +90,23 @@ pub async fn mark_queued(
     .await
 }
 
+/// Sets rows aside that no broker message can carry, each with its reason (see
+/// [`super::models::DeliveryStatus::Quarantined`]). Only rows the caller holds locked
+/// (claimed in its transaction) are passed.
+pub async fn quarantine(conn: &mut AsyncPgConnection, rows: &[(uuid::Uuid, String)]) -> QueryResult<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (ids, reasons): (Vec<uuid::Uuid>, Vec<String>) = rows.iter().cloned().unzip();
+    prepared(
+        "UPDATE deliveries d SET status = 'quarantined', last_error = q.reason, lease_until = NULL,                 updated_at = now()          FROM unnest($1::uuid[], $2::text[]) AS q(id, reason) WHERE d.id = q.id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(reasons)
+    .execute(conn)
+    .await
+}
+
 /// Leaves `queued` rows queued but looks at them again only after `recheck_after`:
 /// their queue still has a backlog, so they are waiting, not lost. (The state test is a
 /// `CASE` for the reason given at [`claim`].)

@@ -39,21 +39,25 @@ pub enum DeliveryStatus {
     Delivered,
     /// Retries exhausted; replayable by an operator.
     Dead,
+    /// Set aside by the relay: no broker message can carry it (`last_error` says why).
+    /// Out of every queue and index of due work; visible and replayable.
+    Quarantined,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 6] = [
+    pub const ALL: [DeliveryStatus; 7] = [
         Self::Pending,
         Self::Queued,
         Self::Delivering,
         Self::Retrying,
         Self::Delivered,
         Self::Dead,
+        Self::Quarantined,
     ];
 
-    /// States an operator may replay from: finished ones, and `retrying` (to retry now).
-    /// `pending`, `queued` and `delivering` are in flight already.
-    pub const REPLAYABLE: [&'static str; 3] = ["dead", "delivered", "retrying"];
+    /// States an operator may replay from: finished ones, `quarantined`, and `retrying`
+    /// (to retry now). `pending`, `queued` and `delivering` are in flight already.
+    pub const REPLAYABLE: [&'static str; 4] = ["dead", "delivered", "retrying", "quarantined"];
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
@@ -67,6 +71,7 @@ impl DeliveryStatus {
             Self::Retrying => "retrying",
             Self::Delivered => "delivered",
             Self::Dead => "dead",
+            Self::Quarantined => "quarantined",
         }
     }
 }

@@ -340,7 +340,7 @@ async fn replay_one(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result
         None => match deliveries::get(&mut conn, id).await.map_err(storage)? {
             None => Err(ApiError::NotFoundDetail(format!("no delivery {id}"))),
             Some(current) => Err(ApiError::Conflict(format!(
-                "delivery is {} (in flight); only dead, delivered or retrying deliveries are replayed",
+                "delivery is {} (in flight); only dead, delivered, retrying or quarantined deliveries are replayed",
                 current.status
             ))),
         },

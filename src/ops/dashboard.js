@@ -1,5 +1,5 @@
 "use strict";
-const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead"];
+const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead", "quarantined"];
 const COLORS = Object.fromEntries(STATUSES.map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
 const samples = [];      // recent stats samples for the live chart
 let cursor = null, nextCursor = null;

@@ -176,10 +176,15 @@ impl Relay {
         watchdog.arm(query_timeout);
 
         let mut confirmed = Vec::with_capacity(ids.len());
+        let mut quarantined = Vec::new();
         let mut first_error = None;
         for (id, result) in ids.iter().zip(&results) {
             match result {
                 Ok(()) => confirmed.push(*id),
+                Err(crate::broker::Error::Unpublishable(reason)) => {
+                    tracing::error!(delivery.id = %id, %reason, "delivery quarantined: no broker message can carry it");
+                    quarantined.push((*id, reason.clone()));
+                }
                 Err(e) => {
                     first_error.get_or_insert_with(|| e.to_string());
                 }
@@ -187,9 +192,10 @@ impl Relay {
         }
         deliveries::mark_queued(conn, &confirmed, config.requeue_after).await?;
         deliveries::postpone_queued(conn, &to_postpone, config.requeue_after).await?;
+        deliveries::quarantine(conn, &quarantined).await?;
         let turn = Turn {
             published: confirmed.len(),
-            failed: ids.len() - confirmed.len(),
+            failed: ids.len() - confirmed.len() - quarantined.len(),
             postponed: to_postpone.len(),
         };
         if let Some(error) = first_error {

@@ -505,3 +505,90 @@ async fn rows_claimed_by_a_transaction_left_idle_are_claimable_again_after_the_i
     );
     drop(silent);
 }
+
+/// Rows stored before ingest checked its fields (or written by hand) may hold what no
+/// AMQP message can carry: a `Content-Type` over 255 bytes (a short string), an event
+/// type larger than a frame. Publishing one used to break the broker session, and the
+/// relay retried the same row first in line forever: nothing else was published. Such
+/// a row is set aside as `quarantined`, with the reason, and the rest flows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_published() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let good = db
+        .seed_deliveries(20, "billing", "pending", "-10 seconds", None)
+        .await;
+    let bad = db
+        .seed_deliveries(2, "billing", "pending", "-20 seconds", None)
+        .await;
+    let mut conn = db.connect().await;
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(format!(
+        "UPDATE events SET content_type = repeat('c', 300) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
+        bad[0]
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(format!(
+        "UPDATE events SET event_type = repeat('t', 200000) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
+        bad[1]
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut config = config(&db, &broker, &["billing"]);
+    let token = "admin-token-for-tests-0123456789";
+    config.ops.admin_token = Some(relayd::config::Secret::new(token));
+    let relayd = Relayd::start(config, &[Role::Relay]).await;
+
+    let got = broker
+        .drain(&broker.queue("billing"), good.len(), Duration::from_secs(15))
+        .await;
+    assert_eq!(got.len(), good.len(), "every good row published");
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'quarantined' AND last_error IS NOT NULL",
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(db.statuses(&good).await, vec!["queued".to_string(); good.len()]);
+
+    // Visible to an operator, with the reason, and replayable.
+    let client = reqwest::Client::new();
+    let listed: serde_json::Value = client
+        .get(relayd.ops_url("/admin/api/deliveries?status=quarantined"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed}");
+    assert!(
+        items
+            .iter()
+            .all(|d| d["last_error"].as_str().is_some_and(|e| e.contains("bytes"))),
+        "{listed}"
+    );
+    let replay = client
+        .post(relayd.ops_url(&format!("/admin/api/deliveries/{}/replay", bad[0])))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    // Replayed as it is, it is set aside again; everything else still flows.
+    db.wait_count(
+        &format!(
+            "SELECT count(*) FROM deliveries WHERE id = '{}' AND status = 'quarantined' AND attempts = 0",
+            bad[0]
+        ),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    relayd.stop().await.unwrap();
+}
