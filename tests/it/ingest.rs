@@ -615,3 +615,36 @@ async fn valid_events_beside_bad_ones_in_the_same_instant_are_all_accepted() {
     assert_eq!(db.count("SELECT count(*) FROM events").await, 120);
     relayd.stop().await.unwrap();
 }
+
+/// A connection that never finishes its request head is closed after
+/// `ingest.header_timeout` (answered 408 or just closed), and costs nothing after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_never_finished_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.ingest.header_timeout = Duration::from_secs(1);
+    let relayd = Relayd::ingest(config).await;
+    let address = relayd.url("").trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: relayd\r\nContent-Type: appl")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let waited = started.elapsed();
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    // Between the configured 1 s and actix's own default of 5 s: the setting is applied.
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    relayd.stop().await.unwrap();
+}
