@@ -86,13 +86,7 @@ pub async fn notify_relays(
             _ = remote.notified() => {}
             _ = shutdown.cancelled() => return,
         }
-        let sent = match pool.get().await {
-            Ok(conn) => db::bounded(conn, timeout, async |conn| notify(conn).await)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string())),
-            Err(e) => Err(e.to_string()),
-        };
+        let sent = db::with_connection(&pool, timeout, async |conn| notify(conn).await).await;
         if let Err(error) = sent {
             tracing::debug!(%error, "outbox NOTIFY failed; relays will poll");
         }

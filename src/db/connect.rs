@@ -71,14 +71,10 @@ fn split_tls(url: &str) -> Result<(String, Tls), String> {
             ))
         }
     };
-    let sslmode = match tls {
-        Tls::Disable => "disable",
-        Tls::Encrypt { required: false } => "prefer",
-        _ => "require",
-    };
-    kept.push(match sslmode {
-        "disable" => "sslmode=disable",
-        "prefer" => "sslmode=prefer",
+    // What tokio-postgres does for it: the verification is relayd's connector's.
+    kept.push(match tls {
+        Tls::Disable => "sslmode=disable",
+        Tls::Encrypt { required: false } => "sslmode=prefer",
         _ => "sslmode=require",
     });
     Ok((format!("{base}?{}", kept.join("&")), tls))

@@ -139,6 +139,24 @@ pub async fn bounded<T>(
     watched(conn, timeout, async |conn, _| work(conn).await).await
 }
 
+/// Checks a connection out of `pool` and runs `work` on it under [`bounded`]: the
+/// usual shape of one short piece of database work. Every failure (no connection, no
+/// answer in time, the work's own error) comes back as its message.
+pub async fn with_connection<T, E: std::fmt::Display>(
+    pool: &DbPool,
+    timeout: Duration,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+) -> Result<T, String> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| format!("getting a database connection: {e}"))?;
+    bounded(conn, timeout, work)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// The deadline of the phase that work under [`watched`] is in.
 pub struct Watchdog {
     /// The phase's deadline and its length.

@@ -132,13 +132,7 @@ async fn committer(
 
 /// One statement for the batch, then one lookup for its duplicates (if any).
 async fn store_batch(pool: &DbPool, timeout: Duration, events: &[BatchEvent]) -> Result<Vec<Stored>, String> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| format!("getting a database connection: {e}"))?;
-    crate::db::bounded(conn, timeout, async |conn| store_batch_on(conn, events).await)
-        .await
-        .map_err(|e| e.to_string())?
+    crate::db::with_connection(pool, timeout, async |conn| store_batch_on(conn, events).await).await
 }
 
 async fn store_batch_on(conn: &mut AsyncPgConnection, events: &[BatchEvent]) -> Result<Vec<Stored>, String> {

@@ -208,15 +208,12 @@ impl Relay {
 
     /// Updates `relayd_outbox_due` and `relayd_outbox_oldest_due_age_seconds`.
     async fn refresh_gauges(&self) {
-        let Ok(conn) = self.ctx.relaxed_pool.get().await else {
-            return;
-        };
-        let summary = crate::db::bounded(conn, self.ctx.config.database.query_timeout, async |conn| {
-            deliveries::due_summary(conn).await
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let summary = crate::db::with_connection(
+            &self.ctx.relaxed_pool,
+            self.ctx.config.database.query_timeout,
+            async |conn| deliveries::due_summary(conn).await,
+        )
+        .await;
         match summary {
             Ok(summary) => {
                 self.ctx.metrics.outbox_due.set(summary.due);

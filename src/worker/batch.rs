@@ -90,13 +90,7 @@ async fn retrying<I: ?Sized, T>(
 ) -> Result<T, String> {
     let mut delays = retry_delays();
     loop {
-        let attempt = match pool.get().await {
-            Ok(conn) => match crate::db::bounded(conn, timeout, async |conn| op(conn, input).await).await {
-                Ok(done) => done.map_err(|e| e.to_string()),
-                Err(timed_out) => Err(timed_out.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
+        let attempt = crate::db::with_connection(pool, timeout, async |conn| op(conn, input).await).await;
         match (attempt, delays.next()) {
             (Ok(value), _) => return Ok(value),
             (Err(e), Some(delay)) => {

@@ -69,6 +69,15 @@ fn make_certificates(dir: &Path, name: &str) -> PathBuf {
     path("ca.pem")
 }
 
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A PostgreSQL server of the test's own, with TLS; stopped and removed when dropped.
 struct TlsPostgres {
     dir: PathBuf,
@@ -85,11 +94,7 @@ impl TlsPostgres {
         let other_ca = make_certificates(&dir, "b");
         run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir));
         run(Command::new("chmod").arg("600").arg(dir.join("a-server.key")));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let server = Self {
             dir: dir.clone(),
             port,
@@ -235,14 +240,6 @@ struct TlsRabbit {
     port: u16,
     ca: PathBuf,
     other_ca: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl TlsRabbit {
