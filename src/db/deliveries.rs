@@ -216,6 +216,44 @@ pub struct Record {
     pub row: Option<super::attempts::NewAttempt>,
 }
 
+impl Record {
+    /// The same record without the text that came from the destination (its response
+    /// snippet and error messages): what is left when the database refused the details.
+    pub fn without_details(&self) -> Self {
+        const UNSTORABLE: &str = "the attempt's details could not be stored";
+        let outcome = match &self.outcome {
+            Outcome::Delivered { status_code } => Outcome::Delivered {
+                status_code: *status_code,
+            },
+            Outcome::Retrying {
+                retry_in,
+                status_code,
+                ..
+            } => Outcome::Retrying {
+                retry_in: *retry_in,
+                status_code: *status_code,
+                error: UNSTORABLE.to_string(),
+            },
+            Outcome::Dead { status_code, .. } => Outcome::Dead {
+                status_code: *status_code,
+                error: UNSTORABLE.to_string(),
+            },
+        };
+        let row = self.row.clone().map(|row| super::attempts::NewAttempt {
+            // Exactly one of `status_code` and `error` is set.
+            error: row.status_code.is_none().then(|| UNSTORABLE.to_string()),
+            response_snippet: None,
+            ..row
+        });
+        Self {
+            delivery_id: self.delivery_id,
+            attempt: self.attempt,
+            outcome,
+            row,
+        }
+    }
+}
+
 /// [`record_outcomes`]'s statement (`$1`–`$7`: the attempt rows' columns; `$8`–`$13`:
 /// the outcomes' id, attempt, status, status code, error, retry delay); public so that
 /// tests can EXPLAIN it.
@@ -304,6 +342,52 @@ pub async fn record_outcomes(
         .load(conn)
         .await?;
     Ok(changed.into_iter().map(|c| c.id).collect())
+}
+
+/// The worker's claims ([`super::batch`]): one [`claim`] for the deliveries whose
+/// messages arrived together; each gets its claim, or `None` when not claimable.
+pub struct Claims {
+    pub pool: super::DbPool,
+    pub timeout: std::time::Duration,
+    pub lease: std::time::Duration,
+}
+
+impl super::batch::Statement for Claims {
+    type Item = uuid::Uuid;
+    type Output = Option<Claimed>;
+    const WHAT: &'static str = "claiming";
+
+    async fn run(&self, ids: &[uuid::Uuid]) -> Result<Vec<Option<Claimed>>, super::batch::BatchError> {
+        let claimed = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
+            claim(conn, ids, self.lease).await
+        })
+        .await?;
+        let mut by_id: std::collections::HashMap<uuid::Uuid, Claimed> =
+            claimed.into_iter().map(|c| (c.id, c)).collect();
+        Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+    }
+}
+
+/// The worker's outcome records ([`super::batch`]): one [`record_outcomes`] for the
+/// attempts that finished together; each learns whether its delivery changed (false:
+/// another worker holds it now).
+pub struct Records {
+    pub pool: super::DbPool,
+    pub timeout: std::time::Duration,
+}
+
+impl super::batch::Statement for Records {
+    type Item = Record;
+    type Output = bool;
+    const WHAT: &'static str = "recording";
+
+    async fn run(&self, records: &[Record]) -> Result<Vec<bool>, super::batch::BatchError> {
+        let changed = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
+            record_outcomes(conn, records).await
+        })
+        .await?;
+        Ok(records.iter().map(|r| changed.contains(&r.delivery_id)).collect())
+    }
 }
 
 /// The due backlog: how many rows the relay should publish now, and how long the

@@ -88,6 +88,68 @@ pub async fn insert_batch_with_outbox(
         .collect())
 }
 
+/// How a submitted event ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Accepted {
+        id: Uuid,
+        deliveries: usize,
+    },
+    /// `id` is the stored event's; `None` only if it was pruned in the meantime.
+    Duplicate {
+        id: Option<Uuid>,
+    },
+}
+
+/// Ingest's group commit ([`super::batch`]): the events of requests that arrive
+/// together, stored by [`insert_batch_with_outbox`], then their duplicates looked up.
+/// Running it again for events it stored answers them as duplicates of themselves, so
+/// a re-run half of a rejected batch never stores anything twice.
+pub struct StoreEvents {
+    pub pool: super::DbPool,
+    /// Each statement's database work is abandoned after this long.
+    pub timeout: std::time::Duration,
+}
+
+impl super::batch::Statement for StoreEvents {
+    type Item = BatchEvent;
+    type Output = Stored;
+    const WHAT: &'static str = "storing events";
+
+    async fn run(&self, events: &[BatchEvent]) -> Result<Vec<Stored>, super::batch::BatchError> {
+        super::batch::on_connection(&self.pool, self.timeout, async |conn| store(conn, events).await).await
+    }
+}
+
+/// One statement for the events, then one lookup for their duplicates (if any).
+pub async fn store(conn: &mut AsyncPgConnection, events: &[BatchEvent]) -> QueryResult<Vec<Stored>> {
+    let inserted = insert_batch_with_outbox(conn, events).await?;
+    let duplicates: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| !inserted.contains_key(&e.id))
+        .map(|e| (e.source.as_str(), e.event_id.as_str()))
+        .collect();
+    let existing = if duplicates.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        find_ids(conn, &duplicates).await?
+    };
+    Ok(events
+        .iter()
+        .map(|event| match inserted.get(&event.id) {
+            Some(&deliveries) => Stored::Accepted {
+                id: event.id,
+                deliveries,
+            },
+            None => Stored::Duplicate {
+                id: existing
+                    .get(&(event.source.clone(), event.event_id.clone()))
+                    .copied(),
+            },
+        })
+        .collect())
+}
+
 /// The stored ids of these provider events, keyed by `(source, event_id)`. Planned on
 /// each call (it is rare, and its best join depends on the size of `events`).
 pub async fn find_ids(

@@ -5,6 +5,7 @@
 //! transaction. Nothing here knows about HTTP or the broker.
 
 pub mod attempts;
+pub mod batch;
 mod connect;
 pub mod deliveries;
 pub mod events;

@@ -5,13 +5,14 @@
 //! verifies it with the source's verifier, and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
 //! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
-//! answers only after the commit, so a 200 means the event is durable. It never talks
-//! to the broker
-//! and never serves `/admin`. It stops when `shutdown` is cancelled, letting in-flight
+//! answers only after the commit, so a 200 means the event is durable. Requests that
+//! arrive together are stored together (group commit: [`crate::db::batch`] with
+//! [`StoreEvents`]): one statement and one WAL flush for the lot, and one event the
+//! database refuses fails alone. It never talks to the broker and never serves
+//! `/admin`. It stops when `shutdown` is cancelled, letting in-flight
 //! requests finish within the grace period.
 
 mod body;
-mod commit;
 mod fields;
 pub mod routing;
 pub mod verify;
@@ -29,10 +30,17 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::context::AppContext;
-use crate::db::events::BatchEvent;
+use crate::db::batch::{self, BatchError, Batcher};
+use crate::db::events::{BatchEvent, StoreEvents, Stored};
 use crate::http_error::ApiError;
-use commit::{GroupCommitter, Stored};
 use routing::Router;
+
+/// Events stored by one statement at most.
+const MAX_BATCH: usize = 128;
+
+/// Group-commit statements in flight at once: several keep the database busy while the
+/// next batch forms.
+const COMMITTERS: usize = 4;
 
 /// A configured source, ready to verify requests.
 struct Source {
@@ -47,7 +55,7 @@ struct IngestState {
     sources: HashMap<String, Source>,
     router: Router,
     bodies: body::BodyReader,
-    committer: GroupCommitter,
+    committer: Batcher<StoreEvents>,
 }
 
 /// Runs the ingest listener on `listener` until `shutdown` is cancelled.
@@ -60,9 +68,18 @@ pub async fn run(
     // The committers outlive the HTTP server's graceful stop, which waits for in-flight
     // requests (and so for their commits); they are stopped after it.
     let committers_stop = CancellationToken::new();
-    let (committer, committers) = GroupCommitter::start(
-        ctx.pool.clone(),
-        ctx.config.database.query_timeout,
+    let (committer, committers) = Batcher::start(
+        StoreEvents {
+            pool: ctx.pool.clone(),
+            timeout: ctx.config.database.query_timeout,
+        },
+        batch::Options {
+            max_batch: MAX_BATCH,
+            tasks: COMMITTERS,
+            // A provider retries a 503 itself; holding its request would only pile
+            // more of them up while the database is away.
+            retry: Vec::new(),
+        },
         committers_stop.clone(),
     );
     let state = web::Data::new(IngestState {
@@ -198,11 +215,12 @@ async fn receive_for(
                 .map(|destination| (Uuid::now_v7(), destination.to_string()))
                 .collect(),
         };
-        let stored = state
-            .committer
-            .store(event)
-            .await
-            .map_err(|e| ApiError::Unavailable(anyhow::anyhow!(e)))?;
+        let stored = state.committer.submit(event).await.map_err(|e| match e {
+            // Every field was checked above, so this is relayd's own bug: not a 4xx the
+            // provider would drop, and not a 503 it would retry in vain for days.
+            BatchError::Rejected(_) => ApiError::Internal(anyhow::anyhow!(e)),
+            BatchError::Unavailable(_) | BatchError::Stopped => ApiError::Unavailable(anyhow::anyhow!(e)),
+        })?;
         let (status, id) = match stored {
             Stored::Accepted { id, deliveries } => {
                 if deliveries > 0 {

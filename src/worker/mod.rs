@@ -10,12 +10,12 @@
 //! consumers stop taking messages, in-flight deliveries get the grace period to finish
 //! and be recorded, and whatever is left unacked is redelivered by the broker.
 
-mod batch;
 mod schedule;
 mod send;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
@@ -26,7 +26,8 @@ use tracing::Instrument;
 use crate::broker::{headers, Consumer, IncomingMessage, Topology};
 use crate::context::AppContext;
 use crate::db::attempts::NewAttempt;
-use crate::db::deliveries::{self, Outcome};
+use crate::db::batch::{self, BatchError, Batcher};
+use crate::db::deliveries::{self, Claims, Outcome, Records};
 
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -49,8 +50,33 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     // (a row's destination is only known once claimed; the longest is always enough).
     // A crashed worker's delivery is retried once its lease has expired.
     let lease = targets.values().map(|t| t.timeout).max().unwrap_or_default() + config.worker.lease_margin;
+    // Claims and records that are waiting at the same moment share a statement; a
+    // failed one is retried with backoff (6 tries, 100 ms doubling to 2 s) before its
+    // callers requeue their messages. They stop after every consume loop has drained.
+    let batches_stop = CancellationToken::new();
+    let options = batch::Options {
+        max_batch: MAX_BATCH,
+        tasks: 1,
+        retry: crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(2))
+            .take(6)
+            .collect(),
+    };
+    let timeout = config.database.query_timeout;
+    let pool = ctx.relaxed_pool.clone();
+    let (claims, mut batchers) = Batcher::start(
+        Claims {
+            pool: pool.clone(),
+            timeout,
+            lease,
+        },
+        options.clone(),
+        batches_stop.clone(),
+    );
+    let (records, record_tasks) = Batcher::start(Records { pool, timeout }, options, batches_stop.clone());
+    batchers.extend(record_tasks);
     let worker = Arc::new(Worker {
-        batcher: batch::Batcher::start(ctx.relaxed_pool.clone(), config.database.query_timeout, lease),
+        claims,
+        records,
         ctx: ctx.clone(),
         client: send::client().context("building the HTTP client")?,
         permits: Arc::new(Semaphore::new(config.worker.concurrency)),
@@ -75,8 +101,15 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         tracing::warn!("no destination is configured: the worker has nothing to consume");
     }
     while destinations.join_next().await.is_some() {}
+    batches_stop.cancel();
+    for task in batchers {
+        let _ = task.await;
+    }
     Ok(())
 }
+
+/// Claims or records combined into one statement at most.
+const MAX_BATCH: usize = 128;
 
 /// How often, at most, each consume loop beats while it turns.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -87,8 +120,10 @@ struct Worker {
     /// `worker.concurrency` across every destination.
     permits: Arc<Semaphore>,
     targets: HashMap<String, Arc<send::Target>>,
-    /// Combines concurrent claims and records into shared statements.
-    batcher: batch::Batcher,
+    /// Concurrent claims, combined into shared statements.
+    claims: Batcher<Claims>,
+    /// Concurrent outcome records, combined into shared statements.
+    records: Batcher<Records>,
 }
 
 /// Feeds one destination's messages to delivery tasks until shutdown, then drains. The
@@ -190,7 +225,7 @@ impl Worker {
     async fn deliver(&self, envelope: Envelope, message: IncomingMessage) {
         let IncomingMessage { body, acker, .. } = message;
         let span = tracing::Span::current();
-        let claimed = self.batcher.claim(envelope.delivery_id).await;
+        let claimed = self.claims.submit(envelope.delivery_id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
@@ -278,15 +313,20 @@ impl Worker {
             error: response.error.clone(),
             response_snippet: response.snippet.clone(),
         });
-        let recorded = self
-            .batcher
-            .record(deliveries::Record {
-                delivery_id,
-                attempt,
-                outcome: outcome.clone(),
-                row,
-            })
-            .await;
+        let record = deliveries::Record {
+            delivery_id,
+            attempt,
+            outcome,
+            row,
+        };
+        let mut recorded = self.records.submit(record.clone()).await;
+        if let Err(BatchError::Rejected(reason)) = &recorded {
+            // Something in the response could not be stored: record the attempt
+            // without it rather than send the delivery again and again.
+            tracing::error!(%reason, "the database refused the attempt's details; recording it without them");
+            recorded = self.records.submit(record.without_details()).await;
+        }
+        let outcome = record.outcome;
         match (recorded, &outcome) {
             (Err(e), _) => {
                 tracing::error!(error = %e, "cannot record the outcome; message requeued");

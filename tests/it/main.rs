@@ -1,6 +1,7 @@
 //! relayd's integration tests, one binary: real PostgreSQL (a fresh database per test),
 //! relayd started in-process on `127.0.0.1:0` or as the real binary.
 
+mod batches;
 mod browser;
 // Shared with the `faults` binary, which kills, stops and restarts children.
 #[allow(dead_code)]
