@@ -648,3 +648,61 @@ async fn a_request_head_never_finished_is_closed_after_the_header_timeout() {
     );
     relayd.stop().await.unwrap();
 }
+
+/// `ingest.max_connections` bounds the connections ingest serves at once: with that many
+/// held open (request heads never finished), a new request waits unaccepted instead of
+/// costing memory, and is served as soon as the held ones go away. (With the limit at
+/// its default the same request is answered at once: the assertion fails.)
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_max_connections_wait_until_others_close() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    // Split across the HTTP workers (one per core), so a multiple of their count.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    config.ingest.max_connections = 2 * workers;
+    config.ingest.header_timeout = Duration::from_secs(60);
+    let relayd = Relayd::ingest(config).await;
+    let address = relayd.url("").trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..2 * workers {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: relayd\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let url = relayd.url("/webhooks/stripe");
+    let body = stripe_event("evt_over_the_limit", "invoice.paid");
+    let over = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            stripe_signature(STRIPE_SECRET, support::now(), &body),
+        )
+        .body(body.clone())
+        .send()
+        .await;
+    assert!(
+        over.as_ref().is_err_and(|e| e.is_timeout()),
+        "a connection over the limit was served: {over:?}"
+    );
+    drop(held);
+    let started = std::time::Instant::now();
+    let served = post_stripe(&reqwest::Client::new(), &url, &body).await;
+    assert_eq!(served.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
+    relayd.stop().await.unwrap();
+}
