@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::child::{config_file, Process};
-use crate::sink::{Behaviour, Sink};
+use crate::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, stripe_event, stripe_signature, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Sends `count` signed events like a provider does: each one is retried until it is
@@ -264,6 +264,61 @@ async fn slow_senders_cost_bounded_memory_and_a_normal_request_is_still_answered
     assert!(
         statuses.contains_key(&Some(408)),
         "the body timeout answered some: {statuses:?}"
+    );
+    assert!(peak < 150_000_000, "RSS peaked at {} MB", peak / 1_000_000);
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+/// A destination that answers every request with a body that never ends (64 KiB chunks
+/// as fast as the socket takes them) costs the worker bounded memory: it reads the first
+/// KiB for the attempt's snippet and drops the rest with the connection. Every event is
+/// delivered once (the status counts) and the process stays under 150 MB.
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_response_bodies_cost_the_worker_bounded_memory() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::planned(|_, _| Answer::Stream {
+        status: 200,
+        chunk: vec![b'x'; 64 * 1024],
+        every: Duration::ZERO,
+        count: None,
+    }))
+    .await;
+    let config = config_file(&db, &broker, &sink);
+    // The sink is the last table of the file: 64 of these bodies in flight at once.
+    let mut text = std::fs::read_to_string(&config.0).unwrap();
+    text.push_str("max_in_flight = 64\n");
+    std::fs::write(&config.0, text).unwrap();
+    let process = Process::start(&config, "all");
+    process.wait_ready().await;
+    let baseline = process.rss();
+    let ingest = Arc::new(RwLock::new(process.ingest.clone().unwrap()));
+    let sending = tokio::spawn(send_events(ingest, 400, Arc::default()));
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.received().len() < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 400 delivered",
+            sink.received().len()
+        );
+        peak = peak.max(process.rss());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted = sending.await.unwrap();
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        400,
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.received().len(), 400, "each event delivered once");
+    assert_delivered_once_or_as_duplicates(&sink, &accepted);
+    eprintln!(
+        "endless response bodies: 400 delivered; RSS {} MB before, {} MB at the peak",
+        baseline / 1_000_000,
+        peak / 1_000_000
     );
     assert!(peak < 150_000_000, "RSS peaked at {} MB", peak / 1_000_000);
     assert_eq!(process.terminate().code(), Some(0));

@@ -1,5 +1,6 @@
 //! A downstream HTTP service for tests: records every request it gets and answers as
-//! told (succeed, fail the first N tries of each webhook, ask to retry later, hang).
+//! told (succeed, fail the first N tries of each webhook, ask to retry later, hang, or
+//! whatever a test's plan says, streamed bodies included).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -23,6 +24,84 @@ pub enum Behaviour {
     Slow { delay: Duration },
     /// `status` with this body, every time.
     Answer { status: u16, body: Vec<u8> },
+    /// Whatever the plan answers for this request and its try number (1-based).
+    Planned(Plan),
+}
+
+/// A test's own answer for each request and its try number.
+type Planner = dyn Fn(&Received, usize) -> Answer + Send + Sync;
+
+#[derive(Clone)]
+pub struct Plan(Arc<Planner>);
+
+impl Behaviour {
+    pub fn planned(plan: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static) -> Self {
+        Behaviour::Planned(Plan(Arc::new(plan)))
+    }
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plan(..)")
+    }
+}
+
+/// One answer of a [`Plan`].
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// `status` with `body`, whole.
+    Whole { status: u16, body: Vec<u8> },
+    /// `status`, then `chunk` every `every`, `count` times, or without end when `None`
+    /// (until the client goes away).
+    Stream {
+        status: u16,
+        chunk: Vec<u8>,
+        every: Duration,
+        count: Option<usize>,
+    },
+}
+
+impl Answer {
+    pub fn ok() -> Self {
+        Answer::Whole {
+            status: 200,
+            body: b"ok".to_vec(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Whole { status, .. } | Answer::Stream { status, .. } => *status,
+        }
+    }
+
+    fn respond(self) -> HttpResponse {
+        let code = |status| actix_web::http::StatusCode::from_u16(status).unwrap();
+        match self {
+            Answer::Whole { status, body } => HttpResponse::build(code(status)).body(body),
+            Answer::Stream {
+                status,
+                chunk,
+                every,
+                count,
+            } => {
+                let chunk = web::Bytes::from(chunk);
+                let chunks = futures_util::stream::unfold(0usize, move |sent| {
+                    let chunk = chunk.clone();
+                    async move {
+                        if count.is_some_and(|count| sent >= count) {
+                            return None;
+                        }
+                        if !every.is_zero() {
+                            tokio::time::sleep(every).await;
+                        }
+                        Some((Ok::<_, std::convert::Infallible>(chunk), sent + 1))
+                    }
+                });
+                HttpResponse::build(code(status)).streaming(chunks)
+            }
+        }
+    }
 }
 
 /// One request as received.
@@ -146,14 +225,17 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
         body: body.to_vec(),
         at: Instant::now(),
     };
-    let id = received.webhook_id();
-    state.received.lock().unwrap().push(received);
     let try_number = {
         let mut tries = state.tries.lock().unwrap();
-        let n = tries.entry(id).or_default();
+        let n = tries.entry(received.webhook_id()).or_default();
         *n += 1;
         *n
     };
+    let planned = match &state.behaviour {
+        Behaviour::Planned(plan) => Some((plan.0)(&received, try_number)),
+        _ => None,
+    };
+    state.received.lock().unwrap().push(received);
     match &state.behaviour {
         Behaviour::Succeed => HttpResponse::Ok().body("ok"),
         Behaviour::FailFirst { n, status } if try_number <= *n => {
@@ -174,5 +256,6 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
         Behaviour::Answer { status, body } => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body(body.clone())
         }
+        Behaviour::Planned(_) => planned.expect("planned above").respond(),
     }
 }
