@@ -11,6 +11,7 @@ mod deploy;
 mod hostile;
 mod ingest;
 mod migrations;
+mod nodes;
 mod ops;
 mod process;
 mod providers;

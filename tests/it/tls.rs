@@ -8,18 +8,10 @@ use std::process::Command;
 
 use diesel_async::RunQueryDsl;
 
+use crate::nodes::{free_port, run, RabbitNode};
 use crate::support::{self, post_stripe, stripe_event, Relayd};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn run(command: &mut Command) {
-    let output = command.output().expect("run a command");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// Runs a command as the `postgres` user (initdb and the server refuse root).
 fn as_postgres(program: &str) -> Command {
@@ -67,15 +59,6 @@ fn make_certificates(dir: &Path, name: &str) -> PathBuf {
         .arg("-out")
         .arg(path("server.pem")));
     path("ca.pem")
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A PostgreSQL server of the test's own, with TLS; stopped and removed when dropped.
@@ -235,76 +218,33 @@ async fn sslmode_require_encrypts_to_a_server_with_a_self_signed_certificate() {
 /// temp dir) with only a TLS listener, serving a certificate from a CA the test makes;
 /// stopped and removed when dropped.
 struct TlsRabbit {
-    dir: PathBuf,
-    node: String,
     port: u16,
     ca: PathBuf,
     other_ca: PathBuf,
+    _node: RabbitNode,
 }
 
 impl TlsRabbit {
     fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("relayd-amqps-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
-        std::fs::create_dir_all(dir.join("log")).unwrap();
-        let ca = make_certificates(&dir, "a");
-        let other_ca = make_certificates(&dir, "b");
         let port = free_port();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
+        let mut cas = None;
+        let node = RabbitNode::start(|dir| {
+            cas = Some((make_certificates(dir, "a"), make_certificates(dir, "b")));
+            let d = dir.display();
             format!(
                 "listeners.tcp = none\nlisteners.ssl.default = {port}\n\
                  ssl_options.cacertfile = {d}/a-ca.pem\nssl_options.certfile = {d}/a-server.pem\n\
                  ssl_options.keyfile = {d}/a-server.key\nssl_options.verify = verify_none\n\
                  ssl_options.fail_if_no_peer_cert = false\n"
-            ),
-        )
-        .unwrap();
-        // No plugins: the machine's node may hold the management port.
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        run(Command::new("chown").arg("-R").arg("rabbitmq:rabbitmq").arg(&dir));
-        let node = format!(
-            "relayd-tls-{}@localhost",
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        );
-        let server = Self {
-            dir: dir.clone(),
-            node: node.clone(),
+            )
+        });
+        let (ca, other_ca) = cas.unwrap();
+        Self {
             port,
             ca,
             other_ca,
-        };
-        run(Command::new("rabbitmq-server")
-            .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", free_port().to_string())
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid")));
-        // The node registers a moment after `-detached` returns; until then the CLI
-        // cannot reach it at all.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let waited = Command::new("rabbitmqctl")
-                .args(["-n", &node, "--timeout", "30", "await_startup"])
-                .output()
-                .expect("run rabbitmqctl");
-            if waited.status.success() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {node} did not start: {}\n{}",
-                String::from_utf8_lossy(&waited.stderr),
-                std::fs::read_to_string(dir.join("log").join(format!("{node}.log"))).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            _node: node,
         }
-        server
     }
 
     fn url(&self, ca: &Path) -> String {
@@ -313,15 +253,6 @@ impl TlsRabbit {
             self.port,
             ca.display()
         )
-    }
-}
-
-impl Drop for TlsRabbit {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
