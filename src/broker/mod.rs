@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub use consumer::{Acker, Consumer, IncomingMessage};
-pub use publisher::Publisher;
+pub use publisher::{Pace, Publisher};
 pub use topology::Topology;
 
 /// Why a message or a broker operation failed.

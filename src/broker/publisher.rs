@@ -6,8 +6,10 @@
 //! `mandatory`, so one that no queue accepts comes back as a return and counts as
 //! failed rather than silently confirmed. After any connection-level failure, a
 //! confirm timeout or a return, the session is closed and reopened with backoff, which
-//! also redeclares the topology; after a nack only the channel is replaced. The thread
-//! stops when the [`Publisher`] is dropped.
+//! also redeclares the topology; after a nack only the channel is replaced. At
+//! [`Pace::OneByOne`] each message's confirm is awaited before the next is sent, so a
+//! message that breaks the session is known exactly: those before it are confirmed,
+//! those after it were never sent. The thread stops when the [`Publisher`] is dropped.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -30,9 +32,20 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
+/// How a batch is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// All messages, then all confirms: thousands per second.
+    Batch,
+    /// Each message's confirm before the next message; stops at the first failure and
+    /// answers the rest [`Error::NotConnected`] (not sent).
+    OneByOne,
+}
+
 enum Command {
     Publish {
         messages: Vec<OutgoingMessage>,
+        pace: Pace,
         reply: oneshot::Sender<Vec<Result<(), Error>>>,
     },
     ReadyCounts {
@@ -70,10 +83,10 @@ impl Publisher {
     /// Publishes every message and waits for the broker's confirms. The result at
     /// index `i` says whether message `i` is safely in its queue. A message no AMQP
     /// message can carry is not sent at all ([`Error::Unpublishable`]).
-    pub async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<(), Error>> {
+    pub async fn publish_batch(&self, messages: Vec<OutgoingMessage>, pace: Pace) -> Vec<Result<(), Error>> {
         let refused: Vec<Option<String>> = messages.iter().map(OutgoingMessage::unpublishable).collect();
         if refused.iter().all(Option::is_none) {
-            return self.publish_sendable(messages).await;
+            return self.publish_sendable(messages, pace).await;
         }
         let sendable: Vec<OutgoingMessage> = messages
             .into_iter()
@@ -81,7 +94,7 @@ impl Publisher {
             .filter(|(_, refused)| refused.is_none())
             .map(|(m, _)| m)
             .collect();
-        let mut sent = self.publish_sendable(sendable).await.into_iter();
+        let mut sent = self.publish_sendable(sendable, pace).await.into_iter();
         refused
             .into_iter()
             .map(|refused| match refused {
@@ -91,13 +104,21 @@ impl Publisher {
             .collect()
     }
 
-    async fn publish_sendable(&self, messages: Vec<OutgoingMessage>) -> Vec<Result<(), Error>> {
+    async fn publish_sendable(&self, messages: Vec<OutgoingMessage>, pace: Pace) -> Vec<Result<(), Error>> {
         if messages.is_empty() {
             return Vec::new();
         }
         let count = messages.len();
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Publish { messages, reply }).is_err() {
+        if self
+            .commands
+            .send(Command::Publish {
+                messages,
+                pace,
+                reply,
+            })
+            .is_err()
+        {
             return vec![Err(Error::NotConnected); count];
         }
         answer
@@ -223,8 +244,15 @@ impl PublisherThread {
                 self.reconnect.wait()
             };
             match commands.recv_timeout(wait) {
-                Ok(Command::Publish { messages, reply }) => {
-                    let results = self.publish(&messages);
+                Ok(Command::Publish {
+                    messages,
+                    pace,
+                    reply,
+                }) => {
+                    let results = match pace {
+                        Pace::Batch => self.publish(&messages),
+                        Pace::OneByOne => self.publish_one_by_one(&messages),
+                    };
                     let _ = reply.send(results);
                 }
                 Ok(Command::ReadyCounts { destinations, reply }) => {
@@ -281,10 +309,18 @@ impl PublisherThread {
     }
 
     fn publish(&mut self, messages: &[OutgoingMessage]) -> Vec<Result<(), Error>> {
+        self.publish_within(messages, self.config.confirm_timeout)
+    }
+
+    fn publish_within(
+        &mut self,
+        messages: &[OutgoingMessage],
+        confirm_timeout: Duration,
+    ) -> Vec<Result<(), Error>> {
         let Some(session) = self.session.as_mut() else {
             return vec![Err(Error::NotConnected); messages.len()];
         };
-        let outcome = publish_confirmed(session, &self.topology, messages, self.config.confirm_timeout);
+        let outcome = publish_confirmed(session, &self.topology, messages, confirm_timeout);
         if let Some(reason) = outcome.reset_reason {
             self.drop_session(&reason);
         } else if outcome.nacked {
@@ -293,6 +329,27 @@ impl PublisherThread {
             }
         }
         outcome.results
+    }
+
+    /// Publishes each message alone, stopping at the first that is not confirmed. All of
+    /// it takes at most the confirm timeout; messages it leaves no time for are not sent.
+    fn publish_one_by_one(&mut self, messages: &[OutgoingMessage]) -> Vec<Result<(), Error>> {
+        let deadline = Instant::now() + self.config.confirm_timeout;
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut result = self.publish_within(std::slice::from_ref(message), left);
+            let failed = result.iter().any(Result::is_err);
+            results.append(&mut result);
+            if failed {
+                break;
+            }
+        }
+        results.resize(messages.len(), Err(Error::NotConnected));
+        results
     }
 }
 
@@ -379,11 +436,15 @@ fn publish_confirmed(
                 break;
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                reset_reason = Some("the connection closed while awaiting confirms".into());
+                // The channel's next call answers at once with why it closed (e.g. the
+                // broker's "501 FRAME_ERROR"), which the confirm stream does not carry.
+                let why = match session.channel.exchange_declare_passive(exchange.clone()) {
+                    Err(e) => format!("closed while awaiting confirms: {e}"),
+                    Ok(_) => "closed while awaiting confirms".to_string(),
+                };
+                reset_reason = Some(format!("the connection {why}"));
                 for result in results.iter_mut().filter(|r| r.is_none()) {
-                    *result = Some(Err(Error::ConnectionLost(
-                        "closed while awaiting confirms".into(),
-                    )));
+                    *result = Some(Err(Error::ConnectionLost(why.clone())));
                 }
                 break;
             }

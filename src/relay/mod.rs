@@ -6,8 +6,12 @@
 //! before the commit leaves the rows claimable: they are published again, and the
 //! worker's claim drops the duplicate. The relay never marks a row it did not see
 //! confirmed. It wakes on [`crate::wake`] (from ingest or admin in this process, or
-//! their `NOTIFY` from others) or on `relay.poll_interval`; a full batch is followed at once by the next. On
-//! shutdown it finishes (publishes and commits) the batch in hand, then stops.
+//! their `NOTIFY` from others) or on `relay.poll_interval`; a full batch is followed at
+//! once by the next. A row that breaks the broker session is found and set aside
+//! ([`isolate`]). On shutdown it finishes (publishes and commits) the batch in hand,
+//! then stops.
+
+mod isolate;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use crate::broker::{OutgoingMessage, Publisher, Topology};
 use crate::context::AppContext;
 use crate::db::deliveries::{self, DueDelivery};
 use crate::db::models::DeliveryStatus;
+use isolate::Isolation;
 
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -42,6 +47,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let relay = Relay {
         ctx: ctx.clone(),
         publisher,
+        isolation: std::sync::Mutex::default(),
     };
     let mut gauges_refreshed = Instant::now()
         .checked_sub(GAUGE_REFRESH)
@@ -68,7 +74,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             relay.refresh_gauges().await;
         }
         let wait = match turn {
-            Ok(turn) if turn.published == ctx.config.relay.batch_size => {
+            Ok(turn) if turn.published > 0 && turn.published == turn.claimed_up_to => {
                 error_delays = backoff();
                 continue;
             }
@@ -120,11 +126,15 @@ fn backoff() -> impl Iterator<Item = Duration> {
 struct Relay {
     ctx: Arc<AppContext>,
     publisher: Publisher,
+    /// Held only between awaits, never across one.
+    isolation: std::sync::Mutex<Isolation>,
 }
 
 /// What one turn did.
 #[derive(Debug, Default)]
 struct Turn {
+    /// The most rows the turn could claim.
+    claimed_up_to: usize,
     published: usize,
     failed: usize,
     postponed: usize,
@@ -162,7 +172,11 @@ impl Relay {
         let config = &self.ctx.config.relay;
         let query_timeout = self.ctx.config.database.query_timeout;
         let started = Instant::now();
-        let due = deliveries::claim_due(conn, config.batch_size).await?;
+        let (pace, limit) = {
+            let isolation = self.isolation.lock().expect("isolation lock");
+            (isolation.pace(), isolation.batch_size(config.batch_size))
+        };
+        let due = deliveries::claim_due(conn, limit).await?;
         let claimed_in = started.elapsed();
         if due.is_empty() {
             return Ok(Turn::default());
@@ -171,7 +185,7 @@ impl Relay {
         let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
         let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
         let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
-        let results = self.publisher.publish_batch(messages).await;
+        let results = self.publisher.publish_batch(messages, pace).await;
         let published_in = started.elapsed();
         watchdog.arm(query_timeout);
 
@@ -190,10 +204,20 @@ impl Relay {
                 }
             }
         }
+        let breaking = self
+            .isolation
+            .lock()
+            .expect("isolation lock")
+            .observe(&ids, &results);
+        if let Some((id, reason)) = breaking {
+            tracing::error!(delivery.id = %id, %reason, "delivery quarantined: it breaks the broker session");
+            quarantined.push((id, reason));
+        }
         deliveries::mark_queued(conn, &confirmed, config.requeue_after).await?;
         deliveries::postpone_queued(conn, &to_postpone, config.requeue_after).await?;
         deliveries::quarantine(conn, &quarantined).await?;
         let turn = Turn {
+            claimed_up_to: limit,
             published: confirmed.len(),
             failed: ids.len() - confirmed.len() - quarantined.len(),
             postponed: to_postpone.len(),

@@ -270,7 +270,9 @@ async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again()
                 body: d.payload.clone(),
             })
             .collect();
-        let results = publisher.publish_batch(messages).await;
+        let results = publisher
+            .publish_batch(messages, relayd::broker::Pace::Batch)
+            .await;
         if results.iter().all(Result::is_ok) {
             published = results;
         } else {
@@ -590,5 +592,74 @@ async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_publishe
         Duration::from_secs(5),
     )
     .await;
+    relayd.stop().await.unwrap();
+}
+
+/// A row that passes the relay's own check and still breaks the broker session each
+/// time it is published — here an event type of 6,000 bytes (stored before ingest
+/// checked its fields) sent to a node whose `frame_max` is 4,096, so its properties do
+/// not fit one frame and the broker closes the connection — is found by publishing it
+/// alone after a broken batch, and set aside as `quarantined` with the broker's words
+/// once its lone publish has broken a fresh session three times. Everything behind it is
+/// delivered. (Before: the relay published the same batch first in line forever and
+/// nothing was delivered.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_that_breaks_the_broker_session_when_published_is_quarantined_and_the_rest_flows() {
+    let port = crate::nodes::free_port();
+    let _node = crate::nodes::RabbitNode::start(|_| {
+        format!("listeners.tcp.default = {port}\nframe_max = 4096\nloopback_users = none\n")
+    });
+    let db = TestDb::migrated().await;
+    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    // Due before it and after it, in one batch.
+    let mut good = db
+        .seed_deliveries(10, "billing", "pending", "-30 seconds", None)
+        .await;
+    let bad = db
+        .seed_deliveries(1, "billing", "pending", "-20 seconds", None)
+        .await;
+    good.extend(
+        db.seed_deliveries(10, "billing", "pending", "-10 seconds", None)
+            .await,
+    );
+    let mut conn = db.connect().await;
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(format!(
+        "UPDATE events SET event_type = repeat('t', 6000) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
+        bad[0]
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut config = support::config(&db.url);
+    config.broker.url = relayd::config::Secret::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    config.broker.prefix = "poison".into();
+    config.relay.poll_interval = Duration::from_millis(200);
+    let mut destination = support::destination("billing", &[], &[]);
+    destination.url = relayd::config::Secret::new(sink.url.clone());
+    config.destinations = vec![destination];
+    let relayd = Relayd::start(config, &[Role::Relay, Role::Worker]).await;
+
+    sink.wait_for(good.len(), Duration::from_secs(30)).await;
+    db.wait_count(
+        &format!(
+            "SELECT count(*) FROM deliveries WHERE id = '{}' AND status = 'quarantined'",
+            bad[0]
+        ),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        db.statuses(&good).await,
+        vec!["delivered".to_string(); good.len()]
+    );
+    let reason = db
+        .count(&format!(
+            "SELECT count(*) FROM deliveries WHERE id = '{}' AND last_error LIKE '%broker session%FRAME_ERROR%'",
+            bad[0]
+        ))
+        .await;
+    assert_eq!(reason, 1, "the reason is recorded");
     relayd.stop().await.unwrap();
 }
