@@ -86,6 +86,10 @@ impl Default for DatabaseConfig {
 pub struct BrokerConfig {
     /// `amqp://user:password@host:port/vhost` (or `amqps://` with a hostname); may be `env:NAME`.
     pub url: Secret,
+    /// The nodes of a RabbitMQ cluster, each a URL like `url`; instead of `url`, never
+    /// beside it. Each process tries them from its own starting point (so replicas
+    /// spread out) and fails over to the next when a connection is lost.
+    pub urls: Vec<Secret>,
     /// Namespace for every exchange and queue, so tenants and tests never share one.
     pub prefix: String,
     /// Destination queues are `quorum` (replicated, the default) or `classic`.
@@ -105,11 +109,23 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
             prefix: "relayd".into(),
             queue_type: QueueType::Quorum,
             dead_letter_ttl: Duration::from_secs(7 * 24 * 3600),
             confirm_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The broker's nodes: `urls`, or the one `url`.
+    pub fn nodes(&self) -> &[Secret] {
+        if self.urls.is_empty() {
+            std::slice::from_ref(&self.url)
+        } else {
+            &self.urls
         }
     }
 }
@@ -533,16 +549,26 @@ impl Config {
                 config::Environment::with_prefix("RELAYD")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("broker.urls"),
             )
             .build()
             .map_err(|e| Error::File {
                 path: path_shown,
                 message: e.to_string(),
             })?;
+        // `broker.url` has a default, so only the layers can tell whether it was set.
+        let url_set = layered.get_string("broker.url").is_ok();
         let mut config: Config = layered
             .try_deserialize()
             .map_err(|e| Error::Parse(tidy_key_paths(&e.to_string())))?;
+        if url_set && !config.broker.urls.is_empty() {
+            return Err(invalid(
+                "broker.urls",
+                "set beside broker.url; give one node as broker.url or all nodes as broker.urls",
+            ));
+        }
         config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
@@ -551,6 +577,9 @@ impl Config {
     fn resolve_secrets(&mut self) -> Result<(), Error> {
         self.database.url.resolve("database.url")?;
         self.broker.url.resolve("broker.url")?;
+        for (i, url) in self.broker.urls.iter_mut().enumerate() {
+            url.resolve(&format!("broker.urls[{i}]"))?;
+        }
         if let Some(token) = &mut self.ops.admin_token {
             token.resolve("ops.admin_token")?;
         }
@@ -570,12 +599,11 @@ impl Config {
 
     /// Checks what serde cannot: URLs, names, references between sections.
     pub fn validate(&self) -> Result<(), Error> {
-        check_url(
-            "database.url",
-            self.database.url.expose(),
-            &["postgres", "postgresql"],
-        )?;
+        crate::db::check_url(self.database.url.expose()).map_err(|e| invalid("database.url", e))?;
         check_url("broker.url", self.broker.url.expose(), &["amqp", "amqps"])?;
+        for (i, url) in self.broker.urls.iter().enumerate() {
+            check_url(&format!("broker.urls[{i}]"), url.expose(), &["amqp", "amqps"])?;
+        }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
@@ -720,6 +748,10 @@ impl Config {
             if let Some(toml::Value::Table(t)) = table.get_mut(section) {
                 t.insert("url".into(), shown(url));
             }
+        }
+        if let Some(toml::Value::Table(broker)) = table.get_mut("broker") {
+            let urls = self.broker.urls.iter().map(shown).collect();
+            broker.insert("urls".into(), toml::Value::Array(urls));
         }
         if let Some(toml::Value::Array(shown_destinations)) = table.get_mut("destinations") {
             for (t, destination) in shown_destinations.iter_mut().zip(&self.destinations) {
@@ -963,6 +995,40 @@ mod tests {
         let shown = redact_url("https://h.example/in?token=t0k&x=1");
         assert_eq!(shown, "https://h.example/in?token=redacted&x=redacted");
         assert_eq!(redact_url("postgres://a:b@h1:5432,h2:5433/db"), REDACTED);
+    }
+
+    fn load_toml(text: &str) -> Result<Config, Error> {
+        let path = std::env::temp_dir().join(format!("relayd-config-{}.toml", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&path, text).unwrap();
+        let loaded = Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn broker_urls_name_the_nodes_and_are_refused_beside_broker_url() {
+        let config = load_toml(
+            "[broker]\nurls = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f\", \"amqps://c:5671/%2f\"]\n",
+        )
+        .unwrap();
+        let nodes: Vec<&str> = config.broker.nodes().iter().map(Secret::expose).collect();
+        assert_eq!(
+            nodes,
+            ["amqp://a:5672/%2f", "amqp://b:5672/%2f", "amqps://c:5671/%2f"]
+        );
+        let one = load_toml("[broker]\nurl = \"amqp://only:5672/%2f\"\n").unwrap();
+        let nodes: Vec<&str> = one.broker.nodes().iter().map(Secret::expose).collect();
+        assert_eq!(nodes, ["amqp://only:5672/%2f"]);
+        let both = load_toml("[broker]\nurl = \"amqp://a:5672/%2f\"\nurls = [\"amqp://b:5672/%2f\"]\n");
+        assert!(
+            matches!(&both, Err(Error::Invalid { key, .. }) if key == "broker.urls"),
+            "{both:?}"
+        );
+        let bad = load_toml("[broker]\nurls = [\"amqp://a:5672/%2f\", \"http://b/\"]\n");
+        assert!(
+            matches!(&bad, Err(Error::Invalid { key, .. }) if key == "broker.urls[1]"),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabel {
     component: String,
+    /// `host:port` of the node it is (or was last) connected to; empty before any.
+    node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,10 +223,15 @@ impl Metrics {
 
     /// The text exposition (OpenMetrics), with broker state read from `health` now.
     pub fn encode(&self, health: &Health) -> String {
-        for (component, up) in health.components() {
+        // A component that moved to another node leaves no series behind for the old one.
+        self.broker_connected.clear();
+        for state in health.components() {
             self.broker_connected
-                .get_or_create(&ComponentLabel { component })
-                .set(i64::from(up));
+                .get_or_create(&ComponentLabel {
+                    component: state.component,
+                    node: state.node.unwrap_or_default(),
+                })
+                .set(i64::from(state.connected));
         }
         let mut text = String::new();
         // Writing to a String cannot fail.

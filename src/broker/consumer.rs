@@ -105,9 +105,9 @@ impl Consumer {
         let (to_async, messages) = mpsc::unbounded_channel();
         let (commands, command_rx) = crossbeam_channel::unbounded();
         let component = format!("consumer:{destination}");
-        health.set(&component, false);
+        health.disconnected(&component);
         let thread = ConsumerThread {
-            config: config.clone(),
+            nodes: session::Nodes::new(config),
             queue: topology.queue(destination),
             topology,
             prefetch,
@@ -146,7 +146,8 @@ impl Consumer {
 }
 
 struct ConsumerThread {
-    config: BrokerConfig,
+    /// Where to connect next.
+    nodes: session::Nodes,
     topology: Topology,
     queue: String,
     prefetch: u16,
@@ -174,13 +175,15 @@ impl ConsumerThread {
                 Ok(Ended::Lost(reason)) => {
                     tracing::warn!(queue = %self.queue, %reason, "consumer lost its broker connection; reconnecting");
                     reconnect.lost();
+                    self.nodes.lost();
                 }
                 Err(e) => {
+                    self.nodes.lost();
                     let delay = reconnect.failed();
                     tracing::warn!(queue = %self.queue, error = %e, retry_in = ?delay, "consumer cannot connect to the broker");
                 }
             }
-            self.health.set(&self.component, false);
+            self.health.disconnected(&self.component);
             // Wait until the next try is due, but stop at once if asked to. Settlements
             // of the lost connection's messages are stale: the broker redelivers them.
             while !reconnect.due() {
@@ -192,14 +195,16 @@ impl ConsumerThread {
                 }
             }
         }
-        self.health.set(&self.component, false);
+        self.health.disconnected(&self.component);
     }
 
     /// One connection's life: connect, consume until lost or stopped, close.
     fn consume_once(&mut self, reconnect: &mut session::Reconnect) -> Result<Ended, String> {
-        let mut connection = session::connect(&self.config)?;
+        let (mut connection, node) = self.nodes.connect()?;
         let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
-        self.topology.declare(&channel).map_err(|e| e.to_string())?;
+        self.topology
+            .declare(&mut connection, &channel)
+            .map_err(|e| e.to_string())?;
         // Prefetch bounds unacknowledged messages on this channel: it is the
         // destination's `max_in_flight`, since a message stays unacked until its outcome
         // is recorded.
@@ -210,8 +215,8 @@ impl ConsumerThread {
             .map_err(|e| e.to_string())?;
         self.generation += 1;
         reconnect.connected();
-        self.health.set(&self.component, true);
-        tracing::info!(queue = %self.queue, prefetch = self.prefetch, "consuming");
+        self.health.connected(&self.component, &node);
+        tracing::info!(queue = %self.queue, prefetch = self.prefetch, %node, "consuming");
 
         let mut unsettled: HashMap<u64, Delivery> = HashMap::new();
         let mut stop_deadline: Option<Instant> = None;

@@ -102,10 +102,26 @@ pub mod headers {
 /// Connection state of this process's broker threads, for `/readyz` and metrics.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Each component, with since when it has been disconnected (`None`: connected).
-    components: std::sync::Mutex<BTreeMap<String, Option<Instant>>>,
+    components: std::sync::Mutex<BTreeMap<String, Component>>,
     /// Whether any component has ever registered (roles without a broker never do).
     used: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Component {
+    /// Since when it has been disconnected (`None`: connected).
+    down_since: Option<Instant>,
+    /// The node (`host:port`) of its current or last connection.
+    node: Option<String>,
+}
+
+/// One broker thread's state, as `/readyz` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentState {
+    pub component: String,
+    pub connected: bool,
+    /// The node of its current connection, or of its last one while disconnected.
+    pub node: Option<String>,
 }
 
 impl Health {
@@ -113,17 +129,32 @@ impl Health {
         Arc::new(Self::default())
     }
 
-    /// Records whether `component` (e.g. `publisher`) is connected.
-    pub fn set(&self, component: &str, connected: bool) {
+    /// Records that `component` (e.g. `publisher`) is not connected.
+    pub fn disconnected(&self, component: &str) {
+        self.update(component, |state| {
+            // Only the first report of an outage starts its clock.
+            state.down_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    /// Records that `component` is connected to `node`.
+    pub fn connected(&self, component: &str, node: &str) {
+        self.update(component, |state| {
+            state.down_since = None;
+            state.node = Some(node.to_string());
+        });
+    }
+
+    fn update(&self, component: &str, change: impl FnOnce(&mut Component)) {
         self.used.store(true, Ordering::Relaxed);
         if let Ok(mut components) = self.components.lock() {
-            let state = components.entry(component.to_string()).or_insert(None);
-            if connected {
-                *state = None;
-            } else {
-                // Only the first report of an outage starts its clock.
-                state.get_or_insert_with(Instant::now);
-            }
+            let state = components
+                .entry(component.to_string())
+                .or_insert_with(|| Component {
+                    down_since: Some(Instant::now()),
+                    node: None,
+                });
+            change(state);
         }
     }
 
@@ -133,20 +164,24 @@ impl Health {
             .lock()
             .map(|c| {
                 c.iter()
-                    .filter_map(|(name, since)| Some((name.clone(), since.as_ref()?.elapsed())))
+                    .filter_map(|(name, state)| Some((name.clone(), state.down_since.as_ref()?.elapsed())))
                     .filter(|(_, down)| *down > stall)
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Every component with whether it is connected.
-    pub fn components(&self) -> Vec<(String, bool)> {
+    /// Every component with whether it is connected, and to which node.
+    pub fn components(&self) -> Vec<ComponentState> {
         self.components
             .lock()
             .map(|c| {
                 c.iter()
-                    .map(|(name, down)| (name.clone(), down.is_none()))
+                    .map(|(name, state)| ComponentState {
+                        component: name.clone(),
+                        connected: state.down_since.is_none(),
+                        node: state.node.clone(),
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -161,7 +196,7 @@ impl Health {
         let components = self.components.lock().ok()?;
         let down: Vec<String> = components
             .iter()
-            .filter(|(_, down)| down.is_some())
+            .filter(|(_, state)| state.down_since.is_some())
             .map(|(name, _)| name.clone())
             .collect();
         Some(if down.is_empty() { Ok(()) } else { Err(down) })

@@ -66,8 +66,9 @@ impl Publisher {
     /// publish fails with [`Error::NotConnected`].
     pub fn start(config: &BrokerConfig, topology: Topology, health: Arc<Health>) -> std::io::Result<Self> {
         let (commands, receiver) = mpsc::channel();
-        health.set(COMPONENT, false);
+        health.disconnected(COMPONENT);
         let worker = PublisherThread {
+            nodes: session::Nodes::new(config),
             config: config.clone(),
             topology,
             health,
@@ -149,16 +150,23 @@ struct Session {
 }
 
 impl Session {
-    fn open(config: &BrokerConfig, topology: &Topology) -> Result<Self, String> {
-        let mut connection = session::connect(config)?;
-        let (channel, confirms, returns) = confirm_channel(&mut connection, topology)?;
-        Ok(Self {
-            channel,
-            confirms,
-            returns,
-            next_tag: 1,
-            connection,
-        })
+    /// Opens a session on the next node that answers; returns it with that node.
+    fn open(nodes: &mut session::Nodes, topology: &Topology) -> Result<(Self, String), String> {
+        let (mut connection, node) = nodes.connect()?;
+        let (channel, confirms, returns) = confirm_channel(&mut connection, topology).map_err(|e| {
+            nodes.lost();
+            format!("{node}: {e}")
+        })?;
+        Ok((
+            Self {
+                channel,
+                confirms,
+                returns,
+                next_tag: 1,
+                connection,
+            },
+            node,
+        ))
     }
 
     /// Replaces the channel with a fresh one on the same connection. RabbitMQ remembers
@@ -199,7 +207,9 @@ fn confirm_channel(
     String,
 > {
     let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
-    topology.declare(&channel).map_err(|e| e.to_string())?;
+    topology
+        .declare(connection, &channel)
+        .map_err(|e| e.to_string())?;
     // amiquip requires listening before confirm mode is enabled.
     let confirms = channel
         .listen_for_publisher_confirms()
@@ -211,6 +221,8 @@ fn confirm_channel(
 
 struct PublisherThread {
     config: BrokerConfig,
+    /// Where to connect next.
+    nodes: session::Nodes,
     topology: Topology,
     health: Arc<Health>,
     session: Option<Session>,
@@ -222,11 +234,11 @@ impl PublisherThread {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
         loop {
             if self.session.is_none() && self.reconnect.due() {
-                match Session::open(&self.config, &self.topology) {
-                    Ok(session) => {
-                        tracing::info!(exchange = %self.topology.exchange(), "publisher connected to the broker");
+                match Session::open(&mut self.nodes, &self.topology) {
+                    Ok((session, node)) => {
+                        tracing::info!(exchange = %self.topology.exchange(), %node, "publisher connected to the broker");
                         self.session = Some(session);
-                        self.health.set(COMPONENT, true);
+                        self.health.connected(COMPONENT, &node);
                         self.reconnect.connected();
                     }
                     Err(e) => {
@@ -265,15 +277,16 @@ impl PublisherThread {
         if let Some(session) = self.session.take() {
             session.close();
         }
-        self.health.set(COMPONENT, false);
+        self.health.disconnected(COMPONENT);
     }
 
     fn drop_session(&mut self, reason: &str) {
         if let Some(session) = self.session.take() {
             tracing::warn!(reason, "publisher lost its broker session; reconnecting");
-            self.health.set(COMPONENT, false);
+            self.health.disconnected(COMPONENT);
             session.close();
             self.reconnect.lost();
+            self.nodes.lost();
         }
     }
 

@@ -11,45 +11,69 @@ use crate::config::BrokerConfig;
 /// How long a TCP connect plus AMQP handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens a connection: heartbeats (`broker.heartbeat`, or the URL's `heartbeat`), a
-/// connect timeout, and TCP_NODELAY. amiquip opens its own sockets without NODELAY, and
-/// then a worker's stream of small ack frames meets the broker's delayed ACKs: Nagle
-/// holds each ack up to 40 ms, which capped deliveries at about one prefetch window per
-/// 40–60 ms. So relayd connects the socket itself and hands it to amiquip.
-/// `amqps://` URLs use TLS and need a hostname; the server's certificate is checked
-/// against the system's roots, or against the CA in the URL's `cacertfile` (as in
-/// RabbitMQ's URI spec).
-pub(super) fn connect(config: &BrokerConfig) -> Result<Connection, String> {
-    let target = Target::parse(config.url.expose(), config.heartbeat)?;
-    let stream = target.tcp_stream()?;
-    let options = ConnectionOptions::default()
-        .auth(Auth::Plain {
-            username: target.username.clone(),
-            password: target.password.clone(),
-        })
-        .virtual_host(target.vhost.clone())
-        .heartbeat(target.heartbeat)
-        .connection_timeout(Some(CONNECT_TIMEOUT));
-    let connection = if target.tls {
-        let mut connector = native_tls::TlsConnector::builder();
-        if let Some(path) = &target.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("reading cacertfile {path}: {e}"))?;
-            let ca = native_tls::Certificate::from_pem(&pem)
-                .map_err(|e| format!("cacertfile {path} is not a PEM certificate: {e}"))?;
-            connector.add_root_certificate(ca);
+/// The broker's nodes as one thread walks them: from this process's starting node
+/// (a random rotation of `broker.urls`, the same for every thread of the process, so
+/// replicas spread over the nodes while one process's connections share one), on to
+/// the next after a connection is lost or a node does not answer.
+pub(super) struct Nodes {
+    urls: Vec<String>,
+    heartbeat: Duration,
+    /// Index (into `urls`) of the node tried first next time.
+    next: usize,
+    /// Index of the node the current connection is on.
+    current: Option<usize>,
+}
+
+/// This process's rotation of the node list, drawn once.
+fn process_offset() -> usize {
+    static OFFSET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| rand::random::<u32>() as usize)
+}
+
+impl Nodes {
+    pub(super) fn new(config: &BrokerConfig) -> Self {
+        let urls: Vec<String> = config
+            .nodes()
+            .iter()
+            .map(|url| url.expose().to_string())
+            .collect();
+        let next = process_offset() % urls.len().max(1);
+        Self {
+            urls,
+            heartbeat: config.heartbeat,
+            next,
+            current: None,
         }
-        let connector = connector.build().map_err(|e| format!("TLS setup: {e}"))?;
-        Connection::open_tls_stream(
-            connector,
-            &target.host,
-            stream,
-            options,
-            ConnectionTuning::default(),
-        )
-    } else {
-        Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
-    };
-    connection.map_err(|e| e.to_string())
+    }
+
+    /// Connects to the first node that answers, starting from the next in turn.
+    /// Returns the connection and the node's `host:port` (never credentials).
+    pub(super) fn connect(&mut self) -> Result<(Connection, String), String> {
+        let mut errors = Vec::new();
+        for step in 0..self.urls.len() {
+            let i = (self.next + step) % self.urls.len();
+            let target = Target::parse(&self.urls[i], self.heartbeat)?;
+            let node = format!("{}:{}", target.host, target.port);
+            match target.open() {
+                Ok(connection) => {
+                    self.current = Some(i);
+                    self.next = i;
+                    return Ok((connection, node));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        // Next time, start past the first node tried now.
+        self.next = (self.next + 1) % self.urls.len().max(1);
+        Err(errors.join("; "))
+    }
+
+    /// The connection was lost: the next try starts at the node after it.
+    pub(super) fn lost(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.next = (i + 1) % self.urls.len();
+        }
+    }
 }
 
 /// Where and how to connect, from an `amqp://` or `amqps://` URL.
@@ -112,6 +136,47 @@ impl Target {
             heartbeat,
             ca_file,
         })
+    }
+
+    /// Opens a connection: heartbeats (`broker.heartbeat`, or the URL's `heartbeat`), a
+    /// connect timeout, and TCP_NODELAY. amiquip opens its own sockets without NODELAY,
+    /// and then a worker's stream of small ack frames meets the broker's delayed ACKs:
+    /// Nagle holds each ack up to 40 ms, which capped deliveries at about one prefetch
+    /// window per 40–60 ms. So relayd connects the socket itself and hands it to
+    /// amiquip. `amqps://` URLs use TLS and need a hostname; the server's certificate is
+    /// checked against the system's roots, or against the CA in the URL's `cacertfile`
+    /// (as in RabbitMQ's URI spec).
+    fn open(&self) -> Result<Connection, String> {
+        let stream = self.tcp_stream()?;
+        let options = ConnectionOptions::default()
+            .auth(Auth::Plain {
+                username: self.username.clone(),
+                password: self.password.clone(),
+            })
+            .virtual_host(self.vhost.clone())
+            .heartbeat(self.heartbeat)
+            .connection_timeout(Some(CONNECT_TIMEOUT));
+        let connection = if self.tls {
+            let mut connector = native_tls::TlsConnector::builder();
+            if let Some(path) = &self.ca_file {
+                let pem = std::fs::read(path).map_err(|e| format!("reading cacertfile {path}: {e}"))?;
+                let ca = native_tls::Certificate::from_pem(&pem)
+                    .map_err(|e| format!("cacertfile {path} is not a PEM certificate: {e}"))?;
+                connector.add_root_certificate(ca);
+            }
+            let connector = connector.build().map_err(|e| format!("TLS setup: {e}"))?;
+            Connection::open_tls_stream(
+                connector,
+                &self.host,
+                stream,
+                options,
+                ConnectionTuning::default(),
+            )
+        } else {
+            Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
+        };
+        let at = format!("{}:{}", self.host, self.port);
+        connection.map_err(|e| format!("{at}: {e}"))
     }
 
     /// A connected, non-blocking socket with TCP_NODELAY, as amiquip's I/O loop wants it.

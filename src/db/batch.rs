@@ -115,9 +115,26 @@ pub struct Options {
     pub max_batch: usize,
     /// Statements in flight at once: while one runs, the next batch forms.
     pub tasks: usize,
-    /// Waits before each retry of a statement the database was unavailable for; empty
-    /// to answer the failure at once.
-    pub retry: Vec<Duration>,
+    /// When a statement the database was unavailable for is tried again.
+    pub retry: Retry,
+}
+
+/// Retries of a statement the database was unavailable for.
+#[derive(Debug, Clone, Default)]
+pub struct Retry {
+    /// Waits before each retry; empty to answer the failure at once.
+    pub delays: Vec<Duration>,
+    /// No retry starts later than this after the first try began.
+    pub within: Option<Duration>,
+}
+
+impl Retry {
+    pub fn delays(delays: impl IntoIterator<Item = Duration>) -> Self {
+        Self {
+            delays: delays.into_iter().collect(),
+            within: None,
+        }
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, BatchError>>;
@@ -197,7 +214,7 @@ async fn run<S: Statement>(shared: Arc<(S, Options)>, receiver: Queue<S>, stop: 
 async fn settle<S: Statement>(
     statement: &S,
     items: &[S::Item],
-    retry: &[Duration],
+    retry: &Retry,
     stop: &CancellationToken,
 ) -> Vec<Result<S::Output, BatchError>> {
     let mut results: Vec<Option<Result<S::Output, BatchError>>> = (0..items.len()).map(|_| None).collect();
@@ -249,12 +266,19 @@ async fn settle<S: Statement>(
 async fn retrying<S: Statement>(
     statement: &S,
     items: &[S::Item],
-    retry: &[Duration],
+    retry: &Retry,
     stop: &CancellationToken,
 ) -> Result<Vec<S::Output>, BatchError> {
-    let mut delays = retry.iter();
+    let started = tokio::time::Instant::now();
+    let mut delays = retry.delays.iter();
     loop {
-        match (statement.run(items).await, delays.next()) {
+        let result = statement.run(items).await;
+        let next = delays.next().filter(|delay| {
+            retry
+                .within
+                .is_none_or(|within| started.elapsed() + **delay <= within)
+        });
+        match (result, next) {
             (Err(BatchError::Unavailable(e)), Some(delay)) => {
                 tracing::debug!(error = %e, retry_in = ?delay, "{} failed; retrying", S::WHAT);
                 tokio::select! {
@@ -317,7 +341,7 @@ mod tests {
         Options {
             max_batch: 64,
             tasks: 1,
-            retry,
+            retry: Retry::delays(retry),
         }
     }
 
@@ -326,7 +350,13 @@ mod tests {
         items: &[i64],
         retry: &[Duration],
     ) -> Vec<Result<i64, BatchError>> {
-        settle(statement, items, retry, &CancellationToken::new()).await
+        settle(
+            statement,
+            items,
+            &Retry::delays(retry.to_vec()),
+            &CancellationToken::new(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -396,6 +426,24 @@ mod tests {
         assert_eq!(results, vec![Ok(2), Ok(4), Ok(6), Ok(8)]);
         let runs = statement.runs.lock().unwrap().clone();
         assert_eq!(runs, vec![vec![1, 2, 3, 4]; 3]);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_when_the_next_would_start_past_the_time_allowed() {
+        let statement = Doubling {
+            outages: AtomicUsize::new(1000),
+            ..Doubling::default()
+        };
+        let retry = Retry {
+            delays: vec![Duration::from_millis(20); 1000],
+            within: Some(Duration::from_millis(100)),
+        };
+        let started = std::time::Instant::now();
+        let results = settle(&statement, &[1], &retry, &CancellationToken::new()).await;
+        assert!(matches!(results[0], Err(BatchError::Unavailable(_))));
+        let runs = statement.runs.lock().unwrap().len();
+        assert!((4..=6).contains(&runs), "{runs} tries in 100 ms at 20 ms apart");
+        assert!(started.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]

@@ -40,6 +40,41 @@ pub async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
     AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 
+/// Checks `url` as [`connect`] reads it: a `postgres://` or `postgresql://` URL with at
+/// least one host, the multi-host form (`h1:5432,h2:5433`, `target_session_attrs`)
+/// included.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("scheme must be one of postgres, postgresql".into());
+    }
+    let (url, _) = split_tls(url)?;
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("not a valid URL: {e}"))?;
+    if config.get_hosts().is_empty() {
+        return Err("URL has no host".into());
+    }
+    Ok(())
+}
+
+/// `url` with its database name replaced by `name`, and the name it had (empty when
+/// none): for the multi-host form too, which `url::Url` cannot parse.
+pub fn with_database(url: &str, name: &str) -> Option<(String, String)> {
+    let after_scheme = url.find("://")? + 3;
+    let rest = &url[after_scheme..];
+    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(path_start);
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let old = path.trim_start_matches('/').to_string();
+    let mut new = format!("{}{authority}/{name}", &url[..after_scheme]);
+    if let Some(query) = query {
+        new.push('?');
+        new.push_str(query);
+    }
+    Some((new, old))
+}
+
 /// `url` without the TLS options relayd handles itself (with `sslmode` set to what
 /// tokio-postgres does for it), and those options.
 fn split_tls(url: &str) -> Result<(String, Tls), String> {
@@ -126,5 +161,26 @@ mod tests {
             }
         );
         assert!(split_tls("postgres://h/db?sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn multi_host_urls_are_valid_and_keep_their_hosts_when_the_database_changes() {
+        let url = "postgres://u:p@h1:5432,h2:5433/relayd?target_session_attrs=read-write&sslmode=verify-full";
+        assert_eq!(check_url(url), Ok(()));
+        assert_eq!(check_url("postgres://u@h/db"), Ok(()));
+        assert!(check_url("http://h/db").is_err());
+        assert!(check_url("postgres://h:notaport/db").is_err());
+        assert_eq!(
+            with_database(url, "postgres"),
+            Some((
+                "postgres://u:p@h1:5432,h2:5433/postgres?target_session_attrs=read-write&sslmode=verify-full"
+                    .to_string(),
+                "relayd".to_string()
+            ))
+        );
+        assert_eq!(
+            with_database("postgres://h", "postgres"),
+            Some(("postgres://h/postgres".to_string(), String::new()))
+        );
     }
 }

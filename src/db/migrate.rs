@@ -67,16 +67,16 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<bool> {
         Ok(_) => return Ok(false),
         Err(e) => e,
     };
-    let mut url = url::Url::parse(database_url).context("parsing database.url")?;
-    let name = percent_encoding::percent_decode_str(url.path().trim_start_matches('/'))
+    let (admin_url, name) =
+        super::connect::with_database(database_url, "postgres").context("parsing database.url")?;
+    let name = percent_encoding::percent_decode_str(&name)
         .decode_utf8()
         .context("database name in database.url is not UTF-8")?
         .into_owned();
     if name.is_empty() || name == "postgres" {
         return Err(connect_error).context("connecting to the database");
     }
-    url.set_path("/postgres");
-    let Ok(mut admin) = super::connect(url.as_str()).await else {
+    let Ok(mut admin) = super::connect(&admin_url).await else {
         return Err(connect_error).context("connecting to the database");
     };
     let exists = diesel::sql_query("SELECT 1 FROM pg_database WHERE datname = $1")

@@ -22,7 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt;
 
 use crate::config::DatabaseConfig;
-pub use connect::connect;
+pub use connect::{check_url, connect};
 
 /// The pool every role of a process shares.
 pub type DbPool = Pool<AsyncPgConnection>;

@@ -20,7 +20,7 @@ pub mod verify;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
@@ -76,9 +76,16 @@ pub async fn run(
         batch::Options {
             max_batch: MAX_BATCH,
             tasks: COMMITTERS,
-            // A provider retries a 503 itself; holding its request would only pile
-            // more of them up while the database is away.
-            retry: Vec::new(),
+            // A primary that went away (restart, failover) is given until
+            // `database.connect_timeout` to be back before the provider is answered 503
+            // (it retries that itself; holding its request longer would only pile more
+            // of them up while the database is away).
+            retry: batch::Retry {
+                delays: crate::retry::backoff(Duration::from_millis(50), Duration::from_secs(1))
+                    .take(64)
+                    .collect(),
+                within: Some(ctx.config.database.connect_timeout),
+            },
         },
         committers_stop.clone(),
     );

@@ -115,10 +115,23 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
             );
         }
     }
+    // Which broker node each connection is on (or was last on, while disconnected).
+    let nodes: serde_json::Map<String, serde_json::Value> = ctx
+        .broker_health
+        .components()
+        .into_iter()
+        .map(|state| {
+            (
+                state.component,
+                state.node.map_or(serde_json::Value::Null, Into::into),
+            )
+        })
+        .collect();
     if ready {
-        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
+        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "broker_nodes": nodes }))
     } else {
         tracing::warn!(checks = %serde_json::Value::Object(checks.clone()), "not ready");
-        HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "checks": checks }))
+        HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "checks": checks, "broker_nodes": nodes }))
     }
 }

@@ -57,9 +57,9 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let options = batch::Options {
         max_batch: MAX_BATCH,
         tasks: 1,
-        retry: crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(2))
-            .take(6)
-            .collect(),
+        retry: batch::Retry::delays(
+            crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(2)).take(6),
+        ),
     };
     let timeout = config.database.query_timeout;
     let pool = ctx.relaxed_pool.clone();

@@ -13,6 +13,9 @@
 #[path = "../it/child.rs"]
 mod child;
 #[allow(dead_code)]
+#[path = "../it/nodes.rs"]
+mod nodes;
+#[allow(dead_code)]
 #[path = "../it/sink.rs"]
 mod sink;
 #[allow(dead_code)]
@@ -20,6 +23,7 @@ mod sink;
 mod support;
 
 mod broker;
+mod cluster;
 mod database;
 mod harness;
 mod process;

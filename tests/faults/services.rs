@@ -205,8 +205,6 @@ pub fn postgres_restart() {
 }
 
 /// Runs a service command off the runtime's threads (they keep relayd and the load going).
-pub async fn blocking(command: fn()) {
-    tokio::task::spawn_blocking(command)
-        .await
-        .expect("service command");
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("blocking work")
 }

@@ -20,7 +20,7 @@ fn options() -> Options {
     Options {
         max_batch: 128,
         tasks: 1,
-        retry: Vec::new(),
+        retry: relayd::db::batch::Retry::default(),
     }
 }
 

@@ -11,6 +11,8 @@ mod deploy;
 mod hostile;
 mod ingest;
 mod migrations;
+// Shared with the `faults` binary (the cluster); this one uses a part.
+#[allow(dead_code)]
 mod nodes;
 mod ops;
 mod process;

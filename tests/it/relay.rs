@@ -199,6 +199,64 @@ async fn an_unreachable_broker_keeps_rows_pending_and_readyz_names_the_publisher
     relayd.stop().await.unwrap();
 }
 
+/// `broker.urls` with nodes that refuse connections: whichever node a process starts
+/// at, its publisher and consumer end up on the one that answers, and `/readyz` and
+/// `relayd_broker_connected` name that node.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_urls_connect_to_the_node_that_answers_and_readyz_names_it() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let mut config = config(&db, &broker, &["billing"]);
+    config.destinations[0].url = relayd::config::Secret::new(sink.url.clone());
+    // Two of three refuse: most processes start at one of those and must move on.
+    config.broker.urls = [
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        support::BROKER_URL,
+        "amqp://guest:guest@127.0.0.1:2/%2f",
+    ]
+    .into_iter()
+    .map(relayd::config::Secret::new)
+    .collect();
+    let relayd = Relayd::start(config, &[Role::Ingest, Role::Relay, Role::Worker]).await;
+    relayd.wait_ready().await;
+    let body = stripe_event("evt_two_nodes", "invoice.paid");
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post_stripe(&client, &relayd.url("/webhooks/stripe"), &body)
+            .await
+            .status(),
+        200
+    );
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    let live = support::BROKER_URL
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let readyz: serde_json::Value = client
+        .get(relayd.ops_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(readyz["broker_nodes"]["publisher"], live, "{readyz}");
+    assert_eq!(readyz["broker_nodes"]["consumer:billing"], live, "{readyz}");
+    let metrics = client
+        .get(relayd.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("relayd_broker_connected{{component=\"publisher\",node=\"{live}\"}} 1");
+    assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    relayd.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_relays_on_one_database_publish_each_due_row_once() {
     let db = TestDb::migrated().await;
@@ -606,9 +664,8 @@ async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_publishe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_that_breaks_the_broker_session_when_published_is_quarantined_and_the_rest_flows() {
     let port = crate::nodes::free_port();
-    let _node = crate::nodes::RabbitNode::start(|_| {
-        format!("listeners.tcp.default = {port}\nframe_max = 4096\nloopback_users = none\n")
-    });
+    let _node =
+        crate::nodes::RabbitNode::start(|_| format!("listeners.tcp.default = {port}\nframe_max = 4096\n"));
     let db = TestDb::migrated().await;
     let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
     // Due before it and after it, in one batch.
