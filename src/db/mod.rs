@@ -140,6 +140,50 @@ pub async fn bounded<T>(
     watched(conn, timeout, async |conn, _| work(conn).await).await
 }
 
+/// True for the error of a write on a server that is (now) read-only: a primary fenced
+/// or demoted in a switchover. Its connection must not be reused — every later write
+/// on it fails the same way — while a new one finds the writable server
+/// (`target_session_attrs=read-write` in a multi-host `database.url`).
+pub fn is_read_only(error: &diesel::result::Error) -> bool {
+    matches!(
+        error,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ReadOnlyTransaction, _)
+    )
+}
+
+/// Whether a connection whose work ended with `outcome` must be closed rather than
+/// returned to the pool.
+pub trait Discards {
+    fn discards_connection(&self) -> bool;
+}
+
+impl<T> Discards for diesel::QueryResult<T> {
+    fn discards_connection(&self) -> bool {
+        self.as_ref().err().is_some_and(is_read_only)
+    }
+}
+
+impl<T> Discards for anyhow::Result<T> {
+    fn discards_connection(&self) -> bool {
+        self.as_ref().err().is_some_and(|e| {
+            e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<diesel::result::Error>()
+                    .is_some_and(is_read_only)
+            })
+        })
+    }
+}
+
+/// [`bounded`] for work whose outcome may condemn its connection ([`Discards`]).
+pub async fn bounded_discarding<T: Discards>(
+    conn: PooledConnection,
+    timeout: Duration,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> T,
+) -> Result<T, TimedOut> {
+    watched_discarding(conn, timeout, async |conn, _| work(conn).await).await
+}
+
 /// Checks a connection out of `pool` and runs `work` on it under [`bounded`]: the
 /// usual shape of one short piece of database work. Every failure (no connection, no
 /// answer in time, the work's own error) comes back as its message.
@@ -188,9 +232,27 @@ impl Watchdog {
 /// the [`Watchdog`] at the start of each later one. The work is abandoned, and its
 /// connection closed, as soon as a phase overruns, not when the longest total would.
 pub async fn watched<T>(
+    conn: PooledConnection,
+    first: Duration,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
+) -> Result<T, TimedOut> {
+    watched_then(conn, first, work, |_| false).await
+}
+
+/// [`watched`] for work whose outcome may condemn its connection ([`Discards`]).
+pub async fn watched_discarding<T: Discards>(
+    conn: PooledConnection,
+    first: Duration,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
+) -> Result<T, TimedOut> {
+    watched_then(conn, first, work, Discards::discards_connection).await
+}
+
+async fn watched_then<T>(
     mut conn: PooledConnection,
     first: Duration,
     work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
+    discard: impl FnOnce(&T) -> bool,
 ) -> Result<T, TimedOut> {
     let watchdog = Watchdog::new(first);
     let outcome = {
@@ -209,9 +271,10 @@ pub async fn watched<T>(
             }
         }
     };
-    if outcome.is_err() {
-        drop(Object::take(conn));
+    if outcome.as_ref().is_ok_and(|value| !discard(value)) {
+        return outcome;
     }
+    drop(Object::take(conn));
     outcome
 }
 

@@ -224,3 +224,40 @@ async fn postgres_primary_lost_and_standby_promoted_under_load_nothing_accepted_
         "answers were 200 or 503 only: {statuses:?}"
     );
 }
+
+/// A switchover that fences the old primary instead of stopping it: it is made
+/// read-only (`default_transaction_read_only = on`, reloaded, so relayd's open sessions
+/// turn read-only too) and the standby promoted. relayd drops the pooled connections
+/// whose writes fail as read-only, connects to the new primary, and every event answered
+/// 200 is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_primary_fenced_read_only_and_standby_promoted_relayd_moves_to_the_new_primary() {
+    let _services = Services::exclusive().await;
+    let pair = std::sync::Arc::new(blocking(crate::nodes::PgPair::start).await);
+    pair.primary.psql("CREATE DATABASE relayd");
+    let url = pair.url("relayd");
+    relayd::db::migrate::run_pending(&url)
+        .await
+        .expect("migrate through the multi-host URL");
+    let run = under_load(
+        "PostgreSQL primary fenced read-only, standby promoted",
+        |_, config| config.database.url = relayd::config::Secret::new(url.clone()),
+        None,
+        async |_| {
+            let pair = pair.clone();
+            blocking(move || {
+                pair.primary
+                    .psql("ALTER SYSTEM SET default_transaction_read_only = on");
+                pair.primary.psql("SELECT pg_reload_conf()");
+                pair.standby.promote();
+            })
+            .await;
+        },
+    )
+    .await;
+    let statuses = statuses(&run.answers);
+    assert!(
+        statuses.keys().all(|s| s == "200" || s == "503"),
+        "answers were 200 or 503 only: {statuses:?}"
+    );
+}
