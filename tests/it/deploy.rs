@@ -29,15 +29,24 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 
 /// Runs `relayd check-config` on `config` with placeholder secrets in the environment.
 fn check_config(config: &str) -> std::process::Output {
+    check_config_with(config, &[])
+}
+
+/// [`check_config`] with more environment variables.
+fn check_config_with(config: &str, env: &[(&str, &str)]) -> std::process::Output {
     let file = support::temp_file(config);
     Command::new(support::relayd_binary())
+        .envs(env.iter().copied())
         .args(["check-config", "--config"])
         .arg(&file.0)
         .env(
             "RELAYD_DATABASE_URL",
-            "postgres://relayd:pw@db.internal:5432/relayd",
+            "postgres://relayd:pw@db-a.internal:5432,db-b.internal:5432/relayd?target_session_attrs=read-write",
         )
         .env("RELAYD_BROKER_URL", "amqps://relayd:pw@mq.internal:5671/%2f")
+        .env("RELAYD_BROKER_URL_1", "amqps://relayd:pw@mq-0.internal:5671/%2f")
+        .env("RELAYD_BROKER_URL_2", "amqps://relayd:pw@mq-1.internal:5671/%2f")
+        .env("RELAYD_BROKER_URL_3", "amqps://relayd:pw@mq-2.internal:5671/%2f")
         .env("RELAYD_ADMIN_TOKEN", "an-admin-token-long-enough")
         .env("STRIPE_WEBHOOK_SECRET", "whsec_placeholder")
         .env("EXAMPLE_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
@@ -115,6 +124,42 @@ fn compose_runs_migrate_first_and_every_relayd_layout_on_its_config() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("http://receiver:8080/hooks"));
+
+    // The cluster profile: the same config, the three nodes' URLs from one variable.
+    let cluster = &services["relayd-cluster"];
+    assert_eq!(cluster["profiles"], serde_json::json!(["cluster"]));
+    let environment = cluster["environment"].as_object().unwrap();
+    assert!(
+        environment.contains_key("RELAYD__BROKER__URLS") && !environment.contains_key("RELAYD__BROKER__URL")
+    );
+    for node in ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"] {
+        assert_eq!(cluster["depends_on"][node]["condition"], "service_healthy");
+        assert_eq!(services[node]["hostname"], node);
+    }
+    let urls = "amqp://relayd:pw@rabbitmq-1:5672/%2f,amqp://relayd:pw@rabbitmq-2:5672/%2f,amqp://relayd:pw@rabbitmq-3:5672/%2f";
+    let output = check_config_with(&config, &[("RELAYD__BROKER__URLS", urls)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+            .iter()
+            .all(|node| printed.contains(&format!("@{node}:5672"))),
+        "{printed}"
+    );
+    // Both forms at once are refused.
+    let both = check_config_with(
+        &config,
+        &[
+            ("RELAYD__BROKER__URLS", urls),
+            ("RELAYD__BROKER__URL", "amqp://relayd:pw@rabbitmq:5672/%2f"),
+        ],
+    );
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("broker.urls"));
 }
 
 #[test]
@@ -151,6 +196,14 @@ fn kubernetes_manifests_run_each_role_hardened_with_probes_and_room_to_stop() {
     );
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("listen = \"0.0.0.0:3000\"") && printed.contains("listen = \"0.0.0.0:9090\""));
+    // A three-node broker cluster, its passwords redacted.
+    assert!(
+        ["mq-0.internal", "mq-1.internal", "mq-2.internal"]
+            .iter()
+            .all(|node| printed.contains(node))
+            && !printed.contains(":pw@"),
+        "{printed}"
+    );
     let grace: toml::Table = toml::from_str(toml).unwrap();
     let grace = seconds(grace["shutdown"]["grace_period"].as_str().unwrap());
 
