@@ -104,7 +104,8 @@ pub async fn notify(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
 
 /// Turns `NOTIFY`s from other processes into wake-ups of this process's relay, on a
 /// connection of its own (a pooled one would be recycled). When the connection fails,
-/// closes, or leaves a ping unanswered for `timeout`, it is replaced at once and then
+/// closes, leaves a ping unanswered for `timeout` or finds the server read-only (a
+/// fenced primary: the writers notify elsewhere), it is replaced at once and then
 /// with backoff, and the relay is woken after each reconnect since notifications sent
 /// meanwhile are lost. Connecting gives up after `connect_timeout`.
 pub async fn listen(
@@ -174,8 +175,13 @@ async fn forward(
                 }
             }
         }
-        match tokio::time::timeout(timeout, diesel::sql_query("SELECT 1").execute(conn)).await {
-            Ok(Ok(_)) => {}
+        // The ping also asks whether the server is still writable: on a primary fenced
+        // read-only in a switchover, this connection would go on hearing nothing, since
+        // the writers' `NOTIFY`s now go to the new primary.
+        let ping = diesel::sql_query("SELECT 1 WHERE current_setting('transaction_read_only') = 'off'");
+        match tokio::time::timeout(timeout, ping.execute(conn)).await {
+            Ok(Ok(1)) => {}
+            Ok(Ok(_)) => return Some("the server became read-only; the writable one is elsewhere".into()),
             Ok(Err(e)) => return Some(e.to_string()),
             Err(_) => return Some(format!("no answer to a ping within {timeout:?}")),
         }

@@ -38,7 +38,8 @@ async fn broker_app_stopped_and_started_under_load_delivery_resumes_in_the_same_
         .iter()
         .filter(|r| r.at >= run.fault_start && r.at <= run.fault_end)
         .collect();
-    let publisher = r#"relayd_broker_connected{component="publisher"}"#;
+    // While down, the series keeps the node the publisher was last on.
+    let publisher = r#"relayd_broker_connected{component="publisher",node="127.0.0.1:5672"}"#;
     assert!(
         during.iter().any(|r| r.metric(publisher) == Some(0.0)),
         "{publisher} never read 0 while the broker was down"

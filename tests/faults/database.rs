@@ -35,6 +35,31 @@ fn through(proxy: &Proxy) -> impl FnOnce(&TestDb, &mut relayd::config::Config) +
     }
 }
 
+/// Every event accepted from `from` on reached the sink within 3 s: the relay, polling
+/// only every 30 s, was woken by the ingest process's `NOTIFY`.
+fn assert_woken_by_notify(answers: &[Answer], sink: &Sink, from: Instant) {
+    let received = sink.received();
+    let late: Vec<(String, Duration)> = answers
+        .iter()
+        .filter(|a| a.status == Some(200) && a.at >= from)
+        .filter_map(|a| {
+            let delivered = received
+                .iter()
+                .filter(|r| r.event_id() == a.event_id)
+                .map(|r| r.at)
+                .min()?;
+            let waited = delivered.saturating_duration_since(a.at);
+            (waited > Duration::from_secs(3)).then(|| (a.event_id.clone(), waited))
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} events waited for the poll interval, e.g. {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+}
+
 /// Answers during the fault were 200 or 503, each within `bound`: a provider gets told
 /// to retry quickly rather than held until its own timeout.
 fn assert_answered_quickly(answers: &[Answer], from: Instant, to: Instant, bound: Duration) {
@@ -153,29 +178,36 @@ async fn a_relay_whose_connections_go_silent_replaces_them_and_hears_notify_agai
 
     // From 8 s after the fault (a 5 s ping answered within the 2 s query timeout, and a
     // reconnect), each event is delivered within moments of its acceptance.
-    let received = sink.received();
-    let late: Vec<(String, Duration)> = answers
-        .iter()
-        .filter(|a| a.status == Some(200) && a.at >= fault_end + Duration::from_secs(8))
-        .filter_map(|a| {
-            let delivered = received
-                .iter()
-                .filter(|r| r.event_id() == a.event_id)
-                .map(|r| r.at)
-                .min()?;
-            let waited = delivered.saturating_duration_since(a.at);
-            (waited > Duration::from_secs(3)).then(|| (a.event_id.clone(), waited))
-        })
-        .collect();
-    assert!(
-        late.is_empty(),
-        "{} events waited for the poll interval, e.g. {:?}",
-        late.len(),
-        &late[..late.len().min(3)]
-    );
+    assert_woken_by_notify(&answers, &sink, fault_end + Duration::from_secs(8));
     relay.stop().await.unwrap();
     front.stop().await.unwrap();
     sink.stop().await;
+}
+
+/// A primary with a synchronous standby ([`crate::nodes::PgPair`]) and the multi-host
+/// URL of a database on it, migrated through that URL as `relayd migrate` would.
+async fn failover_pair() -> (std::sync::Arc<crate::nodes::PgPair>, String) {
+    let pair = std::sync::Arc::new(blocking(crate::nodes::PgPair::start).await);
+    pair.primary.psql("CREATE DATABASE relayd");
+    let url = pair.url("relayd");
+    relayd::db::migrate::run_pending(&url)
+        .await
+        .expect("migrate through the multi-host URL");
+    (pair, url)
+}
+
+/// A switchover that fences the old primary instead of stopping it: it turns read-only
+/// (`default_transaction_read_only = on`, reloaded, so open sessions turn read-only
+/// too) and the standby is promoted.
+async fn fence_and_promote(pair: &std::sync::Arc<crate::nodes::PgPair>) {
+    let pair = pair.clone();
+    blocking(move || {
+        pair.primary
+            .psql("ALTER SYSTEM SET default_transaction_read_only = on");
+        pair.primary.psql("SELECT pg_reload_conf()");
+        pair.standby.promote();
+    })
+    .await;
 }
 
 /// A PostgreSQL primary with a synchronous streaming standby, both the test's own, and
@@ -187,12 +219,7 @@ async fn a_relay_whose_connections_go_silent_replaces_them_and_hears_notify_agai
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_primary_lost_and_standby_promoted_under_load_nothing_accepted_is_lost() {
     let _services = Services::exclusive().await;
-    let pair = std::sync::Arc::new(blocking(crate::nodes::PgPair::start).await);
-    pair.primary.psql("CREATE DATABASE relayd");
-    let url = pair.url("relayd");
-    relayd::db::migrate::run_pending(&url)
-        .await
-        .expect("migrate through the multi-host URL");
+    let (pair, url) = failover_pair().await;
     let mut first_write_after = Duration::ZERO;
     let run = under_load(
         "PostgreSQL primary stopped (immediate), standby promoted 2 s later",
@@ -225,34 +252,18 @@ async fn postgres_primary_lost_and_standby_promoted_under_load_nothing_accepted_
     );
 }
 
-/// A switchover that fences the old primary instead of stopping it: it is made
-/// read-only (`default_transaction_read_only = on`, reloaded, so relayd's open sessions
-/// turn read-only too) and the standby promoted. relayd drops the pooled connections
-/// whose writes fail as read-only, connects to the new primary, and every event answered
-/// 200 is delivered.
+/// A switchover that fences the old primary ([`fence_and_promote`]): relayd drops the
+/// pooled connections whose writes fail as read-only, connects to the new primary, and
+/// every event answered 200 is delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_primary_fenced_read_only_and_standby_promoted_relayd_moves_to_the_new_primary() {
     let _services = Services::exclusive().await;
-    let pair = std::sync::Arc::new(blocking(crate::nodes::PgPair::start).await);
-    pair.primary.psql("CREATE DATABASE relayd");
-    let url = pair.url("relayd");
-    relayd::db::migrate::run_pending(&url)
-        .await
-        .expect("migrate through the multi-host URL");
+    let (pair, url) = failover_pair().await;
     let run = under_load(
         "PostgreSQL primary fenced read-only, standby promoted",
         |_, config| config.database.url = relayd::config::Secret::new(url.clone()),
         None,
-        async |_| {
-            let pair = pair.clone();
-            blocking(move || {
-                pair.primary
-                    .psql("ALTER SYSTEM SET default_transaction_read_only = on");
-                pair.primary.psql("SELECT pg_reload_conf()");
-                pair.standby.promote();
-            })
-            .await;
-        },
+        async |_| fence_and_promote(&pair).await,
     )
     .await;
     let statuses = statuses(&run.answers);
@@ -260,4 +271,39 @@ async fn postgres_primary_fenced_read_only_and_standby_promoted_relayd_moves_to_
         statuses.keys().all(|s| s == "200" || s == "503"),
         "answers were 200 or 503 only: {statuses:?}"
     );
+}
+
+/// The relay's `LISTEN` connection on a primary that is fenced (read-only, still up)
+/// moves to the new primary, where the ingest process's `NOTIFY`s now go: a split relay
+/// that polls only every 30 s is woken again within a ping interval of the switchover.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_relay_listening_on_a_fenced_primary_listens_on_the_new_one() {
+    let _services = Services::exclusive().await;
+    let (pair, url) = failover_pair().await;
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let mut config = harness::config(&db, &broker, &sink);
+    config.database.url = relayd::config::Secret::new(url);
+    let mut relay_config = config.clone();
+    relay_config.relay.poll_interval = Duration::from_secs(30);
+    let front = Relayd::start(config, &[Role::Ingest, Role::Worker]).await;
+    let relay = Relayd::start(relay_config, &[Role::Relay]).await;
+    front.wait_ready().await;
+    relay.wait_ready().await;
+    let name = "primary fenced under a split relay (relay.poll_interval = 30s)";
+    let load = Load::start(front.url("/webhooks/stripe"), name);
+    load.wait_accepted(2 * RATE as usize, Duration::from_secs(20))
+        .await;
+
+    fence_and_promote(&pair).await;
+    let fault_end = Instant::now();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let answers = load.stop().await;
+    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
+    report(name, &outcome, &statuses(&answers));
+    // A 5 s ping finds the server read-only, the listener reconnects to the writable one.
+    assert_woken_by_notify(&answers, &sink, fault_end + Duration::from_secs(8));
+    relay.stop().await.unwrap();
+    front.stop().await.unwrap();
 }

@@ -229,7 +229,7 @@ pub struct Reading {
 
 impl Reading {
     /// The value of the sample `series` (a metric name with its labels, as exposed,
-    /// e.g. `relayd_broker_connected{component="publisher"}`).
+    /// e.g. `relayd_outbox_due` or `relayd_deliveries_dead_total{destination="sink"}`).
     pub fn metric(&self, series: &str) -> Option<f64> {
         self.metrics.lines().find_map(|line| {
             let value = line.strip_prefix(series)?.strip_prefix(' ')?;

@@ -206,11 +206,17 @@ async fn metrics_count_exactly_what_happened() {
     );
     assert!(!text.contains(r#"relayd_deliveries_dead_total{destination="ok"}"#));
     assert_eq!(
-        metric(&text, r#"relayd_broker_connected{component="publisher"}"#),
+        metric(
+            &text,
+            r#"relayd_broker_connected{component="publisher",node="127.0.0.1:5672"}"#
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, r#"relayd_broker_connected{component="consumer:ok"}"#),
+        metric(
+            &text,
+            r#"relayd_broker_connected{component="consumer:ok",node="127.0.0.1:5672"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -462,15 +468,7 @@ async fn binary_payloads_are_shown_as_base64() {
     config.ops.admin_token = Some(Secret::new(TOKEN));
     let relayd = Relayd::ingest(config).await;
     let ids = db.seed_deliveries(1, "billing", "dead", "-1 second", None).await;
-    let mut conn = db.connect().await;
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(format!(
-        "UPDATE events SET payload = '\\xff00fe'::bytea WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}') RETURNING id",
-        ids[0]
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.update_event_of(ids[0], "payload = '\\xff00fe'::bytea").await;
     let admin = Admin::new(&relayd);
     let (_, page) = admin.get("/events").await;
     let id = page["items"][0]["id"].as_str().unwrap().to_string();

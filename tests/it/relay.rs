@@ -581,22 +581,10 @@ async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_publishe
     let bad = db
         .seed_deliveries(2, "billing", "pending", "-20 seconds", None)
         .await;
-    let mut conn = db.connect().await;
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(format!(
-        "UPDATE events SET content_type = repeat('c', 300) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
-        bad[0]
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    diesel::sql_query(format!(
-        "UPDATE events SET event_type = repeat('t', 200000) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
-        bad[1]
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.update_event_of(bad[0], "content_type = repeat('c', 300)")
+        .await;
+    db.update_event_of(bad[1], "event_type = repeat('t', 200000)")
+        .await;
     let mut config = config(&db, &broker, &["billing"]);
     let token = "admin-token-for-tests-0123456789";
     config.ops.admin_token = Some(relayd::config::Secret::new(token));
@@ -679,15 +667,7 @@ async fn a_row_that_breaks_the_broker_session_when_published_is_quarantined_and_
         db.seed_deliveries(10, "billing", "pending", "-10 seconds", None)
             .await,
     );
-    let mut conn = db.connect().await;
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(format!(
-        "UPDATE events SET event_type = repeat('t', 6000) WHERE id = (SELECT event_id FROM deliveries WHERE id = '{}')",
-        bad[0]
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    db.update_event_of(bad[0], "event_type = repeat('t', 6000)").await;
     let mut config = support::config(&db.url);
     config.broker.url = relayd::config::Secret::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
     config.broker.prefix = "poison".into();
