@@ -229,7 +229,7 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Deliveries in flight per process, across every destination.
+    /// HTTP requests in flight per process, across every destination.
     pub concurrency: usize,
     /// A claim's lease is the destination's timeout plus this: the time a worker has to
     /// record an outcome. After a worker crash its deliveries are retried once it expires.
@@ -470,15 +470,24 @@ pub struct DestinationConfig {
     /// Event type globs (`invoice.*`); empty means every type.
     #[serde(default)]
     pub event_types: Vec<String>,
-    /// Concurrent requests to this destination.
+    /// The most concurrent requests one worker sends to this destination (also bounded
+    /// by `worker.concurrency`); within it the limit adapts to how the destination
+    /// answers (see the README's "Worker and delivery").
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// The fewest: the adaptive limit never goes below this.
+    #[serde(default = "default_min_in_flight")]
+    pub min_in_flight: usize,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
 fn default_max_in_flight() -> usize {
-    16
+    256
+}
+
+fn default_min_in_flight() -> usize {
+    1
 }
 
 fn default_timeout() -> Duration {
@@ -727,6 +736,12 @@ impl Config {
                         e.to_string(),
                     ));
                 }
+            }
+            if destination.min_in_flight == 0 || destination.min_in_flight > destination.max_in_flight {
+                return Err(invalid(
+                    key("min_in_flight"),
+                    "must be at least 1 and at most max_in_flight",
+                ));
             }
             if destination.max_in_flight == 0 {
                 return Err(invalid(key("max_in_flight"), "must be at least 1"));
@@ -1029,6 +1044,26 @@ mod tests {
             matches!(&bad, Err(Error::Invalid { key, .. }) if key == "broker.urls[1]"),
             "{bad:?}"
         );
+    }
+
+    #[test]
+    fn the_in_flight_bounds_must_be_ordered_and_positive() {
+        let destination = "[[destinations]]\nname = \"d\"\nurl = \"http://h/\"\nsigning_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let loaded = load_toml(destination).unwrap();
+        assert_eq!(
+            (
+                loaded.destinations[0].min_in_flight,
+                loaded.destinations[0].max_in_flight
+            ),
+            (1, 256)
+        );
+        for bounds in ["min_in_flight = 0\n", "min_in_flight = 9\nmax_in_flight = 8\n"] {
+            let refused = load_toml(&format!("{destination}{bounds}"));
+            assert!(
+                matches!(&refused, Err(Error::Invalid { key, .. }) if key.ends_with("min_in_flight")),
+                "{bounds}: {refused:?}"
+            );
+        }
     }
 
     #[test]

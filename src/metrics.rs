@@ -65,6 +65,7 @@ pub struct Metrics {
     pub delivery_attempts: Family<DestinationOutcome, Counter>,
     pub delivery_duration: HistogramFamily<DestinationLabel>,
     pub deliveries_dead: Family<DestinationLabel, Counter>,
+    pub in_flight_limit: Family<DestinationLabel, Gauge>,
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
@@ -133,6 +134,12 @@ impl Metrics {
             "Deliveries that exhausted their retries",
             deliveries_dead.clone(),
         );
+        let in_flight_limit = Family::<DestinationLabel, Gauge>::default();
+        registry.register(
+            "relayd_destination_in_flight_limit",
+            "This worker's adaptive limit of concurrent requests to a destination",
+            in_flight_limit.clone(),
+        );
         let broker_connected = Family::<ComponentLabel, Gauge>::default();
         registry.register(
             "relayd_broker_connected",
@@ -169,6 +176,7 @@ impl Metrics {
             delivery_attempts,
             delivery_duration,
             deliveries_dead,
+            in_flight_limit,
             broker_connected,
             retention_deleted,
             retention_last_run,
@@ -196,6 +204,14 @@ impl Metrics {
             })
             .inc();
         self.ingest_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn in_flight_limit(&self, destination: &str, limit: usize) {
+        self.in_flight_limit
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     pub fn delivery_attempt(&self, destination: &str, delivered: bool, duration: Duration) {

@@ -79,6 +79,7 @@ impl Acker {
 
 enum Command {
     Settle { generation: u64, tag: u64, how: Settle },
+    Prefetch(u16),
     Stop { grace: Duration },
 }
 
@@ -126,6 +127,12 @@ impl Consumer {
             commands,
             thread: Some(handle),
         })
+    }
+
+    /// Changes how many unacknowledged messages the broker hands this consumer (now,
+    /// and on every reconnect).
+    pub fn set_prefetch(&self, prefetch: u16) {
+        let _ = self.commands.send(Command::Prefetch(prefetch.max(1)));
     }
 
     /// The next message, or `None` once the consumer has stopped.
@@ -191,6 +198,7 @@ impl ConsumerThread {
                     Ok(Command::Stop { .. }) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                         break 'connections
                     }
+                    Ok(Command::Prefetch(prefetch)) => self.prefetch = prefetch,
                     Ok(Command::Settle { .. }) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 }
             }
@@ -205,14 +213,18 @@ impl ConsumerThread {
         self.topology
             .declare(&mut connection, &channel)
             .map_err(|e| e.to_string())?;
-        // Prefetch bounds unacknowledged messages on this channel: it is the
-        // destination's `max_in_flight`, since a message stays unacked until its outcome
-        // is recorded.
+        // Prefetch bounds this consumer's unacknowledged messages (a message stays
+        // unacked until its outcome is recorded): it follows the worker's limit for the
+        // destination. RabbitMQ applies a new prefetch only to consumers started after
+        // it, so a change cancels the consumer and, once the broker confirms, starts
+        // another on the same channel (delivery tags stay valid across).
         channel.qos(0, self.prefetch, false).map_err(|e| e.to_string())?;
         // Manual acks (`no_ack: false`, the default).
-        let consumer = channel
+        let mut consumer = channel
             .basic_consume(self.queue.clone(), ConsumerOptions::default())
             .map_err(|e| e.to_string())?;
+        let mut resubscribing = false;
+        let mut resubscribe_now = false;
         self.generation += 1;
         reconnect.connected();
         self.health.connected(&self.component, &node);
@@ -239,7 +251,10 @@ impl ConsumerThread {
                             break Ended::Stopped;
                         }
                     }
-                    Ok(ConsumerMessage::ClientCancelled) => {}
+                    Ok(ConsumerMessage::ClientCancelled) => {
+                        resubscribe_now = resubscribing && stop_deadline.is_none();
+                        resubscribing = false;
+                    }
                     Ok(other) => break Ended::Lost(format!("{other:?}")),
                     Err(_) => break Ended::Lost("consumer channel closed".into()),
                 },
@@ -259,6 +274,17 @@ impl ConsumerThread {
                             }
                         }
                     }
+                    Ok(Command::Prefetch(prefetch)) => {
+                        if prefetch != self.prefetch {
+                            self.prefetch = prefetch;
+                            if !resubscribing && stop_deadline.is_none() {
+                                resubscribing = true;
+                                if let Err(e) = consumer.cancel() {
+                                    break Ended::Lost(e.to_string());
+                                }
+                            }
+                        }
+                    }
                     Ok(Command::Stop { grace }) => {
                         let _ = consumer.cancel();
                         stop_deadline = Some(Instant::now() + grace);
@@ -266,6 +292,16 @@ impl ConsumerThread {
                     Err(_) => break Ended::Stopped,
                 },
                 default(wait) => {}
+            }
+            if std::mem::take(&mut resubscribe_now) {
+                let started = channel
+                    .qos(0, self.prefetch, false)
+                    .and_then(|()| channel.basic_consume(self.queue.clone(), ConsumerOptions::default()));
+                match started {
+                    Ok(started) => consumer = started,
+                    Err(e) => break Ended::Lost(e.to_string()),
+                }
+                tracing::debug!(queue = %self.queue, prefetch = self.prefetch, "consuming with a new prefetch");
             }
         };
         drop(consumer);

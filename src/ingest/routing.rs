@@ -66,6 +66,7 @@ mod tests {
             sources: sources.iter().map(|s| s.to_string()).collect(),
             event_types: event_types.iter().map(|s| s.to_string()).collect(),
             max_in_flight: 1,
+            min_in_flight: 1,
             timeout: Duration::from_secs(1),
         }
     }

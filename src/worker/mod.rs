@@ -1,8 +1,11 @@
 //! The worker role: RabbitMQ → destination HTTP services.
 //!
-//! One consumer per destination queue (prefetch = the destination's `max_in_flight`,
-//! so a slow destination holds only its own slots) and one semaphore of
-//! `worker.concurrency` permits across them. For each message: claim the delivery with
+//! One consumer per destination queue, each with its own adaptive limit of requests in
+//! flight ([`concurrency`], between the destination's `min_in_flight` and
+//! `max_in_flight`; the consumer's prefetch follows it, three times over so that
+//! records overlap the requests, so RabbitMQ holds what the worker cannot send and a
+//! slow destination holds only its own slots), and one semaphore of
+//! `worker.concurrency` requests across them. For each message: claim the delivery with
 //! a conditional UPDATE (a message whose row is not claimable is a duplicate: ack and
 //! drop), POST it signed, then record the attempt and the outcome in one transaction,
 //! and only then ack (or reject a dead one to the dead-letter exchange). A message
@@ -10,12 +13,13 @@
 //! consumers stop taking messages, in-flight deliveries get the grace period to finish
 //! and be recorded, and whatever is left unacked is redelivered by the broker.
 
+mod concurrency;
 mod schedule;
 mod send;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
@@ -28,6 +32,7 @@ use crate::context::AppContext;
 use crate::db::attempts::NewAttempt;
 use crate::db::batch::{self, BatchError, Batcher};
 use crate::db::deliveries::{self, Claims, Outcome, Records};
+use concurrency::{AdaptiveLimit, Signal};
 
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -85,17 +90,24 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
     for destination in &config.destinations {
-        let prefetch = destination.max_in_flight.min(config.worker.concurrency);
+        let max = destination.max_in_flight.min(config.worker.concurrency);
+        let limit = AdaptiveLimit::new(destination.min_in_flight.min(max), max, INITIAL_IN_FLIGHT);
         let consumer = Consumer::start(
             &config.broker,
             topology.clone(),
             &destination.name,
-            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            prefetch(limit.limit()),
             ctx.broker_health.clone(),
         )
         .with_context(|| format!("starting the consumer of {}", destination.name))?;
-        let part = format!("worker:{}", destination.name);
-        destinations.spawn(consume(worker.clone(), consumer, part, shutdown.clone()));
+        ctx.metrics.in_flight_limit(&destination.name, limit.limit());
+        let lane = Lane {
+            destination: destination.name.clone(),
+            part: format!("worker:{}", destination.name),
+            limit: Mutex::new(limit),
+            room: tokio::sync::Notify::new(),
+        };
+        destinations.spawn(consume(worker.clone(), consumer, lane, shutdown.clone()));
     }
     if config.destinations.is_empty() {
         tracing::warn!("no destination is configured: the worker has nothing to consume");
@@ -110,6 +122,73 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
 
 /// Claims or records combined into one statement at most.
 const MAX_BATCH: usize = 128;
+
+/// Where each destination's adaptive limit starts (within its bounds): low, so that
+/// the first round trips measure the destination unloaded.
+const INITIAL_IN_FLIGHT: usize = 4;
+
+/// The prefetch for a limit of deliveries in flight: a message also waits for its
+/// record and ack after its request, so about three times the limit keeps the requests
+/// going; rounded up to a power of two, so that it changes (and the consumer is
+/// restarted) only when the limit has moved by about half.
+fn prefetch(limit: usize) -> u16 {
+    u16::try_from(limit.saturating_mul(3).next_power_of_two()).unwrap_or(u16::MAX)
+}
+
+/// One destination's consume loop: its name, its liveness part, its in-flight limit.
+struct Lane {
+    destination: String,
+    part: String,
+    limit: Mutex<AdaptiveLimit>,
+    /// Woken when a request ends (a slot may be free, or the limit changed).
+    room: tokio::sync::Notify,
+}
+
+impl Lane {
+    fn limit(&self) -> std::sync::MutexGuard<'_, AdaptiveLimit> {
+        self.limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until the limit lets one more delivery at the destination, before its
+    /// claim (a claim waiting here would run down its lease).
+    async fn enter(&self) -> Slot<'_> {
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut limit = self.limit();
+                if limit.has_room() {
+                    limit.start();
+                    return Slot { lane: self };
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One delivery's place within its destination's limit, given back when dropped.
+struct Slot<'a> {
+    lane: &'a Lane,
+}
+
+impl Slot<'_> {
+    /// The request ended after `round_trip`, saying `signal`.
+    fn done(self, round_trip: Duration, signal: Signal) {
+        self.lane.limit().finish(Instant::now(), round_trip, signal);
+        // `drop` wakes the waiters.
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.lane.limit().leave();
+        self.lane.room.notify_waiters();
+    }
+}
 
 /// How often, at most, each consume loop beats while it turns.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -126,11 +205,16 @@ struct Worker {
     records: Batcher<Records>,
 }
 
-/// Feeds one destination's messages to delivery tasks until shutdown, then drains. The
-/// loop beats `part` on [`crate::liveness`] every few seconds while it turns, so a loop
-/// wedged for `ops.liveness_stall` (waiting for a permit that never comes back, say)
-/// fails `/healthz`; an idle one keeps beating.
-async fn consume(worker: Arc<Worker>, mut consumer: Consumer, part: String, shutdown: CancellationToken) {
+/// Feeds one destination's messages to delivery tasks, as many at once as its adaptive
+/// limit allows, until shutdown, then drains. The loop beats its part on
+/// [`crate::liveness`] every few seconds while it turns, so a loop wedged for
+/// `ops.liveness_stall` (waiting for a permit that never comes back, say) fails
+/// `/healthz`; an idle one keeps beating.
+async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Lane, shutdown: CancellationToken) {
+    let lane = Arc::new(lane);
+    let part = lane.part.clone();
+    let mut shown = lane.limit().limit();
+    let mut prefetched = prefetch(shown);
     let mut in_flight = JoinSet::new();
     // Several beats within the stall time, so that a turning loop never looks stalled.
     let mut heartbeat = tokio::time::interval(
@@ -142,19 +226,24 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, part: String, shut
             biased;
             _ = shutdown.cancelled() => break,
             _ = heartbeat.tick() => worker.ctx.liveness.beat(&part),
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                // The broker holds back what the limit does not let through.
+                let limit = lane.limit().limit();
+                if limit != shown {
+                    shown = limit;
+                    worker.ctx.metrics.in_flight_limit(&lane.destination, limit);
+                    if prefetch(limit) != prefetched {
+                        prefetched = prefetch(limit);
+                        consumer.set_prefetch(prefetched);
+                    }
+                }
+            }
+            // At most the prefetch: the broker hands over no more unacknowledged.
             message = consumer.recv() => {
                 let Some(message) = message else { break };
-                let permit = tokio::select! {
-                    permit = worker.permits.clone().acquire_owned() => permit,
-                    _ = shutdown.cancelled() => break,
-                };
-                let Ok(permit) = permit else { break };
                 let worker = worker.clone();
-                in_flight.spawn(async move {
-                    worker.handle(message).await;
-                    drop(permit);
-                });
+                let lane = lane.clone();
+                in_flight.spawn(async move { worker.handle(message, &lane).await });
             }
         }
     }
@@ -203,7 +292,7 @@ fn envelope(message: &IncomingMessage) -> Result<Envelope, String> {
 }
 
 impl Worker {
-    async fn handle(&self, message: IncomingMessage) {
+    async fn handle(&self, message: IncomingMessage, lane: &Lane) {
         let envelope = match envelope(&message) {
             Ok(envelope) => envelope,
             Err(reason) => {
@@ -219,12 +308,13 @@ impl Worker {
             destination = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
-        self.deliver(envelope, message).instrument(span).await;
+        self.deliver(envelope, message, lane).instrument(span).await;
     }
 
-    async fn deliver(&self, envelope: Envelope, message: IncomingMessage) {
+    async fn deliver(&self, envelope: Envelope, message: IncomingMessage, lane: &Lane) {
         let IncomingMessage { body, acker, .. } = message;
         let span = tracing::Span::current();
+        let slot = lane.enter().await;
         let claimed = self.claims.submit(envelope.delivery_id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
@@ -252,6 +342,9 @@ impl Worker {
             return;
         };
 
+        // One of `worker.concurrency` only now: a delivery waiting for a slow
+        // destination's limit holds none of the shared permits.
+        let permit = self.permits.acquire().await;
         let response = send::send(
             &self.client,
             &target,
@@ -266,6 +359,8 @@ impl Worker {
             },
         )
         .await;
+        drop(permit);
+        slot.done(response.duration, Signal::of(response.status_code));
         self.ctx
             .metrics
             .delivery_attempt(&claimed.destination, response.is_success(), response.duration);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,12 @@ pub enum Behaviour {
     Answer { status: u16, body: Vec<u8> },
     /// Whatever the plan answers for this request and its try number (1-based).
     Planned(Plan),
+    /// 200 after `service`, serving as many requests at once as `slots` has permits;
+    /// the rest wait their turn (a destination with a fixed capacity).
+    Capacity {
+        slots: Arc<tokio::sync::Semaphore>,
+        service: Duration,
+    },
 }
 
 /// A test's own answer for each request and its try number.
@@ -35,6 +42,13 @@ type Planner = dyn Fn(&Received, usize) -> Answer + Send + Sync;
 pub struct Plan(Arc<Planner>);
 
 impl Behaviour {
+    pub fn capacity(slots: usize, service: Duration) -> Self {
+        Behaviour::Capacity {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            service,
+        }
+    }
+
     pub fn planned(plan: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static) -> Self {
         Behaviour::Planned(Plan(Arc::new(plan)))
     }
@@ -135,6 +149,26 @@ struct State {
     behaviour: Behaviour,
     received: Mutex<Vec<Received>>,
     tries: Mutex<HashMap<String, usize>>,
+    /// Requests being answered now, and the most at once since the last reset.
+    active: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts a request as active while it lives.
+struct Active<'a>(&'a State);
+
+impl<'a> Active<'a> {
+    fn new(state: &'a State) -> Self {
+        let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Sink {
@@ -151,6 +185,8 @@ impl Sink {
             behaviour,
             received: Mutex::new(Vec::new()),
             tries: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -171,6 +207,13 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// The most requests it was answering at once since the last call.
+    pub fn take_peak_active(&self) -> usize {
+        self.state
+            .peak
+            .swap(self.state.active.load(Ordering::SeqCst), Ordering::SeqCst)
     }
 
     /// Waits until at least `n` requests arrived (panics after `timeout`).
@@ -215,6 +258,7 @@ impl Sink {
 }
 
 async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let _active = Active::new(&state);
     let headers = request
         .headers()
         .iter()
@@ -257,5 +301,10 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
             HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body(body.clone())
         }
         Behaviour::Planned(_) => planned.expect("planned above").respond(),
+        Behaviour::Capacity { slots, service } => {
+            let _slot = slots.acquire().await;
+            tokio::time::sleep(*service).await;
+            HttpResponse::Ok().body("ok")
+        }
     }
 }

@@ -212,6 +212,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
         sources: sources.iter().map(|s| s.to_string()).collect(),
         event_types: event_types.iter().map(|s| s.to_string()).collect(),
         max_in_flight: 4,
+        min_in_flight: 1,
         timeout: Duration::from_secs(5),
     }
 }

@@ -220,7 +220,10 @@ async fn a_hanging_destination_does_not_delay_another() {
         delay: Duration::from_secs(30),
     })
     .await;
-    let fast = Sink::start(Behaviour::Succeed).await;
+    let fast = Sink::start(Behaviour::Slow {
+        delay: Duration::from_millis(20),
+    })
+    .await;
     let mut slow_destination = to_sink("slow", &slow);
     slow_destination.timeout = Duration::from_secs(10);
     slow_destination.max_in_flight = 2;
@@ -427,6 +430,87 @@ async fn a_response_body_with_nul_and_invalid_utf8_is_recorded_and_no_neighbour_
         )
         .await,
         30
+    );
+    relayd.stop().await.unwrap();
+}
+
+/// The value of `series` (a metric with its labels) in `/metrics` now.
+async fn metric_now(relayd: &Relayd, series: &str) -> Option<f64> {
+    let text = reqwest::get(relayd.ops_url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Adaptive concurrency: a destination that serves 8 requests at a time in 100 ms (more
+/// wait their turn, so round trips grow) gets about 8 at once, not its `max_in_flight`
+/// of 64; one beside it that answers every request in 20 ms however many come (no
+/// limit of its own), with a backlog, gets its limit raised past 24 from the start at 4.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_flight_limit_settles_near_a_destination_s_capacity_and_grows_for_a_fast_one() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["narrow", "fast"]);
+    let narrow = Sink::start(Behaviour::capacity(8, Duration::from_millis(100))).await;
+    let fast = Sink::start(Behaviour::Slow {
+        delay: Duration::from_millis(20),
+    })
+    .await;
+    let mut destinations = vec![to_sink("narrow", &narrow), to_sink("fast", &fast)];
+    for destination in &mut destinations {
+        destination.max_in_flight = 64;
+        destination.timeout = Duration::from_secs(10);
+    }
+    let mut config = config(&db, &broker, destinations);
+    config.worker.concurrency = 128;
+    db.seed_deliveries(1200, "narrow", "pending", "-1 second", None)
+        .await;
+    db.seed_deliveries(3000, "fast", "pending", "-1 second", None)
+        .await;
+    let relayd = Relayd::start(config, &[Role::Relay, Role::Worker]).await;
+    let series = |name: &str| format!("relayd_destination_in_flight_limit{{destination=\"{name}\"}}");
+    // 6 s to settle, then 4 s watched.
+    let mut fast_peak: f64 = 0.0;
+    let mut narrow_limits = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fast_peak = fast_peak.max(metric_now(&relayd, &series("fast")).await.unwrap_or(0.0));
+        if started.elapsed() > Duration::from_secs(6) {
+            if narrow_limits.is_empty() {
+                narrow.take_peak_active();
+            }
+            narrow_limits.push(metric_now(&relayd, &series("narrow")).await.unwrap_or(0.0));
+        }
+    }
+    let narrow_peak = narrow.take_peak_active();
+    eprintln!(
+        "adaptive concurrency: narrow (8 slots) limit {narrow_limits:?}, at most {narrow_peak} requests at once \
+         in the last 4 s, {} served; fast peak limit {fast_peak}, {} served",
+        narrow.received().len(),
+        fast.received().len()
+    );
+    // Near its 8 slots (a window's mean round trip passes 1.5 × the baseline at about
+    // twice them), far from the 64 allowed.
+    assert!(
+        narrow_limits.iter().all(|&l| (1.0..=24.0).contains(&l)),
+        "the narrow destination's limit stays near its 8 slots: {narrow_limits:?}"
+    );
+    assert!(
+        narrow_peak <= 24,
+        "{narrow_peak} requests at once at the narrow destination"
+    );
+    assert!(
+        narrow.received().len() >= 400,
+        "it was kept busy: {} served in 10 s (80/s at capacity)",
+        narrow.received().len()
+    );
+    assert!(
+        fast_peak >= 24.0,
+        "the fast destination's limit grew: {fast_peak}"
     );
     relayd.stop().await.unwrap();
 }

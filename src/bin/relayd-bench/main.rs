@@ -95,6 +95,10 @@ struct Args {
     /// relayd's `relay.batch_size`.
     #[arg(long, default_value_t = 500)]
     relay_batch_size: usize,
+    /// Run relayd with its shipped defaults: no `pool_size`, `batch_size`,
+    /// `worker.concurrency` or `max_in_flight` of the bench's own.
+    #[arg(long)]
+    defaults: bool,
     /// Where results.md, results.json and latency.svg go.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -202,19 +206,30 @@ fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyh
         format!("127.0.0.1:{}", free_port()?),
     );
     let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    // Tuned by hand unless `--defaults`: what the shipped defaults give is a figure too.
+    let (tuned_destination, tuned_pool, tuned_roles) = if args.defaults {
+        (String::new(), String::new(), String::new())
+    } else {
+        (
+            "max_in_flight = 64\n".to_string(),
+            format!("pool_size = {}\n", args.pool_size),
+            format!(
+                "[worker]\nconcurrency = 128\n[relay]\nbatch_size = {}\n",
+                args.relay_batch_size
+            ),
+        )
+    };
     let destination = sink_url.map_or(String::new(), |url| {
-        format!("[[destinations]]\nname = \"sink\"\nurl = \"{url}\"\nsigning_secret = \"{SIGNING_SECRET}\"\nmax_in_flight = 64\ntimeout = \"10s\"\n")
+        format!("[[destinations]]\nname = \"sink\"\nurl = \"{url}\"\nsigning_secret = \"{SIGNING_SECRET}\"\n{tuned_destination}timeout = \"10s\"\n")
     });
     let text = format!(
-        "[database]\nurl = \"{database_url}\"\npool_size = {pool}\n\
+        "[database]\nurl = \"{database_url}\"\n{tuned_pool}\
          [broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
          [ingest]\nlisten = \"{ingest}\"\n[ops]\nlisten = \"{ops}\"\n\
          [log]\nlevel = \"warn\"\n\
-         [worker]\nconcurrency = 128\n[relay]\nbatch_size = {batch}\n\
+         {tuned_roles}\
          [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{destination}",
         args.broker_url,
-        batch = args.relay_batch_size,
-        pool = args.pool_size,
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, text)?;
