@@ -102,7 +102,7 @@ pub async fn on_connection<T>(
         .get()
         .await
         .map_err(|e| BatchError::Unavailable(format!("getting a database connection: {e}")))?;
-    super::bounded_discarding(conn, timeout, work)
+    super::bounded(conn, timeout, work)
         .await
         .map_err(|e| BatchError::Unavailable(e.to_string()))?
         .map_err(|e| BatchError::from_query(&e))

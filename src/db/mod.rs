@@ -131,8 +131,9 @@ pub struct TimedOut(pub Duration);
 /// answering (hung, or behind a connection that went half-open, where no error ever
 /// arrives) holds the caller until TCP gives up, many minutes later. An abandoned
 /// connection is closed, never returned to the pool: a late reply, or an open
-/// transaction, may still be on it.
-pub async fn bounded<T>(
+/// transaction, may still be on it; so is one whose work ended in an error that
+/// condemns it ([`Discards`]: a write refused as read-only).
+pub async fn bounded<T: Discards>(
     conn: PooledConnection,
     timeout: Duration,
     work: impl AsyncFnOnce(&mut AsyncPgConnection) -> T,
@@ -175,22 +176,13 @@ impl<T> Discards for anyhow::Result<T> {
     }
 }
 
-/// [`bounded`] for work whose outcome may condemn its connection ([`Discards`]).
-pub async fn bounded_discarding<T: Discards>(
-    conn: PooledConnection,
-    timeout: Duration,
-    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> T,
-) -> Result<T, TimedOut> {
-    watched_discarding(conn, timeout, async |conn, _| work(conn).await).await
-}
-
 /// Checks a connection out of `pool` and runs `work` on it under [`bounded`]: the
 /// usual shape of one short piece of database work. Every failure (no connection, no
 /// answer in time, the work's own error) comes back as its message.
-pub async fn with_connection<T, E: std::fmt::Display>(
+pub async fn with_connection<T>(
     pool: &DbPool,
     timeout: Duration,
-    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> diesel::QueryResult<T>,
 ) -> Result<T, String> {
     let conn = pool
         .get()
@@ -231,28 +223,10 @@ impl Watchdog {
 /// the broker between two statements): the first phase gets `first`, and `work` arms
 /// the [`Watchdog`] at the start of each later one. The work is abandoned, and its
 /// connection closed, as soon as a phase overruns, not when the longest total would.
-pub async fn watched<T>(
-    conn: PooledConnection,
-    first: Duration,
-    work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
-) -> Result<T, TimedOut> {
-    watched_then(conn, first, work, |_| false).await
-}
-
-/// [`watched`] for work whose outcome may condemn its connection ([`Discards`]).
-pub async fn watched_discarding<T: Discards>(
-    conn: PooledConnection,
-    first: Duration,
-    work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
-) -> Result<T, TimedOut> {
-    watched_then(conn, first, work, Discards::discards_connection).await
-}
-
-async fn watched_then<T>(
+pub async fn watched<T: Discards>(
     mut conn: PooledConnection,
     first: Duration,
     work: impl AsyncFnOnce(&mut AsyncPgConnection, &Watchdog) -> T,
-    discard: impl FnOnce(&T) -> bool,
 ) -> Result<T, TimedOut> {
     let watchdog = Watchdog::new(first);
     let outcome = {
@@ -271,7 +245,7 @@ async fn watched_then<T>(
             }
         }
     };
-    if outcome.as_ref().is_ok_and(|value| !discard(value)) {
+    if outcome.as_ref().is_ok_and(|value| !value.discards_connection()) {
         return outcome;
     }
     drop(Object::take(conn));

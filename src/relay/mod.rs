@@ -154,7 +154,7 @@ impl Relay {
         // The claim and the marks (with the commit) each get `database.query_timeout`;
         // the publish between them the broker's confirm timeout on top.
         let query_timeout = self.ctx.config.database.query_timeout;
-        let turn = crate::db::watched_discarding(conn, query_timeout, async |conn, watchdog| {
+        let turn = crate::db::watched(conn, query_timeout, async |conn, watchdog| {
             conn.transaction::<_, anyhow::Error, _>(async |conn| self.publish_due(conn, watchdog).await)
                 .await
         })

@@ -155,33 +155,51 @@ async fn a_relay_whose_connections_go_silent_replaces_them_and_hears_notify_agai
     let config = harness::config(&db, &broker, &sink);
     let mut relay_config = config.clone();
     through(&proxy)(&db, &mut relay_config);
-    relay_config.relay.poll_interval = Duration::from_secs(30);
     // A turn cut off after its publish leaves its rows locked, and the workers' claims
     // of those messages waiting, until PostgreSQL ends the idle transaction: after
     // `broker.confirm_timeout` + 2 × `database.query_timeout` (here 2 + 2 × 2 s).
     relay_config.broker.confirm_timeout = Duration::from_secs(2);
+    split_relay_fault(
+        "relay's PostgreSQL connections abandoned (silent, TCP up)",
+        &sink,
+        config,
+        relay_config,
+        async || proxy.abandon_open(),
+    )
+    .await;
+    sink.stop().await;
+}
+
+/// Runs `fault` against an ingest + worker process and a relay of its own (configured
+/// to poll every 30 s) under load, then checks every accepted event at the sink and
+/// that, from 8 s after the fault (a 5 s `LISTEN` ping answered within the 2 s query
+/// timeout, and a reconnect), each was delivered within moments of its acceptance:
+/// woken by the ingest process's `NOTIFY`, not by the poll.
+async fn split_relay_fault(
+    name: &str,
+    sink: &Sink,
+    config: relayd::config::Config,
+    mut relay_config: relayd::config::Config,
+    fault: impl AsyncFnOnce(),
+) {
+    relay_config.relay.poll_interval = Duration::from_secs(30);
     let front = Relayd::start(config, &[Role::Ingest, Role::Worker]).await;
     let relay = Relayd::start(relay_config, &[Role::Relay]).await;
     front.wait_ready().await;
     relay.wait_ready().await;
-    let name = "relay's PostgreSQL connections abandoned (silent, TCP up)";
     let load = Load::start(front.url("/webhooks/stripe"), name);
     load.wait_accepted(2 * RATE as usize, Duration::from_secs(20))
         .await;
 
-    proxy.abandon_open();
+    fault().await;
     let fault_end = Instant::now();
     tokio::time::sleep(Duration::from_secs(15)).await;
     let answers = load.stop().await;
-    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
+    let outcome = settle(sink, &answers, fault_end, Duration::from_secs(60)).await;
     report(name, &outcome, &statuses(&answers));
-
-    // From 8 s after the fault (a 5 s ping answered within the 2 s query timeout, and a
-    // reconnect), each event is delivered within moments of its acceptance.
-    assert_woken_by_notify(&answers, &sink, fault_end + Duration::from_secs(8));
+    assert_woken_by_notify(&answers, sink, fault_end + Duration::from_secs(8));
     relay.stop().await.unwrap();
     front.stop().await.unwrap();
-    sink.stop().await;
 }
 
 /// A primary with a synchronous standby ([`crate::nodes::PgPair`]) and the multi-host
@@ -286,25 +304,13 @@ async fn a_split_relay_listening_on_a_fenced_primary_listens_on_the_new_one() {
     let sink = Sink::start(Behaviour::Succeed).await;
     let mut config = harness::config(&db, &broker, &sink);
     config.database.url = relayd::config::Secret::new(url);
-    let mut relay_config = config.clone();
-    relay_config.relay.poll_interval = Duration::from_secs(30);
-    let front = Relayd::start(config, &[Role::Ingest, Role::Worker]).await;
-    let relay = Relayd::start(relay_config, &[Role::Relay]).await;
-    front.wait_ready().await;
-    relay.wait_ready().await;
-    let name = "primary fenced under a split relay (relay.poll_interval = 30s)";
-    let load = Load::start(front.url("/webhooks/stripe"), name);
-    load.wait_accepted(2 * RATE as usize, Duration::from_secs(20))
-        .await;
-
-    fence_and_promote(&pair).await;
-    let fault_end = Instant::now();
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let answers = load.stop().await;
-    let outcome = settle(&sink, &answers, fault_end, Duration::from_secs(60)).await;
-    report(name, &outcome, &statuses(&answers));
-    // A 5 s ping finds the server read-only, the listener reconnects to the writable one.
-    assert_woken_by_notify(&answers, &sink, fault_end + Duration::from_secs(8));
-    relay.stop().await.unwrap();
-    front.stop().await.unwrap();
+    // The 5 s ping finds the server read-only; the listener reconnects to the writable one.
+    split_relay_fault(
+        "primary fenced under a split relay (relay.poll_interval = 30s)",
+        &sink,
+        config.clone(),
+        config,
+        async || fence_and_promote(&pair).await,
+    )
+    .await;
 }

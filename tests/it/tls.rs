@@ -8,17 +8,8 @@ use std::process::Command;
 
 use diesel_async::RunQueryDsl;
 
-use crate::nodes::{free_port, run, RabbitNode};
+use crate::nodes::{as_postgres, free_port, run, RabbitNode};
 use crate::support::{self, post_stripe, stripe_event, Relayd};
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Runs a command as the `postgres` user (initdb and the server refuse root).
-fn as_postgres(program: &str) -> Command {
-    let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--", program]);
-    command
-}
 
 /// A CA and, signed by it, a certificate for `localhost` only (no IP address), made with
 /// `openssl` in `dir`. Returns the CA's PEM path.
@@ -84,7 +75,7 @@ impl TlsPostgres {
             ca,
             other_ca,
         };
-        run(as_postgres(&format!("{PG_BIN}/initdb"))
+        run(as_postgres("initdb")
             .args(["-U", "postgres", "--auth=trust", "-D"])
             .arg(dir.join("data")));
         let options = format!(
@@ -92,7 +83,7 @@ impl TlsPostgres {
              -c ssl_cert_file={dir}/a-server.pem -c ssl_key_file={dir}/a-server.key",
             dir = dir.display()
         );
-        run(as_postgres(&format!("{PG_BIN}/pg_ctl"))
+        run(as_postgres("pg_ctl")
             .args(["-w", "-D"])
             .arg(dir.join("data"))
             .args(["-l"])
@@ -108,7 +99,7 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+        let _ = as_postgres("pg_ctl")
             .args(["-m", "immediate", "-D"])
             .arg(self.dir.join("data"))
             .arg("stop")
