@@ -51,12 +51,29 @@ pub enum Command {
     /// Reset matching dead/delivered/retrying deliveries to pending with a fresh attempt
     /// budget (like POST /admin/api/replay), for operators with database access.
     Replay(ReplayArgs),
+    /// Show the destinations' flow state and backlog, or pause and resume one (like
+    /// the admin API's /destinations); every worker obeys within about a second.
+    Destinations {
+        #[command(subcommand)]
+        action: DestinationsAction,
+    },
     /// Run one full retention pass now (as the relay does every `retention.interval`).
     Prune {
         /// Print what would be deleted now, and delete nothing.
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// What `relayd destinations` does.
+#[derive(Debug, Subcommand)]
+pub enum DestinationsAction {
+    /// One line per configured destination: state, backlog, oldest undelivered age.
+    List,
+    /// Hold a destination's deliveries (they stay queued) until it is resumed.
+    Pause { name: String },
+    /// Deliver again: from paused, disabled (after 410 Gone) or an open circuit.
+    Resume { name: String },
 }
 
 /// Which deliveries `relayd replay` resets. At least one filter, or `--all`.

@@ -236,6 +236,8 @@ pub struct WorkerConfig {
     #[serde(with = "humantime_serde")]
     pub lease_margin: Duration,
     pub retry: RetryConfig,
+    /// Every destination's circuit breaker, unless the destination says otherwise.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -244,6 +246,7 @@ impl Default for WorkerConfig {
             concurrency: 64,
             lease_margin: Duration::from_secs(30),
             retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -260,6 +263,64 @@ impl RetryConfig {
     /// The delay before retry `n` (0-based), or `None` when the schedule is exhausted.
     pub fn delay(&self, retry: usize) -> Option<Duration> {
         self.schedule.get(retry).map(|d| **d)
+    }
+
+    /// The whole schedule's time: a delivery throttled for longer is dead.
+    pub fn total(&self) -> Duration {
+        self.schedule.iter().map(|d| **d).sum()
+    }
+}
+
+/// A destination's circuit breaker (see the README's "Flow control").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed sends (refused, timed out, 5xx) that open the circuit…
+    pub failures: u32,
+    /// …when they all fall within this.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The wait before the first probe of an open circuit…
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// …doubling after each failed probe up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_probe_interval: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            window: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(30),
+            max_probe_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A destination's own breaker settings; what it leaves out comes from `[worker.breaker]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerOverride {
+    pub failures: Option<u32>,
+    #[serde(with = "humantime_serde::option")]
+    pub window: Option<Duration>,
+    #[serde(with = "humantime_serde::option")]
+    pub probe_interval: Option<Duration>,
+    #[serde(with = "humantime_serde::option")]
+    pub max_probe_interval: Option<Duration>,
+}
+
+impl BreakerOverride {
+    /// These settings over `defaults`.
+    pub fn over(&self, defaults: &BreakerConfig) -> BreakerConfig {
+        BreakerConfig {
+            failures: self.failures.unwrap_or(defaults.failures),
+            window: self.window.unwrap_or(defaults.window),
+            probe_interval: self.probe_interval.unwrap_or(defaults.probe_interval),
+            max_probe_interval: self.max_probe_interval.unwrap_or(defaults.max_probe_interval),
+        }
     }
 }
 
@@ -480,6 +541,29 @@ pub struct DestinationConfig {
     pub min_in_flight: usize,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// This destination's circuit breaker, over `[worker.breaker]`.
+    #[serde(default)]
+    pub breaker: BreakerOverride,
+}
+
+/// A breaker that can open and whose probes back off.
+fn validate_breaker(key: &str, breaker: &BreakerConfig) -> Result<(), Error> {
+    if breaker.failures == 0 {
+        return Err(invalid(format!("{key}.failures"), "must be at least 1"));
+    }
+    if breaker.window.is_zero() || breaker.probe_interval.is_zero() {
+        return Err(invalid(
+            format!("{key}.window"),
+            "window and probe_interval must be longer than 0s",
+        ));
+    }
+    if breaker.max_probe_interval < breaker.probe_interval {
+        return Err(invalid(
+            format!("{key}.max_probe_interval"),
+            "must be at least probe_interval",
+        ));
+    }
+    Ok(())
 }
 
 fn default_max_in_flight() -> usize {
@@ -670,6 +754,7 @@ impl Config {
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
+        validate_breaker("worker.breaker", &self.worker.breaker)?;
         if self
             .log
             .level
@@ -715,6 +800,7 @@ impl Config {
                 ));
             }
             check_url(&key("url"), destination.url.expose(), &["http", "https"])?;
+            validate_breaker(&key("breaker"), &destination.breaker.over(&self.worker.breaker))?;
             if crate::signing::decode_whsec(destination.signing_secret.expose()).is_none() {
                 return Err(invalid(
                     key("signing_secret"),

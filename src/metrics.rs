@@ -35,6 +35,15 @@ pub struct DestinationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationState {
+    destination: String,
+    state: &'static str,
+}
+
+/// Every state a destination can be in (`db::destinations::State`), for the gauge.
+const DESTINATION_STATES: [&str; 5] = ["closed", "open", "half_open", "paused", "disabled"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -66,6 +75,9 @@ pub struct Metrics {
     pub delivery_duration: HistogramFamily<DestinationLabel>,
     pub deliveries_dead: Family<DestinationLabel, Counter>,
     pub in_flight_limit: Family<DestinationLabel, Gauge>,
+    destination_state: Family<DestinationState, Gauge>,
+    throttled: Family<DestinationLabel, Counter>,
+    probes: Family<DestinationLabel, Counter>,
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
@@ -140,6 +152,24 @@ impl Metrics {
             "This worker's adaptive limit of concurrent requests to a destination",
             in_flight_limit.clone(),
         );
+        let destination_state = Family::<DestinationState, Gauge>::default();
+        registry.register(
+            "relayd_destination_state",
+            "1 for a destination's flow state as this worker knows it (closed, open, half_open, paused, disabled)",
+            destination_state.clone(),
+        );
+        let throttled = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_destination_throttled",
+            "Attempts a destination answered 429 or 503 with Retry-After (no try spent)",
+            throttled.clone(),
+        );
+        let probes = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_destination_probes",
+            "Deliveries sent as the probe of an open circuit",
+            probes.clone(),
+        );
         let broker_connected = Family::<ComponentLabel, Gauge>::default();
         registry.register(
             "relayd_broker_connected",
@@ -177,6 +207,9 @@ impl Metrics {
             delivery_duration,
             deliveries_dead,
             in_flight_limit,
+            destination_state,
+            throttled,
+            probes,
             broker_connected,
             retention_deleted,
             retention_last_run,
@@ -204,6 +237,44 @@ impl Metrics {
             })
             .inc();
         self.ingest_duration.observe(duration.as_secs_f64());
+    }
+
+    /// A destination is now in `state` (one of [`DESTINATION_STATES`]): 1 there, 0 in
+    /// the others.
+    pub fn destination_state(&self, destination: &str, state: &'static str) {
+        for known in DESTINATION_STATES {
+            self.destination_state
+                .get_or_create(&DestinationState {
+                    destination: destination.into(),
+                    state: known,
+                })
+                .set(i64::from(known == state));
+        }
+    }
+
+    pub fn throttled(&self, destination: &str) {
+        self.throttled
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .inc();
+    }
+
+    pub fn probe(&self, destination: &str) {
+        self.probes
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .inc();
+    }
+
+    /// This process's in-flight limit for `destination`, when it runs a worker.
+    pub fn current_in_flight_limit(&self, destination: &str) -> Option<i64> {
+        self.in_flight_limit
+            .get(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .map(|gauge| gauge.get())
     }
 
     pub fn in_flight_limit(&self, destination: &str, limit: usize) {

@@ -115,20 +115,43 @@ pub async fn listen(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
+    let woken = move || wake.local.notify_one();
+    listen_on(
+        OUTBOX_CHANNEL,
+        woken,
+        database_url,
+        connect_timeout,
+        timeout,
+        shutdown,
+    )
+    .await;
+}
+
+/// Calls `wake` for each `NOTIFY` on `channel` from any process, and after each
+/// (re)connect since notifications sent meanwhile are lost; see [`listen`], which is
+/// this for the outbox.
+pub async fn listen_on(
+    channel: &'static str,
+    wake: impl Fn(),
+    database_url: String,
+    connect_timeout: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let url = db::with_keepalive(&database_url);
     let mut delays = delays();
     while !shutdown.is_cancelled() {
-        let connected = tokio::time::timeout(connect_timeout, connect(&url))
+        let connected = tokio::time::timeout(connect_timeout, connect(&url, channel))
             .await
             .unwrap_or_else(|_| Err(format!("no connection within {connect_timeout:?}")));
         match connected {
             Ok(mut conn) => {
-                tracing::debug!(channel = OUTBOX_CHANNEL, "listening for outbox notifications");
-                wake.local.notify_one();
+                tracing::debug!(channel, "listening for notifications");
+                wake();
                 match forward(&mut conn, &wake, timeout, &shutdown).await {
                     None => return,
                     Some(reason) => {
-                        tracing::warn!(%reason, "outbox LISTEN connection lost; reconnecting");
+                        tracing::warn!(channel, %reason, "LISTEN connection lost; reconnecting");
                         // The first try after a loss is immediate.
                         delays = self::delays();
                         continue;
@@ -136,7 +159,7 @@ pub async fn listen(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling meanwhile");
+                tracing::warn!(channel, %error, "cannot LISTEN; polling meanwhile");
             }
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
@@ -151,7 +174,7 @@ pub async fn listen(
 /// (returns `None`), pinging it every [`LISTEN_PING`].
 async fn forward(
     conn: &mut AsyncPgConnection,
-    wake: &OutboxWake,
+    wake: &impl Fn(),
     timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Option<String> {
@@ -166,7 +189,7 @@ async fn forward(
             loop {
                 tokio::select! {
                     item = notifications.next() => match item {
-                        Some(Ok(_)) => wake.local.notify_one(),
+                        Some(Ok(_)) => wake(),
                         Some(Err(e)) => return Some(e.to_string()),
                         None => return Some("the connection closed".into()),
                     },
@@ -188,9 +211,9 @@ async fn forward(
     }
 }
 
-async fn connect(url: &str) -> Result<AsyncPgConnection, String> {
+async fn connect(url: &str, channel: &str) -> Result<AsyncPgConnection, String> {
     let mut conn = db::connect(url).await.map_err(|e| e.to_string())?;
-    diesel::sql_query(format!("LISTEN {OUTBOX_CHANNEL}"))
+    diesel::sql_query(format!("LISTEN {channel}"))
         .execute(&mut conn)
         .await
         .map_err(|e| e.to_string())?;

@@ -79,7 +79,7 @@ impl Acker {
 
 enum Command {
     Settle { generation: u64, tag: u64, how: Settle },
-    Prefetch(u16),
+    Intake(Option<u16>),
     Stop { grace: Duration },
 }
 
@@ -111,7 +111,7 @@ impl Consumer {
             nodes: session::Nodes::new(config),
             queue: topology.queue(destination),
             topology,
-            prefetch,
+            prefetch: Some(prefetch),
             health,
             component,
             to_async,
@@ -130,9 +130,10 @@ impl Consumer {
     }
 
     /// Changes how many unacknowledged messages the broker hands this consumer (now,
-    /// and on every reconnect).
-    pub fn set_prefetch(&self, prefetch: u16) {
-        let _ = self.commands.send(Command::Prefetch(prefetch.max(1)));
+    /// and on every reconnect); `None` holds it: it takes no message until given a
+    /// prefetch again, and messages already taken can still be settled.
+    pub fn set_intake(&self, prefetch: Option<u16>) {
+        let _ = self.commands.send(Command::Intake(prefetch.map(|p| p.max(1))));
     }
 
     /// The next message, or `None` once the consumer has stopped.
@@ -157,7 +158,8 @@ struct ConsumerThread {
     nodes: session::Nodes,
     topology: Topology,
     queue: String,
-    prefetch: u16,
+    /// The prefetch to consume with; `None`: held, not consuming.
+    prefetch: Option<u16>,
     health: Arc<Health>,
     component: String,
     to_async: mpsc::UnboundedSender<IncomingMessage>,
@@ -198,7 +200,7 @@ impl ConsumerThread {
                     Ok(Command::Stop { .. }) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                         break 'connections
                     }
-                    Ok(Command::Prefetch(prefetch)) => self.prefetch = prefetch,
+                    Ok(Command::Intake(prefetch)) => self.prefetch = prefetch,
                     Ok(Command::Settle { .. }) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 }
             }
@@ -213,36 +215,58 @@ impl ConsumerThread {
         self.topology
             .declare(&mut connection, &channel)
             .map_err(|e| e.to_string())?;
-        // Prefetch bounds this consumer's unacknowledged messages (a message stays
-        // unacked until its outcome is recorded): it follows the worker's limit for the
-        // destination. RabbitMQ applies a new prefetch only to consumers started after
-        // it, so a change cancels the consumer and, once the broker confirms, starts
-        // another on the same channel (delivery tags stay valid across).
-        channel.qos(0, self.prefetch, false).map_err(|e| e.to_string())?;
-        // Manual acks (`no_ack: false`, the default).
-        let mut consumer = channel
-            .basic_consume(self.queue.clone(), ConsumerOptions::default())
-            .map_err(|e| e.to_string())?;
-        let mut resubscribing = false;
-        let mut resubscribe_now = false;
         self.generation += 1;
         reconnect.connected();
         self.health.connected(&self.component, &node);
-        tracing::info!(queue = %self.queue, prefetch = self.prefetch, %node, "consuming");
+        tracing::info!(queue = %self.queue, prefetch = ?self.prefetch, %node, "connected");
 
+        // Prefetch bounds this consumer's unacknowledged messages (a message stays
+        // unacked until its outcome is recorded): it follows the worker's limit for the
+        // destination, and `None` (held) consumes nothing. RabbitMQ applies a new
+        // prefetch only to consumers started after it, so a change cancels the consumer
+        // and, once the broker confirms, starts another (or none) on the same channel;
+        // delivery tags stay valid across, and settlements go through the channel.
+        let mut consumer: Option<(amiquip::Consumer, u16)> = None;
+        let mut cancelling = false;
         let mut unsettled: HashMap<u64, Delivery> = HashMap::new();
         let mut stop_deadline: Option<Instant> = None;
+        let never = crossbeam_channel::never();
         let ended = loop {
             if let Some(deadline) = stop_deadline {
                 if unsettled.is_empty() || Instant::now() >= deadline {
                     break Ended::Stopped;
                 }
             }
+            // Bring the consumer in line with the wanted prefetch.
+            let wanted = self.prefetch.filter(|_| stop_deadline.is_none());
+            if !cancelling {
+                match (&consumer, wanted) {
+                    (Some((_, current)), Some(wanted)) if *current == wanted => {}
+                    (Some((started, _)), _) => {
+                        cancelling = true;
+                        if let Err(e) = started.cancel() {
+                            break Ended::Lost(e.to_string());
+                        }
+                    }
+                    (None, Some(wanted)) => {
+                        let started = channel.qos(0, wanted, false).and_then(|()| {
+                            channel.basic_consume(self.queue.clone(), ConsumerOptions::default())
+                        });
+                        match started {
+                            Ok(started) => consumer = Some((started, wanted)),
+                            Err(e) => break Ended::Lost(e.to_string()),
+                        }
+                        tracing::debug!(queue = %self.queue, prefetch = wanted, "consuming");
+                    }
+                    (None, None) => {}
+                }
+            }
             let wait = stop_deadline.map_or(Duration::from_secs(1), |d| {
                 d.saturating_duration_since(Instant::now())
             });
+            let messages = consumer.as_ref().map_or(&never, |(c, _)| c.receiver());
             select! {
-                recv(consumer.receiver()) -> message => match message {
+                recv(messages) -> message => match message {
                     Ok(ConsumerMessage::Delivery(mut delivery)) => {
                         let incoming = self.incoming(&mut delivery);
                         unsettled.insert(delivery.delivery_tag(), delivery);
@@ -252,8 +276,8 @@ impl ConsumerThread {
                         }
                     }
                     Ok(ConsumerMessage::ClientCancelled) => {
-                        resubscribe_now = resubscribing && stop_deadline.is_none();
-                        resubscribing = false;
+                        consumer = None;
+                        cancelling = false;
                     }
                     Ok(other) => break Ended::Lost(format!("{other:?}")),
                     Err(_) => break Ended::Lost("consumer channel closed".into()),
@@ -265,43 +289,22 @@ impl ConsumerThread {
                         }
                         if let Some(delivery) = unsettled.remove(&tag) {
                             let result = match how {
-                                Settle::Ack => consumer.ack(delivery),
-                                Settle::Requeue => consumer.nack(delivery, true),
-                                Settle::Reject => consumer.reject(delivery, false),
+                                Settle::Ack => delivery.ack(&channel),
+                                Settle::Requeue => delivery.nack(&channel, true),
+                                Settle::Reject => delivery.reject(&channel, false),
                             };
                             if let Err(e) = result {
                                 break Ended::Lost(e.to_string());
                             }
                         }
                     }
-                    Ok(Command::Prefetch(prefetch)) => {
-                        if prefetch != self.prefetch {
-                            self.prefetch = prefetch;
-                            if !resubscribing && stop_deadline.is_none() {
-                                resubscribing = true;
-                                if let Err(e) = consumer.cancel() {
-                                    break Ended::Lost(e.to_string());
-                                }
-                            }
-                        }
-                    }
+                    Ok(Command::Intake(prefetch)) => self.prefetch = prefetch,
                     Ok(Command::Stop { grace }) => {
-                        let _ = consumer.cancel();
                         stop_deadline = Some(Instant::now() + grace);
                     }
                     Err(_) => break Ended::Stopped,
                 },
                 default(wait) => {}
-            }
-            if std::mem::take(&mut resubscribe_now) {
-                let started = channel
-                    .qos(0, self.prefetch, false)
-                    .and_then(|()| channel.basic_consume(self.queue.clone(), ConsumerOptions::default()));
-                match started {
-                    Ok(started) => consumer = started,
-                    Err(e) => break Ended::Lost(e.to_string()),
-                }
-                tracing::debug!(queue = %self.queue, prefetch = self.prefetch, "consuming with a new prefetch");
             }
         };
         drop(consumer);

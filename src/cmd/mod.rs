@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its own `run`. `main` picks one.
 
 pub mod check_config;
+pub mod destinations;
 pub mod migrate;
 pub mod prune;
 pub mod replay;

@@ -48,6 +48,8 @@ pub struct Attempt {
     pub status_code: Option<i32>,
     pub error: Option<String>,
     pub response_snippet: Option<String>,
+    /// Answered 429 or 503 with `Retry-After` (or 410): the try was given back.
+    pub throttled: bool,
 }
 
 /// The attempts of these deliveries, oldest first.

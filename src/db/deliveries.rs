@@ -139,6 +139,10 @@ pub struct Claimed {
     pub attempts: i32,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub destination: String,
+    /// When the delivery was created: a delivery throttled for longer than the whole
+    /// retry schedule is dead.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// [`claim`]'s statement (`$1`, `$2`: the lease in seconds; `$3`: the ids); public so
@@ -155,7 +159,7 @@ pub const CLAIM_SQL: &str = "UPDATE deliveries \
                    WHEN 'delivering' THEN lease_until <= now() \
                    ELSE false \
                END \
-         RETURNING id, attempts, destination";
+         RETURNING id, attempts, destination, created_at";
 
 /// Claims deliveries for one attempt each: they become `delivering` with
 /// `attempts + 1` and a lease until `now() + lease`. Rows that are not claimable
@@ -198,6 +202,14 @@ pub enum Outcome {
         status_code: Option<i32>,
         error: String,
     },
+    /// Throttled (429 or 503 with `Retry-After`) or refused with `410 Gone`: retried
+    /// after `retry_in` like `Retrying`, but the try is given back (the next attempt has
+    /// the same number) and the attempt row is marked throttled.
+    Throttled {
+        retry_in: std::time::Duration,
+        status_code: Option<i32>,
+        error: String,
+    },
     /// Failed with no retry left.
     Dead {
         status_code: Option<i32>,
@@ -217,6 +229,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the attempt gives its try back.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self.outcome, Outcome::Throttled { .. })
+    }
+
     /// The same record without the text that came from the destination (its response
     /// snippet and error messages): what is left when the database refused the details.
     pub fn without_details(&self) -> Self {
@@ -230,6 +247,15 @@ impl Record {
                 status_code,
                 ..
             } => Outcome::Retrying {
+                retry_in: *retry_in,
+                status_code: *status_code,
+                error: UNSTORABLE.to_string(),
+            },
+            Outcome::Throttled {
+                retry_in,
+                status_code,
+                ..
+            } => Outcome::Throttled {
                 retry_in: *retry_in,
                 status_code: *status_code,
                 error: UNSTORABLE.to_string(),
@@ -254,18 +280,21 @@ impl Record {
     }
 }
 
-/// [`record_outcomes`]'s statement (`$1`–`$7`: the attempt rows' columns; `$8`–`$13`:
-/// the outcomes' id, attempt, status, status code, error, retry delay); public so that
-/// tests can EXPLAIN it.
+/// [`record_outcomes`]'s statement (`$1`–`$8`: the attempt rows' columns; `$9`–`$15`:
+/// the outcomes' id, attempt, status, status code, error, retry delay, whether the try
+/// is given back); public so that tests can EXPLAIN it.
 pub const RECORD_OUTCOMES_SQL: &str = "WITH attempt AS ( \
              INSERT INTO delivery_attempts \
-                 (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet) \
+                 (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet, \
+                  throttled) \
              SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], \
-                                  $6::text[], $7::text[])), \
+                                  $6::text[], $7::text[], $8::bool[])), \
          outcome AS ( \
-             SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::int[], $12::text[], $13::float8[]) \
-                 AS o(id, attempt, status, status_code, error, retry_in)) \
+             SELECT * FROM unnest($9::uuid[], $10::int[], $11::text[], $12::int[], $13::text[], \
+                                  $14::float8[], $15::bool[]) \
+                 AS o(id, attempt, status, status_code, error, retry_in, refund)) \
          UPDATE deliveries d SET status = o.status, updated_at = now(), lease_until = NULL, \
+                attempts = CASE WHEN o.refund THEN d.attempts - 1 ELSE d.attempts END, \
                 last_status_code = o.status_code, last_error = o.error, \
                 delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE d.delivered_at END, \
                 next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + make_interval(secs => o.retry_in) \
@@ -286,7 +315,7 @@ pub async fn record_outcomes(
     conn: &mut AsyncPgConnection,
     records: &[Record],
 ) -> QueryResult<std::collections::HashSet<uuid::Uuid>> {
-    use diesel::sql_types::{Array, Double, Integer, Nullable, Text, Timestamptz, Uuid};
+    use diesel::sql_types::{Array, Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid};
     #[derive(QueryableByName)]
     struct Changed {
         #[diesel(sql_type = Uuid)]
@@ -298,10 +327,16 @@ pub async fn record_outcomes(
     let mut codes = Vec::new();
     let mut errors = Vec::new();
     let mut retry_ins = Vec::new();
+    let mut refunds = Vec::new();
     for record in records {
         let (status, code, error, retry_in) = match &record.outcome {
             Outcome::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
             Outcome::Retrying {
+                retry_in,
+                status_code,
+                error,
+            }
+            | Outcome::Throttled {
                 retry_in,
                 status_code,
                 error,
@@ -313,6 +348,7 @@ pub async fn record_outcomes(
             ),
             Outcome::Dead { status_code, error } => ("dead", *status_code, Some(error.as_str()), None),
         };
+        refunds.push(record.is_throttled());
         ids.push(record.delivery_id);
         attempts.push(record.attempt);
         statuses.push(status);
@@ -333,12 +369,20 @@ pub async fn record_outcomes(
                 .map(|r| r.response_snippet.as_deref())
                 .collect::<Vec<_>>(),
         )
+        .bind::<Array<Bool>, _>(
+            records
+                .iter()
+                .filter(|r| r.row.is_some())
+                .map(Record::is_throttled)
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Uuid>, _>(&ids)
         .bind::<Array<Integer>, _>(&attempts)
         .bind::<Array<Text>, _>(&statuses)
         .bind::<Array<Nullable<Integer>>, _>(&codes)
         .bind::<Array<Nullable<Text>>, _>(&errors)
         .bind::<Array<Nullable<Double>>, _>(&retry_ins)
+        .bind::<Array<Bool>, _>(&refunds)
         .load(conn)
         .await?;
     Ok(changed.into_iter().map(|c| c.id).collect())

@@ -8,6 +8,7 @@ pub mod attempts;
 pub mod batch;
 mod connect;
 pub mod deliveries;
+pub mod destinations;
 pub mod events;
 pub mod migrate;
 pub mod models;

@@ -27,6 +27,19 @@ diesel::table! {
         status_code -> Nullable<Int4>,
         error -> Nullable<Text>,
         response_snippet -> Nullable<Text>,
+        throttled -> Bool,
+    }
+}
+
+diesel::table! {
+    destination_states (destination) {
+        destination -> Text,
+        state -> Text,
+        reason -> Nullable<Text>,
+        probe_interval -> Nullable<Float8>,
+        next_probe_at -> Nullable<Timestamptz>,
+        probe_until -> Nullable<Timestamptz>,
+        changed_at -> Timestamptz,
     }
 }
 
@@ -45,4 +58,4 @@ diesel::table! {
 
 diesel::joinable!(deliveries -> events (event_id));
 
-diesel::allow_tables_to_appear_in_same_query!(deliveries, delivery_attempts, events,);
+diesel::allow_tables_to_appear_in_same_query!(deliveries, delivery_attempts, destination_states, events,);

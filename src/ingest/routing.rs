@@ -68,6 +68,7 @@ mod tests {
             max_in_flight: 1,
             min_in_flight: 1,
             timeout: Duration::from_secs(1),
+            breaker: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::db::deliveries::{self, DeliveryFilter, ReplayFilter};
+use crate::db::destinations;
 use crate::db::events::{self, EventFilter};
 use crate::db::models::{Delivery, DeliveryStatus};
 use crate::db::{attempts, PooledConnection};
@@ -72,6 +73,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             .route("/deliveries", web::get().to(list_deliveries))
             .route("/deliveries/{id}/replay", web::post().to(replay_one))
             .route("/replay", web::post().to(replay_many))
+            .route("/destinations", web::get().to(list_destinations))
+            .route("/destinations/{name}/pause", web::post().to(pause_destination))
+            .route("/destinations/{name}/resume", web::post().to(resume_destination))
             .default_service(web::to(crate::listener::not_found)),
     );
 }
@@ -194,6 +198,87 @@ async fn stats(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
         "oldest_due_age_seconds": due.oldest_due_age_seconds.unwrap_or(0.0),
         "oldest_event_received_at": oldest_event,
     })))
+}
+
+// ---- destinations ----------------------------------------------------------------
+
+/// A destination as the API shows it: its shared state and backlog, and this process's
+/// in-flight limit when it runs a worker (`null` otherwise: the limit is per worker).
+#[derive(Serialize)]
+struct DestinationView {
+    #[serde(flatten)]
+    overview: destinations::Overview,
+    in_flight_limit: Option<i64>,
+    max_in_flight: usize,
+}
+
+async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<DestinationView>, ApiError> {
+    let mut conn = connection(ctx).await?;
+    let overviews = destinations::overview(&mut conn, names).await.map_err(storage)?;
+    Ok(overviews
+        .into_iter()
+        .map(|overview| {
+            let config = ctx.config.destinations.iter().find(|d| d.name == overview.name);
+            DestinationView {
+                in_flight_limit: ctx.metrics.current_in_flight_limit(&overview.name),
+                max_in_flight: config.map_or(0, |d| d.max_in_flight),
+                overview,
+            }
+        })
+        .collect())
+}
+
+async fn list_destinations(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
+    let names: Vec<String> = ctx.config.destinations.iter().map(|d| d.name.clone()).collect();
+    let items = destination_views(&ctx, &names).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// The configured destination `name`, or 404.
+fn configured(ctx: &AppContext, name: &str) -> Result<String, ApiError> {
+    ctx.config
+        .destinations
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.name.clone())
+        .ok_or_else(|| ApiError::NotFoundDetail(format!("no destination {name:?} is configured")))
+}
+
+async fn pause_destination(
+    ctx: web::Data<AppContext>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = configured(&ctx, &name)?;
+    let mut conn = connection(&ctx).await?;
+    let changed = destinations::hold(
+        &mut conn,
+        &name,
+        destinations::State::Paused,
+        "paused by an operator",
+    )
+    .await
+    .map_err(storage)?;
+    if changed.is_some() {
+        tracing::warn!(destination = %name, "destination paused by an operator");
+    }
+    drop(conn);
+    let view = destination_views(&ctx, std::slice::from_ref(&name)).await?;
+    Ok(HttpResponse::Ok().json(&view[0]))
+}
+
+async fn resume_destination(
+    ctx: web::Data<AppContext>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = configured(&ctx, &name)?;
+    let mut conn = connection(&ctx).await?;
+    let changed = destinations::resume(&mut conn, &name).await.map_err(storage)?;
+    if changed.is_some() {
+        tracing::warn!(destination = %name, "destination resumed by an operator");
+    }
+    drop(conn);
+    let view = destination_views(&ctx, std::slice::from_ref(&name)).await?;
+    Ok(HttpResponse::Ok().json(&view[0]))
 }
 
 // ---- events --------------------------------------------------------------------

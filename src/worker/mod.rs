@@ -14,6 +14,7 @@
 //! and be recorded, and whatever is left unacked is redelivered by the broker.
 
 mod concurrency;
+mod gate;
 mod schedule;
 mod send;
 
@@ -32,7 +33,9 @@ use crate::context::AppContext;
 use crate::db::attempts::NewAttempt;
 use crate::db::batch::{self, BatchError, Batcher};
 use crate::db::deliveries::{self, Claims, Outcome, Records};
+use crate::db::destinations::{self, State};
 use concurrency::{AdaptiveLimit, Signal};
+use gate::{Admit, Gate, Intake, Transition, Verdict};
 
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -89,6 +92,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     });
     let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
+    let mut lanes = Vec::new();
     for destination in &config.destinations {
         let max = destination.max_in_flight.min(config.worker.concurrency);
         let limit = AdaptiveLimit::new(destination.min_in_flight.min(max), max, INITIAL_IN_FLIGHT);
@@ -101,18 +105,25 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         )
         .with_context(|| format!("starting the consumer of {}", destination.name))?;
         ctx.metrics.in_flight_limit(&destination.name, limit.limit());
-        let lane = Lane {
+        ctx.metrics
+            .destination_state(&destination.name, State::Closed.as_str());
+        let lane = Arc::new(Lane {
             destination: destination.name.clone(),
             part: format!("worker:{}", destination.name),
             limit: Mutex::new(limit),
+            gate: Gate::new(destination.breaker.over(&config.worker.breaker)),
             room: tokio::sync::Notify::new(),
-        };
+            intake_changed: tokio::sync::Notify::new(),
+        });
+        lanes.push(lane.clone());
         destinations.spawn(consume(worker.clone(), consumer, lane, shutdown.clone()));
     }
     if config.destinations.is_empty() {
         tracing::warn!("no destination is configured: the worker has nothing to consume");
     }
+    let watcher = tokio::spawn(watch_states(ctx.clone(), lanes, shutdown.clone()));
     while destinations.join_next().await.is_some() {}
+    let _ = watcher.await;
     batches_stop.cancel();
     for task in batchers {
         let _ = task.await;
@@ -135,13 +146,18 @@ fn prefetch(limit: usize) -> u16 {
     u16::try_from(limit.saturating_mul(3).next_power_of_two()).unwrap_or(u16::MAX)
 }
 
-/// One destination's consume loop: its name, its liveness part, its in-flight limit.
+/// One destination's consume loop: its name, its liveness part, its in-flight limit
+/// and its gate.
 struct Lane {
     destination: String,
     part: String,
     limit: Mutex<AdaptiveLimit>,
-    /// Woken when a request ends (a slot may be free, or the limit changed).
+    gate: Gate,
+    /// Woken when a request ends (a slot may be free, or the limit changed) and when
+    /// the gate changes.
     room: tokio::sync::Notify,
+    /// Tells the consume loop that the gate changed (it keeps one permit).
+    intake_changed: tokio::sync::Notify,
 }
 
 impl Lane {
@@ -152,27 +168,49 @@ impl Lane {
     }
 
     /// Waits until the limit lets one more delivery at the destination, before its
-    /// claim (a claim waiting here would run down its lease).
-    async fn enter(&self) -> Slot<'_> {
+    /// claim (a claim waiting here would run down its lease); `None` when the gate
+    /// holds the destination (the message goes back to the queue).
+    async fn enter(&self) -> Option<Slot<'_>> {
         loop {
             let notified = self.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut limit = self.limit();
-                if limit.has_room() {
-                    limit.start();
-                    return Slot { lane: self };
+            match self.gate.admit(Instant::now()) {
+                Admit::Hold => return None,
+                Admit::Probe => {
+                    self.limit().start();
+                    return Some(Slot {
+                        lane: self,
+                        probe: true,
+                    });
+                }
+                Admit::Pass => {
+                    let mut limit = self.limit();
+                    if limit.has_room() {
+                        limit.start();
+                        return Some(Slot {
+                            lane: self,
+                            probe: false,
+                        });
+                    }
                 }
             }
             notified.await;
         }
+    }
+
+    /// The gate changed: waiters re-check, the consume loop re-reads its intake.
+    fn changed(&self) {
+        self.room.notify_waiters();
+        self.intake_changed.notify_one();
     }
 }
 
 /// One delivery's place within its destination's limit, given back when dropped.
 struct Slot<'a> {
     lane: &'a Lane,
+    /// It is the open circuit's probe.
+    probe: bool,
 }
 
 impl Slot<'_> {
@@ -188,6 +226,63 @@ impl Drop for Slot<'_> {
         self.lane.limit().leave();
         self.lane.room.notify_waiters();
     }
+}
+
+/// How often a consume loop looks at its gate without being told: a `Retry-After`
+/// pause ends, or an open circuit's probe comes due, within this.
+const GATE_TICK: Duration = Duration::from_millis(250);
+
+/// How often the shared destination states are read without a `NOTIFY`.
+const STATES_POLL: Duration = Duration::from_secs(1);
+
+/// Keeps every lane's gate in line with the shared destination states: read every
+/// [`STATES_POLL`] and at once on a `NOTIFY` from any process (an operator's pause, a
+/// replica opening a circuit). Stops with `shutdown`.
+async fn watch_states(ctx: Arc<AppContext>, lanes: Vec<Arc<Lane>>, shutdown: CancellationToken) {
+    if lanes.is_empty() {
+        return;
+    }
+    let notified = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::spawn(crate::wake::listen_on(
+        destinations::CHANNEL,
+        {
+            let notified = notified.clone();
+            move || notified.notify_one()
+        },
+        ctx.config.database.url.expose().to_string(),
+        ctx.config.database.connect_timeout,
+        ctx.config.database.query_timeout,
+        shutdown.clone(),
+    ));
+    let mut poll = tokio::time::interval(STATES_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = poll.tick() => {}
+            () = notified.notified() => {}
+        }
+        let timeout = ctx.config.database.query_timeout;
+        match crate::db::with_connection(&ctx.relaxed_pool, timeout, destinations::load).await {
+            Ok(rows) => {
+                for lane in &lanes {
+                    let before = lane.gate.state();
+                    lane.gate
+                        .apply(rows.iter().find(|r| r.destination == lane.destination));
+                    let after = lane.gate.state();
+                    if after != before {
+                        tracing::info!(destination = %lane.destination, state = after.as_str(), "destination state changed");
+                        ctx.metrics.destination_state(&lane.destination, after.as_str());
+                    }
+                    lane.changed();
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the destination states; keeping the last known")
+            }
+        }
+    }
+    let _ = listener.await;
 }
 
 /// How often, at most, each consume loop beats while it turns.
@@ -210,12 +305,14 @@ struct Worker {
 /// [`crate::liveness`] every few seconds while it turns, so a loop wedged for
 /// `ops.liveness_stall` (waiting for a permit that never comes back, say) fails
 /// `/healthz`; an idle one keeps beating.
-async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Lane, shutdown: CancellationToken) {
-    let lane = Arc::new(lane);
+async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Arc<Lane>, shutdown: CancellationToken) {
     let part = lane.part.clone();
     let mut shown = lane.limit().limit();
-    let mut prefetched = prefetch(shown);
+    let mut intake = Some(prefetch(shown));
     let mut in_flight = JoinSet::new();
+    // How often a held gate is looked at: a `Retry-After` pause ending, a probe due.
+    let mut gate_tick = tokio::time::interval(GATE_TICK);
+    gate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Several beats within the stall time, so that a turning loop never looks stalled.
     let mut heartbeat = tokio::time::interval(
         (worker.ctx.config.ops.liveness_stall / 4).clamp(std::time::Duration::from_millis(10), HEARTBEAT),
@@ -226,16 +323,11 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Lane, shutdo
             biased;
             _ = shutdown.cancelled() => break,
             _ = heartbeat.tick() => worker.ctx.liveness.beat(&part),
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
-                // The broker holds back what the limit does not let through.
-                let limit = lane.limit().limit();
-                if limit != shown {
-                    shown = limit;
-                    worker.ctx.metrics.in_flight_limit(&lane.destination, limit);
-                    if prefetch(limit) != prefetched {
-                        prefetched = prefetch(limit);
-                        consumer.set_prefetch(prefetched);
-                    }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            () = lane.intake_changed.notified() => {}
+            _ = gate_tick.tick() => {
+                if lane.gate.probe_due(chrono::Utc::now()) {
+                    worker.take_probe(&lane).await;
                 }
             }
             // At most the prefetch: the broker hands over no more unacknowledged.
@@ -245,6 +337,21 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Lane, shutdo
                 let lane = lane.clone();
                 in_flight.spawn(async move { worker.handle(message, &lane).await });
             }
+        }
+        // The broker holds back what the limit (or the gate) does not let through.
+        let limit = lane.limit().limit();
+        if limit != shown {
+            shown = limit;
+            worker.ctx.metrics.in_flight_limit(&lane.destination, limit);
+        }
+        let wanted = match lane.gate.intake(Instant::now()) {
+            Intake::Consume => Some(prefetch(limit)),
+            Intake::Probe => Some(1),
+            Intake::Hold => None,
+        };
+        if wanted != intake {
+            intake = wanted;
+            consumer.set_intake(intake);
         }
     }
     let grace = worker.ctx.config.shutdown.grace_period;
@@ -314,7 +421,14 @@ impl Worker {
     async fn deliver(&self, envelope: Envelope, message: IncomingMessage, lane: &Lane) {
         let IncomingMessage { body, acker, .. } = message;
         let span = tracing::Span::current();
-        let slot = lane.enter().await;
+        let Some(slot) = lane.enter().await else {
+            tracing::debug!(
+                state = lane.gate.state().as_str(),
+                "destination held; message back to its queue"
+            );
+            acker.requeue();
+            return;
+        };
         let claimed = self.claims.submit(envelope.delivery_id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
@@ -360,32 +474,129 @@ impl Worker {
         )
         .await;
         drop(permit);
+        // The gate learns of the answer before the slot is given back: a delivery
+        // waiting for the slot must see a circuit this answer opened.
+        let verdict = Verdict::of(
+            response.status_code,
+            response.retry_after,
+            response.error.as_deref(),
+        );
+        self.report(lane, &verdict, slot.probe).await;
         slot.done(response.duration, Signal::of(response.status_code));
         self.ctx
             .metrics
             .delivery_attempt(&claimed.destination, response.is_success(), response.duration);
         let status_code = response.status_code.map(i32::from);
-        let outcome = if response.is_success() {
-            Outcome::Delivered {
-                status_code: status_code.unwrap_or(200),
-            }
-        } else {
-            let error = response
+        let failure = || schedule::Failure {
+            status_code,
+            error: response
                 .error
                 .clone()
-                .unwrap_or_else(|| format!("HTTP {}", status_code.unwrap_or(0)));
-            schedule::after_failure(
-                &self.ctx.config.worker.retry,
-                claimed.attempts,
-                schedule::Failure {
-                    status_code,
-                    error,
-                    retry_after: response.retry_after,
-                },
-            )
+                .unwrap_or_else(|| format!("HTTP {}", status_code.unwrap_or(0))),
+        };
+        let retry = &self.ctx.config.worker.retry;
+        let outcome = match verdict {
+            Verdict::Healthy => Outcome::Delivered {
+                status_code: status_code.unwrap_or(200),
+            },
+            Verdict::Throttled(after) => {
+                schedule::after_throttle(retry, claimed.created_at, after, failure())
+            }
+            // Disabled now: the delivery waits for an operator, its try given back.
+            Verdict::Gone => schedule::after_throttle(
+                retry,
+                claimed.created_at,
+                retry.delay(0).unwrap_or_default(),
+                failure(),
+            ),
+            Verdict::Answered | Verdict::Failed(_) => {
+                schedule::after_failure(retry, claimed.attempts, failure())
+            }
         };
         self.settle(envelope.delivery_id, &claimed, Some(&response), outcome, acker)
             .await;
+    }
+
+    /// Makes the shared transition an attempt's `verdict` calls for (opening the
+    /// circuit, closing or reopening it after a probe, disabling it after a 410), and
+    /// applies the row it returns. A transition that cannot be written is only logged:
+    /// the next failure (or probe) tries again.
+    async fn report(&self, lane: &Lane, verdict: &Verdict, probe: bool) {
+        let Some(transition) = lane.gate.report(verdict, probe, Instant::now()) else {
+            if matches!(verdict, Verdict::Throttled(_)) {
+                self.ctx.metrics.throttled(&lane.destination);
+                lane.changed();
+            }
+            return;
+        };
+        let destination = lane.destination.as_str();
+        let breaker = *lane.gate.breaker();
+        let timeout = self.ctx.config.database.query_timeout;
+        let written = crate::db::with_connection(&self.ctx.pool, timeout, async |conn| match &transition {
+            Transition::Open { reason } => {
+                destinations::open(conn, destination, reason, breaker.probe_interval).await
+            }
+            Transition::Close => destinations::close(conn, destination).await,
+            Transition::Reopen { reason } => {
+                destinations::reopen(conn, destination, reason, breaker.max_probe_interval).await
+            }
+            Transition::Disable => destinations::hold(conn, destination, State::Disabled, "410 Gone").await,
+        })
+        .await;
+        match written {
+            Ok(Some(row)) => {
+                match &transition {
+                    Transition::Open { reason } => tracing::warn!(
+                        %reason,
+                        probe_interval = ?breaker.probe_interval,
+                        "circuit opened: deliveries held in the queue, one probe per interval"
+                    ),
+                    Transition::Close => tracing::info!("probe delivered: circuit closed, delivering"),
+                    Transition::Reopen { reason } => {
+                        tracing::warn!(%reason, "probe failed: circuit stays open")
+                    }
+                    Transition::Disable => tracing::error!(
+                        "destination answered 410 Gone: disabled until an operator resumes it"
+                    ),
+                }
+                lane.gate.apply(Some(&row));
+                self.ctx
+                    .metrics
+                    .destination_state(destination, row.state().as_str());
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, ?transition, "cannot record the destination's state"),
+        }
+        if probe {
+            self.ctx.metrics.probe(destination);
+        }
+        lane.changed();
+    }
+
+    /// Tries to take the open circuit's probe (one replica gets it per interval).
+    async fn take_probe(&self, lane: &Lane) {
+        let hold = self
+            .targets
+            .get(&lane.destination)
+            .map_or(Duration::ZERO, |t| t.timeout)
+            + self.ctx.config.worker.lease_margin;
+        let timeout = self.ctx.config.database.query_timeout;
+        let taken = crate::db::with_connection(&self.ctx.pool, timeout, async |conn| {
+            destinations::take_probe(conn, &lane.destination, hold).await
+        })
+        .await;
+        match taken {
+            Ok(Some(row)) => {
+                tracing::info!(destination = %lane.destination, "circuit half-open: the next delivery is the probe");
+                lane.gate.probe_taken(&row);
+                self.ctx
+                    .metrics
+                    .destination_state(&lane.destination, row.state().as_str());
+                lane.changed();
+            }
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "cannot take the probe; trying again later"),
+        }
     }
 
     /// Records the attempt and the outcome in one transaction, then acks (or rejects a
@@ -439,6 +650,10 @@ impl Worker {
             }
             (Ok(true), Outcome::Retrying { retry_in, error, .. }) => {
                 tracing::warn!(%error, retry_in = ?retry_in, "attempt failed; will retry");
+                acker.ack();
+            }
+            (Ok(true), Outcome::Throttled { retry_in, error, .. }) => {
+                tracing::info!(%error, retry_in = ?retry_in, "throttled; will send again without spending a try");
                 acker.ack();
             }
             (Ok(true), Outcome::Dead { error, .. }) => {

@@ -1,6 +1,7 @@
 //! What a failed attempt leads to: another try after the next delay of
-//! `worker.retry.schedule` (±20 % jitter, or the destination's `Retry-After` when that is
-//! longer), or `dead` when the schedule is exhausted.
+//! `worker.retry.schedule` (±20 % jitter), or `dead` when the schedule is exhausted; and
+//! what a throttled one leads to: a re-send after the destination's `Retry-After`
+//! without spending a try, until the schedule's whole time has passed.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,39 +11,55 @@ use crate::db::deliveries::Outcome;
 /// Jitter applied to every scheduled delay, as a fraction either way.
 const JITTER: f64 = 0.2;
 
-/// A `Retry-After` longer than this is treated as this: a destination cannot park a
-/// delivery for longer than the default schedule's longest step.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
-
 /// How one attempt ended, as seen by the scheduler.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub status_code: Option<i32>,
     pub error: String,
-    /// The destination's `Retry-After`, when it sent one with 429 or 503.
-    pub retry_after: Option<Duration>,
 }
 
 /// The outcome of failed attempt number `attempt` (1-based).
 pub fn after_failure(retry: &RetryConfig, attempt: i32, failure: Failure) -> Outcome {
     let retries_used = usize::try_from(attempt.max(1) - 1).unwrap_or(usize::MAX);
     match retry.delay(retries_used) {
-        Some(delay) => {
-            let jittered = jitter(delay, rand::random::<f64>());
-            let retry_in = match failure.retry_after {
-                Some(asked) if asked > jittered => asked.min(MAX_RETRY_AFTER),
-                _ => jittered,
-            };
-            Outcome::Retrying {
-                retry_in,
-                status_code: failure.status_code,
-                error: failure.error,
-            }
-        }
+        Some(delay) => Outcome::Retrying {
+            retry_in: jitter(delay, rand::random::<f64>()),
+            status_code: failure.status_code,
+            error: failure.error,
+        },
         None => Outcome::Dead {
             status_code: failure.status_code,
             error: failure.error,
         },
+    }
+}
+
+/// The outcome of an attempt the destination throttled (asking for `retry_after`, at
+/// most [`super::gate::MAX_RETRY_AFTER`]) or refused as gone: sent again after it
+/// without spending a try, unless the delivery (created at `created_at`) has already
+/// waited the retry schedule's whole time — a destination that throttles forever
+/// cannot keep a delivery from ending.
+pub fn after_throttle(
+    retry: &RetryConfig,
+    created_at: chrono::DateTime<chrono::Utc>,
+    retry_after: Duration,
+    failure: Failure,
+) -> Outcome {
+    let waited = (chrono::Utc::now() - created_at).to_std().unwrap_or_default();
+    if waited >= retry.total() {
+        return Outcome::Dead {
+            status_code: failure.status_code,
+            error: format!(
+                "{} (throttled past the retry schedule's {:?})",
+                failure.error,
+                retry.total()
+            ),
+        };
+    }
+    Outcome::Throttled {
+        retry_in: retry_after,
+        status_code: failure.status_code,
+        error: failure.error,
     }
 }
 
@@ -71,11 +88,10 @@ mod tests {
         }
     }
 
-    fn failure(retry_after: Option<u64>) -> Failure {
+    fn failure() -> Failure {
         Failure {
             status_code: Some(503),
             error: "HTTP 503".into(),
-            retry_after: retry_after.map(Duration::from_secs),
         }
     }
 
@@ -90,12 +106,12 @@ mod tests {
     fn each_failure_takes_the_next_delay_within_twenty_percent() {
         let retry = schedule(&[10, 100]);
         for _ in 0..100 {
-            let first = retry_in(after_failure(&retry, 1, failure(None)));
+            let first = retry_in(after_failure(&retry, 1, failure()));
             assert!(
                 first >= Duration::from_secs(8) && first <= Duration::from_secs(12),
                 "{first:?}"
             );
-            let second = retry_in(after_failure(&retry, 2, failure(None)));
+            let second = retry_in(after_failure(&retry, 2, failure()));
             assert!(
                 second >= Duration::from_secs(80) && second <= Duration::from_secs(120),
                 "{second:?}"
@@ -107,27 +123,29 @@ mod tests {
     fn an_exhausted_schedule_is_dead() {
         let retry = schedule(&[10, 100]);
         assert!(matches!(
-            after_failure(&retry, 3, failure(None)),
+            after_failure(&retry, 3, failure()),
             Outcome::Dead { .. }
         ));
         assert!(matches!(
-            after_failure(&schedule(&[]), 1, failure(None)),
+            after_failure(&schedule(&[]), 1, failure()),
             Outcome::Dead { .. }
         ));
     }
 
     #[test]
-    fn a_longer_retry_after_wins_and_a_shorter_one_does_not() {
-        let retry = schedule(&[10]);
-        assert_eq!(
-            retry_in(after_failure(&retry, 1, failure(Some(60)))),
-            Duration::from_secs(60)
-        );
-        assert!(retry_in(after_failure(&retry, 1, failure(Some(1)))) >= Duration::from_secs(8));
-        assert_eq!(
-            retry_in(after_failure(&retry, 1, failure(Some(10_000_000)))),
-            MAX_RETRY_AFTER
-        );
+    fn a_throttled_attempt_keeps_its_try_until_the_schedule_s_time_has_passed() {
+        let retry = schedule(&[10, 100]);
+        let after = Duration::from_secs(7);
+        let fresh = chrono::Utc::now();
+        assert!(matches!(
+            after_throttle(&retry, fresh, after, failure()),
+            Outcome::Throttled { retry_in, .. } if retry_in == after
+        ));
+        let old = fresh - chrono::TimeDelta::seconds(111);
+        assert!(matches!(
+            after_throttle(&retry, old, after, failure()),
+            Outcome::Dead { error, .. } if error.contains("throttled past")
+        ));
     }
 
     #[test]

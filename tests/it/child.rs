@@ -30,6 +30,9 @@ poll_interval = "200ms"
 lease_margin = "1s"
 [worker.retry]
 schedule = ["200ms", "500ms", "1s", "2s", "2s", "2s"]
+[worker.breaker]
+probe_interval = "200ms"
+max_probe_interval = "1s"
 [log]
 format = "json"
 level = "warn,relayd::cmd=info"

@@ -8,6 +8,7 @@ mod browser;
 mod child;
 mod cli;
 mod deploy;
+mod flow;
 mod hostile;
 mod ingest;
 mod migrations;

@@ -65,6 +65,8 @@ impl std::fmt::Debug for Plan {
 pub enum Answer {
     /// `status` with `body`, whole.
     Whole { status: u16, body: Vec<u8> },
+    /// `status` (429 or 503) with `Retry-After: seconds`.
+    RetryAfter { status: u16, seconds: u64 },
     /// `status`, then `chunk` every `every`, `count` times, or without end when `None`
     /// (until the client goes away).
     Stream {
@@ -85,7 +87,9 @@ impl Answer {
 
     pub fn status(&self) -> u16 {
         match self {
-            Answer::Whole { status, .. } | Answer::Stream { status, .. } => *status,
+            Answer::Whole { status, .. }
+            | Answer::RetryAfter { status, .. }
+            | Answer::Stream { status, .. } => *status,
         }
     }
 
@@ -93,6 +97,9 @@ impl Answer {
         let code = |status| actix_web::http::StatusCode::from_u16(status).unwrap();
         match self {
             Answer::Whole { status, body } => HttpResponse::build(code(status)).body(body),
+            Answer::RetryAfter { status, seconds } => HttpResponse::build(code(status))
+                .insert_header(("retry-after", seconds.to_string()))
+                .body("slow down"),
             Answer::Stream {
                 status,
                 chunk,

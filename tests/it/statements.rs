@@ -7,7 +7,7 @@
 //! and record checks fail with the earlier `OR` forms of those statements; the relay
 //! check guards the ordered, limited walk that `claim_due` is written for.
 
-use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz, Uuid};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, Text, Timestamptz, Uuid};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use relayd::db::deliveries::{self, CLAIM_DUE_SETUP, CLAIM_DUE_SQL, CLAIM_SQL, RECORD_OUTCOMES_SQL};
@@ -79,12 +79,14 @@ async fn claims_and_records_find_their_rows_by_primary_key_whatever_the_statisti
             .bind::<Array<Nullable<Integer>>, _>(vec![Some(200); n])
             .bind::<Array<Nullable<Text>>, _>(vec![None::<String>; n])
             .bind::<Array<Nullable<Text>>, _>(vec![Some(String::new()); n])
+            .bind::<Array<Bool>, _>(vec![false; n])
             .bind::<Array<Uuid>, _>(&ids)
             .bind::<Array<Integer>, _>(vec![1; n])
             .bind::<Array<Text>, _>(vec!["delivered"; n])
             .bind::<Array<Nullable<Integer>>, _>(vec![Some(200); n])
             .bind::<Array<Nullable<Text>>, _>(vec![None::<String>; n])
             .bind::<Array<Nullable<Double>>, _>(vec![None::<f64>; n])
+            .bind::<Array<Bool>, _>(vec![false; n])
             .load(&mut conn)
             .await
             .unwrap(),

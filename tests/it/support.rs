@@ -196,6 +196,9 @@ pub fn config(database_url: &str) -> Config {
     config.ingest.listen = "127.0.0.1:0".parse().unwrap();
     config.ops.listen = "127.0.0.1:0".parse().unwrap();
     config.shutdown.grace_period = Duration::from_secs(5);
+    // Circuits that open after the shipped 5 failures, but probe within a test's time.
+    config.worker.breaker.probe_interval = Duration::from_millis(200);
+    config.worker.breaker.max_probe_interval = Duration::from_secs(1);
     config.sources = vec![SourceConfig::new(
         "stripe",
         SourceKind::Stripe,
@@ -214,6 +217,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
         max_in_flight: 4,
         min_in_flight: 1,
         timeout: Duration::from_secs(5),
+        breaker: Default::default(),
     }
 }
 

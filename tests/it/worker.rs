@@ -435,7 +435,7 @@ async fn a_response_body_with_nul_and_invalid_utf8_is_recorded_and_no_neighbour_
 }
 
 /// The value of `series` (a metric with its labels) in `/metrics` now.
-async fn metric_now(relayd: &Relayd, series: &str) -> Option<f64> {
+pub async fn metric_now(relayd: &Relayd, series: &str) -> Option<f64> {
     let text = reqwest::get(relayd.ops_url("/metrics"))
         .await
         .ok()?

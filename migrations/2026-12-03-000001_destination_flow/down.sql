@@ -1,0 +1,2 @@
+ALTER TABLE delivery_attempts DROP COLUMN throttled;
+DROP TABLE destination_states;
