@@ -544,6 +544,69 @@ pub struct DestinationConfig {
     /// This destination's circuit breaker, over `[worker.breaker]`.
     #[serde(default)]
     pub breaker: BreakerOverride,
+    /// At most this many requests to the destination, across every worker replica
+    /// (`"200/s"`, `"600/m"`, `"1000/h"`); unlimited when unset.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A rate of requests, written `"N/s"`, `"N/m"` or `"N/h"` (N may have a fraction).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    per_second: f64,
+    /// As written, for `check-config`.
+    count: f64,
+    unit: char,
+}
+
+impl RateLimit {
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        const RULE: &str = "a rate such as \"200/s\", \"600/m\" or \"1000/h\" (more than 0)";
+        let (count, unit) = text.trim().split_once('/').ok_or(RULE)?;
+        let count: f64 = count.trim().parse().map_err(|_| RULE)?;
+        let (unit, seconds) = match unit.trim() {
+            "s" => ('s', 1.0),
+            "m" => ('m', 60.0),
+            "h" => ('h', 3600.0),
+            _ => return Err(RULE.into()),
+        };
+        if !count.is_finite() || count <= 0.0 {
+            return Err(RULE.into());
+        }
+        Ok(Self {
+            per_second: count / seconds,
+            count,
+            unit,
+        })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.unit)
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A breaker that can open and whose probes back off.
@@ -1159,5 +1222,22 @@ mod tests {
         assert!(!is_valid_name("Stripe"));
         assert!(!is_valid_name("a/b"));
         assert!(!is_valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn rate_limits_are_written_per_second_minute_or_hour() {
+        let rate = |text: &str| text.parse::<RateLimit>().map(|r| r.per_second());
+        assert_eq!(rate("200/s"), Ok(200.0));
+        assert_eq!(rate("600/m"), Ok(10.0));
+        assert_eq!(rate("1800/h"), Ok(0.5));
+        assert_eq!(rate(" 2.5 / s "), Ok(2.5));
+        for bad in ["200", "0/s", "-1/s", "x/s", "5/d", "inf/s", ""] {
+            assert!(rate(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!("600/m".parse::<RateLimit>().unwrap().to_string(), "600/m");
+        let loaded = load_toml(
+            "[[destinations]]\nname = \"d\"\nurl = \"http://127.0.0.1:1/\"\nsigning_secret = \"whsec_AQID\"\nrate_limit = \"7/x\"\n",
+        );
+        assert!(loaded.is_err(), "{loaded:?}");
     }
 }

@@ -78,6 +78,7 @@ pub struct Metrics {
     destination_state: Family<DestinationState, Gauge>,
     throttled: Family<DestinationLabel, Counter>,
     probes: Family<DestinationLabel, Counter>,
+    rate_limited: Family<DestinationLabel, Counter>,
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
@@ -170,6 +171,12 @@ impl Metrics {
             "Deliveries sent as the probe of an open circuit",
             probes.clone(),
         );
+        let rate_limited = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_destination_rate_limit_waits",
+            "Deliveries that waited for their destination's rate limit before being sent",
+            rate_limited.clone(),
+        );
         let broker_connected = Family::<ComponentLabel, Gauge>::default();
         registry.register(
             "relayd_broker_connected",
@@ -210,6 +217,7 @@ impl Metrics {
             destination_state,
             throttled,
             probes,
+            rate_limited,
             broker_connected,
             retention_deleted,
             retention_last_run,
@@ -254,6 +262,14 @@ impl Metrics {
 
     pub fn throttled(&self, destination: &str) {
         self.throttled
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, destination: &str) {
+        self.rate_limited
             .get_or_create(&DestinationLabel {
                 destination: destination.into(),
             })

@@ -23,3 +23,10 @@ CREATE TABLE destination_states (
 -- Attempts answered 429 or 503 with Retry-After: recorded, but they gave their try of
 -- the retry schedule back (the next attempt has the same number).
 ALTER TABLE delivery_attempts ADD COLUMN throttled boolean NOT NULL DEFAULT false;
+
+-- Live worker processes, each beating every few seconds: a destination's rate_limit is
+-- shared between the workers live now. A worker removes its row when it stops.
+CREATE TABLE worker_heartbeats (
+    id      uuid        PRIMARY KEY,
+    beat_at timestamptz NOT NULL DEFAULT now()
+);

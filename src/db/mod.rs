@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod models;
 pub mod prepared;
 pub mod schema;
+pub mod workers;
 
 use std::time::Duration;
 

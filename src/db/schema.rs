@@ -56,6 +56,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    worker_heartbeats (id) {
+        id -> Uuid,
+        beat_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deliveries -> events (event_id));
 
-diesel::allow_tables_to_appear_in_same_query!(deliveries, delivery_attempts, destination_states, events,);
+diesel::allow_tables_to_appear_in_same_query!(
+    deliveries,
+    delivery_attempts,
+    destination_states,
+    events,
+    worker_heartbeats,
+);

@@ -69,6 +69,7 @@ mod tests {
             min_in_flight: 1,
             timeout: Duration::from_secs(1),
             breaker: Default::default(),
+            rate_limit: None,
         }
     }
 

@@ -210,6 +210,8 @@ struct DestinationView {
     overview: destinations::Overview,
     in_flight_limit: Option<i64>,
     max_in_flight: usize,
+    /// The configured `rate_limit` (across all workers), if any.
+    rate_limit: Option<String>,
 }
 
 async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<DestinationView>, ApiError> {
@@ -222,6 +224,7 @@ async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<Des
             DestinationView {
                 in_flight_limit: ctx.metrics.current_in_flight_limit(&overview.name),
                 max_in_flight: config.map_or(0, |d| d.max_in_flight),
+                rate_limit: config.and_then(|d| d.rate_limit).map(|r| r.to_string()),
                 overview,
             }
         })

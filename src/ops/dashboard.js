@@ -1,6 +1,7 @@
 "use strict";
 const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead", "quarantined"];
-const COLORS = Object.fromEntries(STATUSES.map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
+const STATES = ["closed", "open", "half_open", "paused", "disabled"];
+const COLORS = Object.fromEntries([...STATUSES, ...STATES].map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
 const samples = [];      // recent stats samples for the live chart
 let cursor = null, nextCursor = null;
 
@@ -28,7 +29,38 @@ function logout(message) {
 
 async function start() {
   $("login").style.display = "none"; $("app").style.display = "block"; $("logout").style.display = "inline-block";
-  await Promise.all([refreshStats(), loadEvents()]);
+  await Promise.all([refreshStats(), loadEvents(), loadDestinations()]);
+}
+
+function showTab(name) {
+  for (const tab of ["events", "destinations"]) {
+    $(tab + "-page").style.display = tab === name ? "block" : "none";
+    $("tab-" + tab).classList.toggle("active", tab === name);
+  }
+}
+
+const age = seconds => seconds == null ? "" : seconds < 120 ? `${Math.round(seconds)} s` : seconds < 7200 ? `${Math.round(seconds / 60)} min` : `${(seconds / 3600).toFixed(1)} h`;
+
+async function loadDestinations() {
+  const { items } = await api("/destinations");
+  $("destinations").innerHTML = items.map(d => {
+    const held = d.state !== "closed";
+    return `<tr class="destination" data-name="${esc(d.name)}"><td><strong>${esc(d.name)}</strong></td>` +
+      `<td>${badge(d.state, d.state.replace("_", "-"))}${d.reason ? `<div class="muted">${esc(d.reason)}</div>` : ""}</td>` +
+      `<td>${d.in_flight_limit ?? "—"} <span class="muted">/ ${d.max_in_flight}</span></td>` +
+      `<td class="undelivered">${d.undelivered}</td><td>${d.queued}</td><td>${d.due}</td><td>${age(d.oldest_undelivered_age_seconds)}</td>` +
+      `<td><button class="${held ? "resume primary" : "pause danger"}" data-name="${esc(d.name)}">${held ? "Resume" : "Pause"}</button></td></tr>`;
+  }).join("") || `<tr><td colspan="8" class="muted">No destination is configured.</td></tr>`;
+  for (const button of document.querySelectorAll("#destinations button")) {
+    button.onclick = async () => {
+      const action = button.classList.contains("resume") ? "resume" : "pause";
+      try {
+        await api(`/destinations/${encodeURIComponent(button.dataset.name)}/${action}`, { method: "POST" });
+        flash(`${button.dataset.name} ${action === "pause" ? "paused" : "resumed"}.`);
+      } catch (err) { flash(err.message, true); }
+      await loadDestinations();
+    };
+  }
 }
 
 async function refreshStats() {
@@ -140,6 +172,8 @@ $("login-form").onsubmit = async ev => {
   try { await start(); } catch (err) { if (err.message !== "unauthorized") $("login-error").textContent = err.message; }
 };
 $("logout").onclick = () => logout();
+$("tab-events").onclick = () => showTab("events");
+$("tab-destinations").onclick = () => { showTab("destinations"); loadDestinations().catch(err => flash(err.message, true)); };
 $("apply").onclick = () => { cursor = null; loadEvents(); };
 $("first").onclick = () => { cursor = null; loadEvents(); };
 $("next").onclick = () => { if (nextCursor) { cursor = nextCursor; loadEvents(); } };
@@ -152,5 +186,9 @@ $("replay-dead").onclick = async () => {
   } catch (err) { flash(err.message, true); }
   await Promise.all([refreshStats(), loadEvents()]);
 };
-setInterval(() => { if (sessionStorage.getItem("relayd-token")) refreshStats().catch(() => {}); }, 3000);
+setInterval(() => {
+  if (!sessionStorage.getItem("relayd-token")) return;
+  refreshStats().catch(() => {});
+  if ($("destinations-page").style.display !== "none") loadDestinations().catch(() => {});
+}, 3000);
 if (sessionStorage.getItem("relayd-token")) start().catch(() => {});

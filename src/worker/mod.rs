@@ -4,8 +4,12 @@
 //! flight ([`concurrency`], between the destination's `min_in_flight` and
 //! `max_in_flight`; the consumer's prefetch follows it, three times over so that
 //! records overlap the requests, so RabbitMQ holds what the worker cannot send and a
-//! slow destination holds only its own slots), and one semaphore of
-//! `worker.concurrency` requests across them. For each message: claim the delivery with
+//! slow destination holds only its own slots), and `worker.concurrency` requests
+//! across them, shared fairly ([`permits`]). Each destination has a gate ([`gate`]:
+//! its circuit, an operator's pause, a `Retry-After` pause, shared through PostgreSQL)
+//! and may have a rate limit shared with the other live workers ([`pace`]); while the
+//! gate is shut its consumer takes nothing and its messages wait in the queue. For each
+//! message: wait for the rate limit, then for a slot, claim the delivery with
 //! a conditional UPDATE (a message whose row is not claimable is a duplicate: ack and
 //! drop), POST it signed, then record the attempt and the outcome in one transaction,
 //! and only then ack (or reject a dead one to the dead-letter exchange). A message
@@ -15,6 +19,8 @@
 
 mod concurrency;
 mod gate;
+mod pace;
+mod permits;
 mod schedule;
 mod send;
 
@@ -23,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -87,13 +92,13 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         records,
         ctx: ctx.clone(),
         client: send::client().context("building the HTTP client")?,
-        permits: Arc::new(Semaphore::new(config.worker.concurrency)),
+        permits: permits::FairPermits::new(config.worker.concurrency, config.destinations.len()),
         targets,
     });
     let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
     let mut lanes = Vec::new();
-    for destination in &config.destinations {
+    for (index, destination) in config.destinations.iter().enumerate() {
         let max = destination.max_in_flight.min(config.worker.concurrency);
         let limit = AdaptiveLimit::new(destination.min_in_flight.min(max), max, INITIAL_IN_FLIGHT);
         let consumer = Consumer::start(
@@ -108,10 +113,14 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         ctx.metrics
             .destination_state(&destination.name, State::Closed.as_str());
         let lane = Arc::new(Lane {
+            index,
             destination: destination.name.clone(),
             part: format!("worker:{}", destination.name),
             limit: Mutex::new(limit),
             gate: Gate::new(destination.breaker.over(&config.worker.breaker)),
+            pacer: destination
+                .rate_limit
+                .map(|rate| pace::Pacer::new(rate.per_second())),
             room: tokio::sync::Notify::new(),
             intake_changed: tokio::sync::Notify::new(),
         });
@@ -121,9 +130,11 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     if config.destinations.is_empty() {
         tracing::warn!("no destination is configured: the worker has nothing to consume");
     }
+    let paced: Vec<Arc<Lane>> = lanes.iter().filter(|l| l.pacer.is_some()).cloned().collect();
     let watcher = tokio::spawn(watch_states(ctx.clone(), lanes, shutdown.clone()));
+    let beats = tokio::spawn(share_rate_limits(ctx.clone(), paced, shutdown.clone()));
     while destinations.join_next().await.is_some() {}
-    let _ = watcher.await;
+    let _ = tokio::join!(watcher, beats);
     batches_stop.cancel();
     for task in batchers {
         let _ = task.await;
@@ -149,10 +160,14 @@ fn prefetch(limit: usize) -> u16 {
 /// One destination's consume loop: its name, its liveness part, its in-flight limit
 /// and its gate.
 struct Lane {
+    /// Its place among the worker's destinations (for [`permits::FairPermits`]).
+    index: usize,
     destination: String,
     part: String,
     limit: Mutex<AdaptiveLimit>,
     gate: Gate,
+    /// This worker's share of the destination's `rate_limit`, if it has one.
+    pacer: Option<pace::Pacer>,
     /// Woken when a request ends (a slot may be free, or the limit changed) and when
     /// the gate changes.
     room: tokio::sync::Notify,
@@ -285,6 +300,59 @@ async fn watch_states(ctx: Arc<AppContext>, lanes: Vec<Arc<Lane>>, shutdown: Can
     let _ = listener.await;
 }
 
+/// How often a worker with rate-limited destinations beats in `worker_heartbeats`; a
+/// worker is live while its last beat is younger than three of these.
+const WORKER_BEAT: Duration = Duration::from_secs(2);
+
+/// Shares the rate-limited destinations' limits with the other live workers: beats
+/// every [`WORKER_BEAT`] and gives each pacer its share of the live count. A beat that
+/// fails keeps the last share. On shutdown the worker's row is removed, so that the
+/// others take its share at their next beat.
+async fn share_rate_limits(ctx: Arc<AppContext>, lanes: Vec<Arc<Lane>>, shutdown: CancellationToken) {
+    if lanes.is_empty() {
+        return;
+    }
+    let id = uuid::Uuid::now_v7();
+    let timeout = ctx.config.database.query_timeout;
+    let mut beat = tokio::time::interval(WORKER_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = beat.tick() => {}
+        }
+        let live = crate::db::with_connection(&ctx.relaxed_pool, timeout, async |conn| {
+            crate::db::workers::beat(conn, id, WORKER_BEAT * 3).await
+        })
+        .await;
+        match live {
+            Ok(live) => {
+                for lane in &lanes {
+                    if let Some(pacer) = &lane.pacer {
+                        pacer.share_with(live);
+                    }
+                }
+                if live != shown {
+                    shown = live;
+                    for lane in &lanes {
+                        let share = lane.pacer.as_ref().map_or(0.0, pace::Pacer::share);
+                        tracing::info!(destination = %lane.destination, workers = live, share_per_second = share, "rate limit shared between the live workers");
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot beat; keeping the last rate-limit share"),
+        }
+    }
+    let left = crate::db::with_connection(&ctx.relaxed_pool, timeout, async |conn| {
+        crate::db::workers::leave(conn, id).await
+    })
+    .await;
+    if let Err(error) = left {
+        tracing::debug!(%error, "cannot remove this worker's heartbeat; it expires by itself");
+    }
+}
+
 /// How often, at most, each consume loop beats while it turns.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -292,7 +360,7 @@ struct Worker {
     ctx: Arc<AppContext>,
     client: reqwest::Client,
     /// `worker.concurrency` across every destination.
-    permits: Arc<Semaphore>,
+    permits: permits::FairPermits,
     targets: HashMap<String, Arc<send::Target>>,
     /// Concurrent claims, combined into shared statements.
     claims: Batcher<Claims>,
@@ -421,6 +489,11 @@ impl Worker {
     async fn deliver(&self, envelope: Envelope, message: IncomingMessage, lane: &Lane) {
         let IncomingMessage { body, acker, .. } = message;
         let span = tracing::Span::current();
+        // A delivery waiting for the rate limit is not an attempt: it is not claimed yet.
+        if let Some(at) = lane.pacer.as_ref().and_then(|p| p.reserve(Instant::now())) {
+            self.ctx.metrics.rate_limited(&lane.destination);
+            tokio::time::sleep_until(at.into()).await;
+        }
         let Some(slot) = lane.enter().await else {
             tracing::debug!(
                 state = lane.gate.state().as_str(),
@@ -458,7 +531,7 @@ impl Worker {
 
         // One of `worker.concurrency` only now: a delivery waiting for a slow
         // destination's limit holds none of the shared permits.
-        let permit = self.permits.acquire().await;
+        let permit = self.permits.acquire(lane.index).await;
         let response = send::send(
             &self.client,
             &target,

@@ -1,4 +1,5 @@
-//! The dashboard in a real headless Chromium, driven through chromedriver's WebDriver
+//! The dashboard in a real headless Chromium (events, detail, replay; the destinations
+//! page's pause and resume), driven through chromedriver's WebDriver
 //! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
 //! `chromium-driver` (`.ci/run` installs them); `RELAYD_SKIP_BROWSER=1` opts out
 //! explicitly on a machine without them.
@@ -303,6 +304,57 @@ async fn dashboard_lists_events_shows_details_and_replays_a_dead_delivery() {
             "the replayed delivery shown delivered",
             "document.querySelector('#first').click(); \
              return (document.querySelector('#events')?.innerText || '').includes('crm: delivered');",
+        )
+        .await;
+
+    // The destinations page: pause billing, see its next event held and counted, resume.
+    browser.click("#tab-destinations").await;
+    browser
+        .wait_until(
+            "billing shown delivering",
+            "const r = document.querySelector('tr.destination[data-name=billing]');              return !!r && r.innerText.includes('closed') && r.innerText.includes('Pause');",
+        )
+        .await;
+    browser
+        .click("tr.destination[data-name=billing] button.pause")
+        .await;
+    browser
+        .wait_until(
+            "billing shown paused",
+            "const r = document.querySelector('tr.destination[data-name=billing]');              return !!r && r.innerText.includes('paused') && r.innerText.includes('Resume');",
+        )
+        .await;
+    // Every worker obeys within 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    post_stripe(
+        &client,
+        &relayd.url("/webhooks/stripe"),
+        &stripe_event("evt_ui_held", "invoice.paid"),
+    )
+    .await;
+    browser
+        .wait_until(
+            "the held event counted as undelivered",
+            "const r = document.querySelector('tr.destination[data-name=billing] td.undelivered');              return r?.innerText === '1';",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        billing_sink.received().len(),
+        1,
+        "nothing sent to a paused destination"
+    );
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-destinations.png"))
+        .await;
+    browser
+        .click("tr.destination[data-name=billing] button.resume")
+        .await;
+    billing_sink.wait_for(2, Duration::from_secs(10)).await;
+    browser
+        .wait_until(
+            "billing shown delivering again",
+            "const r = document.querySelector('tr.destination[data-name=billing]');              return !!r && r.innerText.includes('closed');",
         )
         .await;
     browser.quit().await;

@@ -3,7 +3,7 @@
 //! on consecutive failures, holding the queue, one probe per interval across two worker
 //! replicas, closing on a good probe), `410 Gone` disabling until an operator resumes,
 //! and an operator's pause and resume through the admin API (obeyed within 2 s, kept
-//! across a restart) and the CLI.
+//! across a restart) and the CLI; a rate limit shared by two worker replicas.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -421,4 +421,120 @@ async fn the_cli_pauses_lists_and_resumes_a_destination() {
         stderr.contains("no destination \"nope\" is configured"),
         "{stderr}"
     );
+}
+
+/// `rate_limit = "30/s"` with two worker replicas and a backlog: over 10 s the
+/// destination gets 30/s ±10 % between them (each takes half, known from the other's
+/// heartbeats), and waiting for the limit spends no try.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_holds_across_two_worker_replicas() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["limited"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let destination = DestinationConfig {
+        rate_limit: Some("30/s".parse().unwrap()),
+        ..ops::to_sink("limited", &sink)
+    };
+    let config = config(&db, &broker, vec![destination], &[200]);
+    let first = Relayd::start(config.clone(), ALL).await;
+    let second = Relayd::start(config, &[Role::Worker]).await;
+    post_events(&first, "evt_limited", 800).await;
+    // Both replicas have beaten (every 2 s) and share the limit.
+    sink.wait_for(30, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let end = Instant::now();
+    let sent = sink
+        .received()
+        .iter()
+        .filter(|r| r.at >= start && r.at < end)
+        .count();
+    eprintln!("rate limit 30/s, two workers: {sent} deliveries in 10 s");
+    assert!((270..=330).contains(&sent), "{sent} deliveries in 10 s at 30/s");
+    assert!(sink.received().len() < 800, "the backlog lasted the whole window");
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE attempts > 1")
+            .await,
+        0,
+        "a wait for the limit is not an attempt"
+    );
+    let waits = crate::worker::metric_now(
+        &first,
+        "relayd_destination_rate_limit_waits_total{destination=\"limited\"}",
+    )
+    .await;
+    assert!(waits.is_some_and(|w| w > 0.0), "{waits:?}");
+    let (_, listed) = Admin::new(&first).get("/destinations").await;
+    assert_eq!(listed["items"][0]["rate_limit"], "30/s");
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+/// Fairness: on a worker with 8 permits, a destination that answers in 2 s with a deep
+/// backlog holds all 8 while its neighbour is idle (its `min_in_flight` is 8). Once the
+/// fast neighbour has sent one event, its share (4) is kept for it: 200 events offered
+/// at 50/s then arrive in well under a second each, where a first-come pool would give
+/// the fast destination a permit only as the slow one's requests end, every 2 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_destination_with_a_backlog_does_not_take_a_fast_one_s_permits() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["slow", "fast"]);
+    let slow_sink = Sink::start(Behaviour::Slow {
+        delay: Duration::from_secs(2),
+    })
+    .await;
+    let fast_sink = Sink::start(Behaviour::Succeed).await;
+    let slow = DestinationConfig {
+        event_types: vec!["slow.*".into()],
+        min_in_flight: 8,
+        max_in_flight: 8,
+        timeout: Duration::from_secs(5),
+        ..ops::to_sink("slow", &slow_sink)
+    };
+    let fast = DestinationConfig {
+        event_types: vec!["fast.*".into()],
+        ..ops::to_sink("fast", &fast_sink)
+    };
+    let mut config = config(&db, &broker, vec![slow, fast], &[200]);
+    config.worker.concurrency = 8;
+    let relayd = Relayd::start(config, ALL).await;
+    let client = reqwest::Client::new();
+    let post = |id: String, event_type: &'static str| {
+        let client = client.clone();
+        let url = relayd.url("/webhooks/stripe");
+        async move {
+            let response = post_stripe(&client, &url, &stripe_event(&id, event_type)).await;
+            assert_eq!(response.status(), 200);
+        }
+    };
+    for i in 0..200 {
+        post(format!("evt_slow_{i}"), "slow.thing").await;
+    }
+    slow_sink.wait_for(8, Duration::from_secs(15)).await;
+    post("evt_fast_warm".into(), "fast.thing").await;
+    fast_sink.wait_for(1, Duration::from_secs(15)).await;
+
+    let mut posted = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..200 {
+        tick.tick().await;
+        let id = format!("evt_fast_{i}");
+        posted.insert(id.clone(), Instant::now());
+        post(id, "fast.thing").await;
+    }
+    let received = fast_sink.wait_for(201, Duration::from_secs(60)).await;
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .filter_map(|r| posted.get(&r.event_id()).map(|at| r.at - *at))
+        .collect();
+    assert_eq!(latencies.len(), 200);
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "fast at 50/s beside a 2 s destination with a backlog, 8 permits: p50 {:?}, p99 {p99:?}",
+        latencies[latencies.len() / 2]
+    );
+    assert!(p99 < Duration::from_millis(800), "p99 {p99:?}");
+    relayd.stop().await.unwrap();
 }

@@ -218,6 +218,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
         min_in_flight: 1,
         timeout: Duration::from_secs(5),
         breaker: Default::default(),
+        rate_limit: None,
     }
 }
 
