@@ -9,6 +9,7 @@
 //!
 //!     cargo build --release --bins && target/release/relayd-bench --out docs/bench
 
+mod flow;
 mod load;
 mod process;
 mod report;
@@ -39,9 +40,20 @@ enum Scenario {
     Sweep,
     /// The database's own ceiling: single-row INSERT … ON CONFLICT.
     Raw,
+    /// End to end at 2,000 events/s with relayd's shipped defaults, one fast destination.
+    Defaults,
+    /// A fast destination's end-to-end latency beside another fast one, then beside one
+    /// that answers in 2 s.
+    SlowNeighbour,
+    /// A destination down (503) for `--outage` under load, then back: tries spent
+    /// while it was down, seconds from its recovery to the first delivery, drain time.
+    Outage,
+    /// A destination with `rate_limit = "--rate-limit/s"` offered twice that: the
+    /// delivery rate measured against the limit.
+    RateLimited,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "relayd-bench", about = "Benchmarks relayd on this machine.")]
 struct Args {
     /// Scenarios to run (comma list); default: the standard set.
@@ -99,6 +111,23 @@ struct Args {
     /// `worker.concurrency` or `max_in_flight` of the bench's own.
     #[arg(long)]
     defaults: bool,
+    /// Offered rate of the slow-neighbour and outage scenarios (events per second).
+    #[arg(long, default_value_t = 500.0)]
+    flow_rate: f64,
+    /// How long the outage scenario's destination is down.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    outage: Duration,
+    /// The rate-limited scenario's `rate_limit`, per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit: f64,
+    /// The relayd binary to measure (default: the one built next to this one), e.g. an
+    /// older build for before/after figures. Flow-control keys it does not know are
+    /// left out with `--without-flow-keys`.
+    #[arg(long)]
+    relayd: Option<PathBuf>,
+    /// Write no `rate_limit` (for a relayd from before it existed).
+    #[arg(long)]
+    without_flow_keys: bool,
     /// Where results.md, results.json and latency.svg go.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
@@ -131,6 +160,16 @@ async fn main() -> anyhow::Result<()> {
             }
             Scenario::E2e => rows.push(end_to_end(&args, "e2e", args.e2e_rate).await?),
             Scenario::Backlog => rows.push(backlog(&args).await?),
+            Scenario::Defaults => {
+                let shipped = Args {
+                    defaults: true,
+                    ..args.clone()
+                };
+                rows.push(end_to_end(&shipped, "defaults 2000/s", 2000.0).await?);
+            }
+            Scenario::SlowNeighbour => rows.extend(flow::slow_neighbour(&args).await?),
+            Scenario::Outage => rows.push(flow::outage(&args).await?),
+            Scenario::RateLimited => rows.push(flow::rate_limited(&args).await?),
             Scenario::Sweep => {
                 for &rate in &args.sweep_rates {
                     let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;
@@ -198,9 +237,37 @@ struct Setup {
     ingest: String,
     ops: String,
     prefix: String,
+    destinations: Vec<String>,
+}
+
+/// One destination of a scenario: every event goes to it.
+struct Destination<'a> {
+    name: &'a str,
+    url: &'a str,
+    /// More of its TOML keys, one per line.
+    extra: String,
+}
+
+impl<'a> Destination<'a> {
+    fn sink(url: &'a str) -> Self {
+        Self {
+            name: "sink",
+            url,
+            extra: String::new(),
+        }
+    }
 }
 
 fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyhow::Result<Setup> {
+    let destinations: Vec<Destination<'_>> = sink_url.map(Destination::sink).into_iter().collect();
+    write_config_with(args, database_url, &destinations)
+}
+
+fn write_config_with(
+    args: &Args,
+    database_url: &str,
+    destinations: &[Destination<'_>],
+) -> anyhow::Result<Setup> {
     let (ingest, ops) = (
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
@@ -219,9 +286,15 @@ fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyh
             ),
         )
     };
-    let destination = sink_url.map_or(String::new(), |url| {
-        format!("[[destinations]]\nname = \"sink\"\nurl = \"{url}\"\nsigning_secret = \"{SIGNING_SECRET}\"\n{tuned_destination}timeout = \"10s\"\n")
-    });
+    let destination: String = destinations
+        .iter()
+        .map(|d| {
+            format!(
+                "[[destinations]]\nname = \"{}\"\nurl = \"{}\"\nsigning_secret = \"{SIGNING_SECRET}\"\n{tuned_destination}timeout = \"10s\"\n{}",
+                d.name, d.url, d.extra
+            )
+        })
+        .collect();
     let text = format!(
         "[database]\nurl = \"{database_url}\"\n{tuned_pool}\
          [broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
@@ -238,19 +311,23 @@ fn write_config(args: &Args, database_url: &str, sink_url: Option<&str>) -> anyh
         ingest,
         ops,
         prefix,
+        destinations: destinations.iter().map(|d| d.name.to_string()).collect(),
     })
 }
 
 /// Removes a scenario's queues and exchanges.
-fn delete_topology(args: &Args, prefix: &str) {
+fn delete_topology(args: &Args, setup: &Setup) {
     let url = args.broker_url.clone();
-    let prefix = prefix.to_string();
+    let prefix = setup.prefix.clone();
+    let mut queues: Vec<String> = setup
+        .destinations
+        .iter()
+        .map(|d| format!("{prefix}.destination.{d}"))
+        .collect();
+    queues.push(format!("{prefix}.dead-letter"));
     let _ = std::thread::spawn(move || -> Result<(), amiquip::Error> {
         let mut connection = amiquip::Connection::insecure_open(&url)?;
-        for queue in [
-            format!("{prefix}.destination.sink"),
-            format!("{prefix}.dead-letter"),
-        ] {
+        for queue in queues {
             let channel = connection.open_channel(None)?;
             let _ = channel.queue_delete(queue, amiquip::QueueDeleteOptions::default());
         }
@@ -261,6 +338,11 @@ fn delete_topology(args: &Args, prefix: &str) {
         connection.close()
     })
     .join();
+}
+
+/// The relayd binary measured.
+fn relayd_binary(args: &Args) -> PathBuf {
+    args.relayd.clone().unwrap_or_else(process::relayd_binary)
 }
 
 fn load(args: &Args, setup: &Setup, rate: f64, run: &str) -> load::Load {
@@ -278,8 +360,7 @@ fn load(args: &Args, setup: &Setup, rate: f64, run: &str) -> load::Load {
 async fn ingest(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
     let url = fresh_database(args).await?;
     let setup = write_config(args, &url, None)?;
-    let relayd =
-        process::Relayd::start(&process::relayd_binary(), &setup.config, "ingest", &setup.ops).await?;
+    let relayd = process::Relayd::start(&relayd_binary(args), &setup.config, "ingest", &setup.ops).await?;
     let started = Instant::now();
     let run: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     let samples = load::run(&load(args, &setup, rate, &run)).await;
@@ -290,11 +371,24 @@ async fn ingest(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
 }
 
 async fn end_to_end(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
-    let url = fresh_database(args).await?;
     let sink = sink::Sink::start(SIGNING_SECRET)?;
-    let setup = write_config(args, &url, Some(&sink.url))?;
-    let relayd = process::Relayd::start(&process::relayd_binary(), &setup.config, "all", &setup.ops).await?;
-    let run = format!("e2e{}", rate as u64);
+    let row = end_to_end_with(args, name, rate, &[Destination::sink(&sink.url)], &sink).await?;
+    sink.stop().await;
+    Ok(row)
+}
+
+/// End to end with `destinations`, measured at `sink` (one of them).
+async fn end_to_end_with(
+    args: &Args,
+    name: &str,
+    rate: f64,
+    destinations: &[Destination<'_>],
+    sink: &sink::Sink,
+) -> anyhow::Result<Row> {
+    let url = fresh_database(args).await?;
+    let setup = write_config_with(args, &url, destinations)?;
+    let relayd = process::Relayd::start(&relayd_binary(args), &setup.config, "all", &setup.ops).await?;
+    let run = format!("e2e{}{}", rate as u64, uuid::Uuid::now_v7().simple());
     let started = Instant::now();
     let samples = load::run(&load(args, &setup, rate, &run)).await;
     let elapsed = started.elapsed();
@@ -334,8 +428,7 @@ async fn end_to_end(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
         row.duplicates = Some(received.arrivals.values().map(|a| a.len() as u64 - 1).sum());
         row.bad_signatures = Some(received.bad_signatures);
     }
-    sink.stop().await;
-    delete_topology(args, &setup.prefix);
+    delete_topology(args, &setup);
     let _ = std::fs::remove_file(&setup.config);
     Ok(row)
 }
@@ -359,13 +452,8 @@ async fn backlog(args: &Args) -> anyhow::Result<Row> {
     .execute(&mut conn)
     .await?;
     let started = Instant::now();
-    let relayd = process::Relayd::start(
-        &process::relayd_binary(),
-        &setup.config,
-        "relay,worker",
-        &setup.ops,
-    )
-    .await?;
+    let relayd =
+        process::Relayd::start(&relayd_binary(args), &setup.config, "relay,worker", &setup.ops).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while (sink.count_distinct() as u64) < args.backlog && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -379,7 +467,7 @@ async fn backlog(args: &Args) -> anyhow::Result<Row> {
         .map(|r| r.arrivals.values().map(|a| a.len() as u64 - 1).sum())
         .unwrap_or(0);
     sink.stop().await;
-    delete_topology(args, &setup.prefix);
+    delete_topology(args, &setup);
     let _ = std::fs::remove_file(&setup.config);
     Ok(Row {
         scenario: format!("backlog {}", args.backlog),

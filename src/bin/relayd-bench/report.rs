@@ -31,6 +31,8 @@ pub struct Row {
     pub drain_seconds: Option<f64>,
     pub vs_raw_insert: Option<f64>,
     pub usage: Option<Usage>,
+    /// What a scenario measures beyond the columns.
+    pub notes: Option<String>,
 }
 
 /// The `q` quantile of sorted latencies, in milliseconds.
@@ -92,12 +94,12 @@ fn count(value: Option<u64>) -> String {
 
 pub fn markdown(rows: &[Row], saturation: Option<f64>, bound_ms: f64) -> String {
     let mut out = String::from(
-        "| scenario | offered/s | achieved/s | × raw INSERT | requests | errors | p50 ms | p90 ms | p99 ms | max ms | e2e p50 ms | e2e p99 ms | lost | dup | drain s | peak RSS MB | CPU s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | offered/s | achieved/s | × raw INSERT | requests | errors | p50 ms | p90 ms | p99 ms | max ms | e2e p50 ms | e2e p99 ms | lost | dup | drain s | peak RSS MB | CPU s | notes |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             cell(r.offered_per_s, 0),
             r.achieved_per_s,
@@ -115,6 +117,7 @@ pub fn markdown(rows: &[Row], saturation: Option<f64>, bound_ms: f64) -> String 
             cell(r.drain_seconds, 1),
             cell(r.usage.map(|u| u.peak_rss_mb), 0),
             cell(r.usage.map(|u| u.cpu_seconds), 1),
+            r.notes.as_deref().unwrap_or(""),
         ));
     }
     if let Some(rate) = saturation {

@@ -1,10 +1,12 @@
 //! The destination relayd delivers to during a benchmark: verifies every delivery's
-//! Standard Webhooks signature and records when each event arrived.
+//! Standard Webhooks signature and records when each event arrived. Its [`Mode`] can
+//! make it slow (answer after a delay) or down (503 to everything, recorded).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
@@ -14,21 +16,39 @@ pub struct Received {
     /// Provider event id → arrival times (more than one = duplicates).
     pub arrivals: HashMap<String, Vec<SystemTime>>,
     pub bad_signatures: u64,
+    /// When each request answered 503 because the sink was down arrived.
+    pub refused: Vec<SystemTime>,
+}
+
+/// How the sink answers.
+#[derive(Default)]
+pub struct Mode {
+    /// Each answer comes this late.
+    pub delay: Duration,
+    /// While set, every request gets 503 (no `Retry-After`) and counts as refused.
+    pub down: AtomicBool,
 }
 
 pub struct Sink {
     pub url: String,
     pub received: Arc<Mutex<Received>>,
+    pub mode: Arc<Mode>,
     handle: actix_web::dev::ServerHandle,
 }
 
 struct State {
     key: ring::hmac::Key,
     received: Arc<Mutex<Received>>,
+    mode: Arc<Mode>,
 }
 
 impl Sink {
     pub fn start(signing_secret: &str) -> anyhow::Result<Self> {
+        Self::start_with(signing_secret, Mode::default())
+    }
+
+    pub fn start_with(signing_secret: &str, mode: Mode) -> anyhow::Result<Self> {
+        let mode = Arc::new(mode);
         let key_bytes =
             relayd::signing::decode_whsec(signing_secret).ok_or_else(|| anyhow::anyhow!("bad whsec"))?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -37,12 +57,14 @@ impl Sink {
         let state = web::Data::new(State {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
             received: received.clone(),
+            mode: mode.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .route("/hooks", web::post().to(receive))
         })
+        // One worker answers many slow requests at once: each waits on a timer.
         .workers(1)
         .disable_signals()
         .listen(listener)?
@@ -52,6 +74,7 @@ impl Sink {
         Ok(Self {
             url,
             received,
+            mode,
             handle,
         })
     }
@@ -75,6 +98,15 @@ fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
 
 async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
     let at = SystemTime::now();
+    if state.mode.down.load(Ordering::SeqCst) {
+        if let Ok(mut received) = state.received.lock() {
+            received.refused.push(at);
+        }
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    if !state.mode.delay.is_zero() {
+        tokio::time::sleep(state.mode.delay).await;
+    }
     let message = [
         header(&request, "webhook-id").as_bytes(),
         b".",
