@@ -75,6 +75,7 @@ pub struct Metrics {
     pub delivery_duration: HistogramFamily<DestinationLabel>,
     pub deliveries_dead: Family<DestinationLabel, Counter>,
     pub in_flight_limit: Family<DestinationLabel, Gauge>,
+    in_flight: Family<DestinationLabel, Gauge>,
     destination_state: Family<DestinationState, Gauge>,
     throttled: Family<DestinationLabel, Counter>,
     probes: Family<DestinationLabel, Counter>,
@@ -153,6 +154,12 @@ impl Metrics {
             "This worker's adaptive limit of concurrent requests to a destination",
             in_flight_limit.clone(),
         );
+        let in_flight = Family::<DestinationLabel, Gauge>::default();
+        registry.register(
+            "relayd_destination_in_flight",
+            "Deliveries to a destination this worker holds now (claiming, sending or recording)",
+            in_flight.clone(),
+        );
         let destination_state = Family::<DestinationState, Gauge>::default();
         registry.register(
             "relayd_destination_state",
@@ -214,6 +221,7 @@ impl Metrics {
             delivery_duration,
             deliveries_dead,
             in_flight_limit,
+            in_flight,
             destination_state,
             throttled,
             probes,
@@ -282,6 +290,14 @@ impl Metrics {
                 destination: destination.into(),
             })
             .inc();
+    }
+
+    pub fn in_flight(&self, destination: &str, in_flight: usize) {
+        self.in_flight
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
     }
 
     /// This process's in-flight limit for `destination`, when it runs a worker.

@@ -107,6 +107,11 @@ impl AdaptiveLimit {
     }
 
     /// Whether another delivery may start now.
+    /// Deliveries holding a place now (claiming, sending or recording).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     pub fn has_room(&self) -> bool {
         self.in_flight < self.limit()
     }

@@ -188,6 +188,15 @@ impl Gate {
         self.inner().probe = Probe::Held;
     }
 
+    /// The probe handed out sent nothing: the next message goes as the probe, if this
+    /// process still holds it.
+    pub fn probe_unsent(&self) {
+        let mut inner = self.inner();
+        if inner.probe == Probe::Out {
+            inner.probe = Probe::Held;
+        }
+    }
+
     /// Applies the shared state read from the database (`None`: no row, closed). A row
     /// older than the newest applied is ignored.
     pub fn apply(&self, row: Option<&Row>) {
@@ -345,6 +354,10 @@ mod tests {
         assert_eq!(gate.intake(now), Intake::Probe);
         assert_eq!(gate.admit(now), Admit::Probe);
         assert_eq!(gate.admit(now), Admit::Hold, "one probe only");
+        // A probe whose message was a duplicate sent nothing: the next one is the probe.
+        gate.probe_unsent();
+        assert_eq!(gate.intake(now), Intake::Probe);
+        assert_eq!(gate.admit(now), Admit::Probe);
         assert!(
             !gate.probe_due(t0 + chrono::TimeDelta::hours(1)),
             "the probe is out"

@@ -229,15 +229,23 @@ struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    /// The request ended after `round_trip`, saying `signal`.
-    fn done(self, round_trip: Duration, signal: Signal) {
+    /// The request ended after `round_trip`, saying `signal` (and the gate has heard
+    /// the answer).
+    fn done(mut self, round_trip: Duration, signal: Signal) {
         self.lane.limit().finish(Instant::now(), round_trip, signal);
+        self.probe = false;
         // `drop` wakes the waiters.
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
+        if self.probe {
+            // A probe that sent nothing (its message was a duplicate, or could not be
+            // claimed): the next message is the probe.
+            self.lane.gate.probe_unsent();
+            self.lane.changed();
+        }
         self.lane.limit().leave();
         self.lane.room.notify_waiters();
     }
@@ -407,11 +415,15 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Arc<Lane>, s
             }
         }
         // The broker holds back what the limit (or the gate) does not let through.
-        let limit = lane.limit().limit();
+        let (limit, now_in_flight) = {
+            let limit = lane.limit();
+            (limit.limit(), limit.in_flight())
+        };
         if limit != shown {
             shown = limit;
             worker.ctx.metrics.in_flight_limit(&lane.destination, limit);
         }
+        worker.ctx.metrics.in_flight(&lane.destination, now_in_flight);
         let wanted = match lane.gate.intake(Instant::now()) {
             Intake::Consume => Some(prefetch(limit)),
             Intake::Probe => Some(1),

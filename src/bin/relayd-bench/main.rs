@@ -61,7 +61,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,e2e,backlog,sweep"
+        default_value = "raw,ingest,ceiling,e2e,backlog,sweep,defaults,slow-neighbour,outage,rate-limited"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
