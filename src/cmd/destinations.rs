@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use crate::cli::{Cli, DestinationsAction};
-use crate::db::destinations::{self, State};
+use crate::db::destinations;
 
 pub fn run(cli: &Cli, action: &DestinationsAction) -> anyhow::Result<()> {
     let config = super::load_config_and_init_logging(cli)?;
@@ -21,9 +21,7 @@ pub fn run(cli: &Cli, action: &DestinationsAction) -> anyhow::Result<()> {
         match action {
             DestinationsAction::List => {}
             DestinationsAction::Pause { name } => {
-                let changed = destinations::hold(&mut conn, name, State::Paused, "paused by an operator")
-                    .await
-                    .context("pausing")?;
+                let changed = destinations::pause(&mut conn, name).await.context("pausing")?;
                 println!(
                     "{name}: {}",
                     if changed.is_some() {

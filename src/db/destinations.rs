@@ -223,6 +223,11 @@ pub async fn hold(conn: &mut AsyncPgConnection, destination: &str, state: State,
     Ok(changed.into_iter().next())
 }
 
+/// An operator pauses a destination (from any state; it stays paused until resumed).
+pub async fn pause(conn: &mut AsyncPgConnection, destination: &str) -> Changed {
+    hold(conn, destination, State::Paused, "paused by an operator").await
+}
+
 /// An operator resumes a destination from any state: closed, delivering at once.
 pub async fn resume(conn: &mut AsyncPgConnection, destination: &str) -> Changed {
     let sql = notifying(

@@ -253,14 +253,7 @@ async fn pause_destination(
 ) -> Result<HttpResponse, ApiError> {
     let name = configured(&ctx, &name)?;
     let mut conn = connection(&ctx).await?;
-    let changed = destinations::hold(
-        &mut conn,
-        &name,
-        destinations::State::Paused,
-        "paused by an operator",
-    )
-    .await
-    .map_err(storage)?;
+    let changed = destinations::pause(&mut conn, &name).await.map_err(storage)?;
     if changed.is_some() {
         tracing::warn!(destination = %name, "destination paused by an operator");
     }

@@ -32,16 +32,8 @@ pub async fn slow_neighbour(args: &Args) -> anyhow::Result<Vec<Row>> {
         let fast = Sink::start(SIGNING_SECRET)?;
         let other = Sink::start(SIGNING_SECRET)?;
         let destinations = [
-            Destination {
-                name: "fast",
-                url: &fast.url,
-                extra: String::new(),
-            },
-            Destination {
-                name: "other",
-                url: &other.url,
-                extra: String::new(),
-            },
+            Destination::new("fast", &fast.url),
+            Destination::new("other", &other.url),
         ];
         let name = format!("fast beside a fast one {rate}/s");
         rows.push(end_to_end_with(&args, &name, rate, &destinations, &fast).await?);
@@ -57,15 +49,10 @@ pub async fn slow_neighbour(args: &Args) -> anyhow::Result<Vec<Row>> {
         },
     )?;
     let destinations = [
+        Destination::new("fast", &fast.url),
         Destination {
-            name: "fast",
-            url: &fast.url,
-            extra: String::new(),
-        },
-        Destination {
-            name: "slow",
-            url: &slow.url,
             extra: "min_in_flight = 64\nmax_in_flight = 64\n".into(),
+            ..Destination::new("slow", &slow.url)
         },
     ];
     let name = format!("fast beside a 2 s one {rate}/s");

@@ -249,12 +249,16 @@ struct Destination<'a> {
 }
 
 impl<'a> Destination<'a> {
-    fn sink(url: &'a str) -> Self {
+    fn new(name: &'a str, url: &'a str) -> Self {
         Self {
-            name: "sink",
+            name,
             url,
             extra: String::new(),
         }
+    }
+
+    fn sink(url: &'a str) -> Self {
+        Self::new("sink", url)
     }
 }
 
