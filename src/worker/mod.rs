@@ -6,8 +6,9 @@
 //! records overlap the requests, so RabbitMQ holds what the worker cannot send and a
 //! slow destination holds only its own slots), and `worker.concurrency` requests
 //! across them, shared fairly ([`permits`]). Each destination has a gate ([`gate`]:
-//! its circuit, an operator's pause, a `Retry-After` pause, shared through PostgreSQL)
-//! and may have a rate limit shared with the other live workers ([`pace`]); while the
+//! its circuit, an operator's pause, a `Retry-After` pause, shared through PostgreSQL
+//! by [`shared`]) and may have a rate limit shared with the other live workers
+//! ([`pace`]); while the
 //! gate is shut its consumer takes nothing and its messages wait in the queue. For each
 //! message: wait for the rate limit, then for a slot, claim the delivery with
 //! a conditional UPDATE (a message whose row is not claimable is a duplicate: ack and
@@ -23,6 +24,7 @@ mod pace;
 mod permits;
 mod schedule;
 mod send;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -131,8 +133,8 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         tracing::warn!("no destination is configured: the worker has nothing to consume");
     }
     let paced: Vec<Arc<Lane>> = lanes.iter().filter(|l| l.pacer.is_some()).cloned().collect();
-    let watcher = tokio::spawn(watch_states(ctx.clone(), lanes, shutdown.clone()));
-    let beats = tokio::spawn(share_rate_limits(ctx.clone(), paced, shutdown.clone()));
+    let watcher = tokio::spawn(shared::watch_states(ctx.clone(), lanes, shutdown.clone()));
+    let beats = tokio::spawn(shared::share_rate_limits(ctx.clone(), paced, shutdown.clone()));
     while destinations.join_next().await.is_some() {}
     let _ = tokio::join!(watcher, beats);
     batches_stop.cancel();
@@ -254,112 +256,6 @@ impl Drop for Slot<'_> {
 /// How often a consume loop looks at its gate without being told: a `Retry-After`
 /// pause ends, or an open circuit's probe comes due, within this.
 const GATE_TICK: Duration = Duration::from_millis(250);
-
-/// How often the shared destination states are read without a `NOTIFY`.
-const STATES_POLL: Duration = Duration::from_secs(1);
-
-/// Keeps every lane's gate in line with the shared destination states: read every
-/// [`STATES_POLL`] and at once on a `NOTIFY` from any process (an operator's pause, a
-/// replica opening a circuit). Stops with `shutdown`.
-async fn watch_states(ctx: Arc<AppContext>, lanes: Vec<Arc<Lane>>, shutdown: CancellationToken) {
-    if lanes.is_empty() {
-        return;
-    }
-    let notified = Arc::new(tokio::sync::Notify::new());
-    let listener = tokio::spawn(crate::wake::listen_on(
-        destinations::CHANNEL,
-        {
-            let notified = notified.clone();
-            move || notified.notify_one()
-        },
-        ctx.config.database.url.expose().to_string(),
-        ctx.config.database.connect_timeout,
-        ctx.config.database.query_timeout,
-        shutdown.clone(),
-    ));
-    let mut poll = tokio::time::interval(STATES_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = poll.tick() => {}
-            () = notified.notified() => {}
-        }
-        let timeout = ctx.config.database.query_timeout;
-        match crate::db::with_connection(&ctx.relaxed_pool, timeout, destinations::load).await {
-            Ok(rows) => {
-                for lane in &lanes {
-                    let before = lane.gate.state();
-                    lane.gate
-                        .apply(rows.iter().find(|r| r.destination == lane.destination));
-                    let after = lane.gate.state();
-                    if after != before {
-                        tracing::info!(destination = %lane.destination, state = after.as_str(), "destination state changed");
-                        ctx.metrics.destination_state(&lane.destination, after.as_str());
-                    }
-                    lane.changed();
-                }
-            }
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the destination states; keeping the last known")
-            }
-        }
-    }
-    let _ = listener.await;
-}
-
-/// How often a worker with rate-limited destinations beats in `worker_heartbeats`; a
-/// worker is live while its last beat is younger than three of these.
-const WORKER_BEAT: Duration = Duration::from_secs(2);
-
-/// Shares the rate-limited destinations' limits with the other live workers: beats
-/// every [`WORKER_BEAT`] and gives each pacer its share of the live count. A beat that
-/// fails keeps the last share. On shutdown the worker's row is removed, so that the
-/// others take its share at their next beat.
-async fn share_rate_limits(ctx: Arc<AppContext>, lanes: Vec<Arc<Lane>>, shutdown: CancellationToken) {
-    if lanes.is_empty() {
-        return;
-    }
-    let id = uuid::Uuid::now_v7();
-    let timeout = ctx.config.database.query_timeout;
-    let mut beat = tokio::time::interval(WORKER_BEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown = 0;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = beat.tick() => {}
-        }
-        let live = crate::db::with_connection(&ctx.relaxed_pool, timeout, async |conn| {
-            crate::db::workers::beat(conn, id, WORKER_BEAT * 3).await
-        })
-        .await;
-        match live {
-            Ok(live) => {
-                for lane in &lanes {
-                    if let Some(pacer) = &lane.pacer {
-                        pacer.share_with(live);
-                    }
-                }
-                if live != shown {
-                    shown = live;
-                    for lane in &lanes {
-                        let share = lane.pacer.as_ref().map_or(0.0, pace::Pacer::share);
-                        tracing::info!(destination = %lane.destination, workers = live, share_per_second = share, "rate limit shared between the live workers");
-                    }
-                }
-            }
-            Err(error) => tracing::debug!(%error, "cannot beat; keeping the last rate-limit share"),
-        }
-    }
-    let left = crate::db::with_connection(&ctx.relaxed_pool, timeout, async |conn| {
-        crate::db::workers::leave(conn, id).await
-    })
-    .await;
-    if let Err(error) = left {
-        tracing::debug!(%error, "cannot remove this worker's heartbeat; it expires by itself");
-    }
-}
 
 /// How often, at most, each consume loop beats while it turns.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);

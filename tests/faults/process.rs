@@ -136,3 +136,100 @@ async fn a_worker_stopped_beyond_its_lease_is_covered_by_the_other_and_recovers(
     )
     .await;
 }
+
+/// The worker holding an open circuit's probe is SIGKILLed while the probe is out: a
+/// second worker, running all along, takes the probe once the holder's time has run out
+/// (its lease: the 10 s timeout + 1 s) and closes the circuit in its own process; every
+/// accepted event is delivered and nothing is left undelivered. (The report's
+/// duplicates are the sends answered 500 before the kill: the sink records every
+/// request.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_probe_holder_sigkilled_mid_probe_is_replaced_by_the_other_worker() {
+    use crate::sink::Answer;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    let _services = Services::exclusive().await;
+    let db = TestDb::create().await;
+    let broker = TestBroker::new(&["sink"]);
+    // 0: every request fails fast; 1: it hangs (the probe); 2: healthy.
+    let phase = Arc::new(AtomicU8::new(0));
+    let answers = phase.clone();
+    let sink = Sink::start(Behaviour::planned(move |_, _| {
+        match answers.load(Ordering::SeqCst) {
+            0 => Answer::Whole {
+                status: 500,
+                body: b"down".to_vec(),
+            },
+            1 => Answer::Stream {
+                status: 200,
+                chunk: b"z".to_vec(),
+                every: Duration::from_secs(1),
+                count: None,
+            },
+            _ => Answer::ok(),
+        }
+    }))
+    .await;
+    let config = {
+        let file = config_file(&db, &broker, &sink);
+        let text = std::fs::read_to_string(&file.0).unwrap();
+        crate::support::temp_file(&text.replace("timeout = \"2s\"", "timeout = \"10s\""))
+    };
+    let ingest = free_address();
+    let start = |roles: &str| {
+        let ops = free_address();
+        let env = [
+            ("RELAYD__INGEST__LISTEN", ingest.as_str()),
+            ("RELAYD__OPS__LISTEN", &ops),
+        ];
+        Process::start_with(&config, roles, &env)
+    };
+    let front = start("ingest,relay");
+    let mut holder = start("worker");
+    front.wait_ready().await;
+    holder.wait_ready().await;
+    let load = Load::start(format!("http://{ingest}/webhooks/stripe"), "probe holder killed");
+    let state = async |states: &[&str], within: Duration| {
+        let list = states
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        db.wait_count(
+            &format!("SELECT count(*) FROM destination_states WHERE state IN ({list})"),
+            1,
+            within,
+        )
+        .await;
+    };
+    state(&["open", "half_open"], Duration::from_secs(20)).await;
+    phase.store(1, Ordering::SeqCst);
+    // The next probe goes (200 ms after opening, at most 1 s) and hangs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    state(&["half_open"], Duration::from_secs(5)).await;
+    let other = start("worker");
+    other.wait_ready().await;
+    holder.kill9();
+    let killed = Instant::now();
+    phase.store(2, Ordering::SeqCst);
+    state(&["closed"], Duration::from_secs(30)).await;
+    let closed_after = killed.elapsed();
+    let answers = load.stop().await;
+    let outcome = settle(&sink, &answers, killed, Duration::from_secs(60)).await;
+    report(
+        "probe holder SIGKILLed mid-probe, second worker",
+        &outcome,
+        &statuses(&answers),
+    );
+    eprintln!("circuit closed {closed_after:?} after the probe holder was killed");
+    assert!(closed_after < Duration::from_secs(20), "{closed_after:?}");
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status <> 'delivered'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(other.terminate().code(), Some(0));
+    assert_eq!(front.terminate().code(), Some(0));
+    sink.stop().await;
+}

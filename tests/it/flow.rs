@@ -538,3 +538,57 @@ async fn a_slow_destination_with_a_backlog_does_not_take_a_fast_one_s_permits() 
     assert!(p99 < Duration::from_millis(800), "p99 {p99:?}");
     relayd.stop().await.unwrap();
 }
+
+/// A pause survives the loss of every relayd database connection (pools, and the
+/// `LISTEN` on destination states): nothing is delivered while paused, and a resume
+/// after that reaches the worker within 2 s, in the same process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_holds_and_a_resume_arrives_after_every_database_connection_was_killed() {
+    use diesel_async::RunQueryDsl;
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["crm"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let relayd = Relayd::start(
+        config(&db, &broker, vec![ops::to_sink("crm", &sink)], &[200]),
+        ALL,
+    )
+    .await;
+    let admin = Admin::new(&relayd);
+    let (status, _) = admin.post("/destinations/crm/pause", None).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    ))
+    .execute(&mut support::admin_connection().await)
+    .await
+    .unwrap();
+    // Ingest may answer 503 for the moment its connections are replaced.
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        let body = stripe_event(&format!("evt_killed_{i}"), "invoice.paid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while post_stripe(&client, &relayd.url("/webhooks/stripe"), &body)
+            .await
+            .status()
+            != 200
+        {
+            assert!(Instant::now() < deadline, "ingest did not recover");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.received().len(), 0, "still paused");
+    let resumed_at = Instant::now();
+    let (status, _) = admin.post("/destinations/crm/resume", None).await;
+    assert_eq!(status, 200);
+    sink.wait_for(3, Duration::from_secs(10)).await;
+    assert!(
+        resumed_at.elapsed() < Duration::from_secs(3),
+        "delivered {:?} after the resume",
+        resumed_at.elapsed()
+    );
+    relayd.stop().await.unwrap();
+}
