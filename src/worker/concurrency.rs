@@ -2,7 +2,7 @@
 //! how many deliveries this worker keeps in flight to one destination.
 //!
 //! Time is cut into windows of about one round trip. At the end of a window the limit
-//! grows by one if the limit was used in full, nothing pushed back and the window's
+//! grows by one (doubles, until the first push-back) if the limit was used in full, nothing pushed back and the window's
 //! mean round trip was no slower than the destination's baseline; it shrinks by
 //! [`DECREASE`] if something pushed back: a timeout, a connection error, a 5xx or 429,
 //! or a mean round trip [`SLOWER`] times the baseline (the destination queueing our
@@ -68,6 +68,11 @@ pub struct AdaptiveLimit {
     /// Mean round trip of successful attempts, in seconds, over past windows.
     baseline: Option<f64>,
     window: Window,
+    /// Until the first push-back the limit doubles per window instead of growing by
+    /// one (TCP's slow start): a fast destination reaches its ceiling in a few round
+    /// trips instead of one per request slot, while the first windows, at the initial
+    /// limit, still measure it unloaded.
+    slow_start: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +109,7 @@ impl AdaptiveLimit {
             in_flight: 0,
             baseline: None,
             window: Window::new(Instant::now()),
+            slow_start: true,
         }
     }
 
@@ -112,12 +118,12 @@ impl AdaptiveLimit {
         (self.limit as usize).clamp(self.min, self.max)
     }
 
-    /// Whether another delivery may start now.
     /// Deliveries holding a place now (claiming, sending or recording).
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
+    /// Whether another delivery may start now.
     pub fn has_room(&self) -> bool {
         self.in_flight < self.limit()
     }
@@ -167,8 +173,10 @@ impl AdaptiveLimit {
         };
         if window.back_pressure || slower {
             self.limit = (self.limit * DECREASE).max(self.min as f64);
+            self.slow_start = false;
         } else if window.saturated && mean.is_some() {
-            self.limit = (self.limit + 1.0).min(self.max as f64);
+            let grown = if self.slow_start { self.limit * 2.0 } else { self.limit + 1.0 };
+            self.limit = grown.min(self.max as f64);
         }
         if let Some(mean) = mean {
             self.baseline = Some(match self.baseline {
@@ -243,6 +251,13 @@ mod tests {
             settled.iter().all(|&l| (4..=2 * capacity).contains(&l)),
             "settles near 8, not at 256: {settled:?}"
         );
+    }
+
+    #[test]
+    fn until_the_first_push_back_the_limit_doubles_per_window() {
+        let mut limit = AdaptiveLimit::new(1, 64, 4);
+        let seen = drive(&mut limit, 6, |_| Duration::from_millis(10));
+        assert_eq!(seen, [8, 16, 32, 64, 64, 64]);
     }
 
     #[test]
