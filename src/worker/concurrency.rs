@@ -175,7 +175,11 @@ impl AdaptiveLimit {
             self.limit = (self.limit * DECREASE).max(self.min as f64);
             self.slow_start = false;
         } else if window.saturated && mean.is_some() {
-            let grown = if self.slow_start { self.limit * 2.0 } else { self.limit + 1.0 };
+            let grown = if self.slow_start {
+                self.limit * 2.0
+            } else {
+                self.limit + 1.0
+            };
             self.limit = grown.min(self.max as f64);
         }
         if let Some(mean) = mean {
