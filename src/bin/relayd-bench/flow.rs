@@ -16,6 +16,7 @@ use crate::{
 fn shipped(args: &Args) -> Args {
     Args {
         defaults: true,
+        fixed_in_flight: None,
         ..args.clone()
     }
 }

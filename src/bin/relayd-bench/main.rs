@@ -111,6 +111,11 @@ struct Args {
     /// `worker.concurrency` or `max_in_flight` of the bench's own.
     #[arg(long)]
     defaults: bool,
+    /// With `--defaults` (and in the `defaults` scenario): hold this many requests in
+    /// flight to each destination (`min_in_flight = max_in_flight = N`) instead of the
+    /// adaptive limit — to tell the limiter's share of a latency from the pipeline's.
+    #[arg(long)]
+    fixed_in_flight: Option<usize>,
     /// Offered rate of the slow-neighbour and outage scenarios (events per second).
     #[arg(long, default_value_t = 500.0)]
     flow_rate: f64,
@@ -165,7 +170,11 @@ async fn main() -> anyhow::Result<()> {
                     defaults: true,
                     ..args.clone()
                 };
-                rows.push(end_to_end(&shipped, "defaults 2000/s", 2000.0).await?);
+                let name = match args.fixed_in_flight {
+                    Some(n) => format!("defaults, {n} in flight, 2000/s"),
+                    None => "defaults 2000/s".to_string(),
+                };
+                rows.push(end_to_end(&shipped, &name, 2000.0).await?);
             }
             Scenario::SlowNeighbour => rows.extend(flow::slow_neighbour(&args).await?),
             Scenario::Outage => rows.push(flow::outage(&args).await?),
@@ -279,7 +288,10 @@ fn write_config_with(
     let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
     // Tuned by hand unless `--defaults`: what the shipped defaults give is a figure too.
     let (tuned_destination, tuned_pool, tuned_roles) = if args.defaults {
-        (String::new(), String::new(), String::new())
+        let fixed = args.fixed_in_flight.map_or(String::new(), |n| {
+            format!("min_in_flight = {n}\nmax_in_flight = {n}\n")
+        });
+        (fixed, String::new(), String::new())
     } else {
         (
             "max_in_flight = 64\n".to_string(),
