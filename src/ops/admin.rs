@@ -251,29 +251,38 @@ async fn pause_destination(
     ctx: web::Data<AppContext>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = configured(&ctx, &name)?;
-    let mut conn = connection(&ctx).await?;
-    let changed = destinations::pause(&mut conn, &name).await.map_err(storage)?;
-    if changed.is_some() {
-        tracing::warn!(destination = %name, "destination paused by an operator");
-    }
-    drop(conn);
-    let view = destination_views(&ctx, std::slice::from_ref(&name)).await?;
-    Ok(HttpResponse::Ok().json(&view[0]))
+    change_destination(&ctx, &name, Change::Pause).await
 }
 
 async fn resume_destination(
     ctx: web::Data<AppContext>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = configured(&ctx, &name)?;
-    let mut conn = connection(&ctx).await?;
-    let changed = destinations::resume(&mut conn, &name).await.map_err(storage)?;
-    if changed.is_some() {
-        tracing::warn!(destination = %name, "destination resumed by an operator");
+    change_destination(&ctx, &name, Change::Resume).await
+}
+
+/// What an operator does to a destination.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Pause,
+    Resume,
+}
+
+/// Pauses or resumes the configured destination `name`; answers with its view.
+async fn change_destination(ctx: &AppContext, name: &str, change: Change) -> Result<HttpResponse, ApiError> {
+    let name = configured(ctx, name)?;
+    {
+        let mut conn = connection(ctx).await?;
+        let changed = match change {
+            Change::Pause => destinations::pause(&mut conn, &name).await,
+            Change::Resume => destinations::resume(&mut conn, &name).await,
+        }
+        .map_err(storage)?;
+        if changed.is_some() {
+            tracing::warn!(destination = %name, ?change, "destination changed by an operator");
+        }
     }
-    drop(conn);
-    let view = destination_views(&ctx, std::slice::from_ref(&name)).await?;
+    let view = destination_views(ctx, std::slice::from_ref(&name)).await?;
     Ok(HttpResponse::Ok().json(&view[0]))
 }
 

@@ -192,24 +192,17 @@ impl Lane {
             let notified = self.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            match self.gate.admit(Instant::now()) {
+            let probe = match self.gate.admit(Instant::now()) {
                 Admit::Hold => return None,
-                Admit::Probe => {
-                    self.limit().start();
-                    return Some(Slot {
-                        lane: self,
-                        probe: true,
-                    });
-                }
-                Admit::Pass => {
-                    let mut limit = self.limit();
-                    if limit.has_room() {
-                        limit.start();
-                        return Some(Slot {
-                            lane: self,
-                            probe: false,
-                        });
-                    }
+                Admit::Probe => true,
+                Admit::Pass => false,
+            };
+            {
+                let mut limit = self.limit();
+                // The probe goes whatever the limit: it is the only request.
+                if probe || limit.has_room() {
+                    limit.start();
+                    return Some(Slot { lane: self, probe });
                 }
             }
             notified.await;
@@ -280,6 +273,7 @@ struct Worker {
 async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Arc<Lane>, shutdown: CancellationToken) {
     let part = lane.part.clone();
     let mut shown = lane.limit().limit();
+    let mut shown_in_flight = None;
     let mut intake = Some(prefetch(shown));
     let mut in_flight = JoinSet::new();
     // How often a held gate is looked at: a `Retry-After` pause ending, a probe due.
@@ -319,7 +313,10 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Arc<Lane>, s
             shown = limit;
             worker.ctx.metrics.in_flight_limit(&lane.destination, limit);
         }
-        worker.ctx.metrics.in_flight(&lane.destination, now_in_flight);
+        if shown_in_flight != Some(now_in_flight) {
+            shown_in_flight = Some(now_in_flight);
+            worker.ctx.metrics.in_flight(&lane.destination, now_in_flight);
+        }
         let wanted = match lane.gate.intake(Instant::now()) {
             Intake::Consume => Some(prefetch(limit)),
             Intake::Probe => Some(1),
