@@ -51,6 +51,12 @@ pub enum Command {
     /// Reset matching dead/delivered/retrying deliveries to pending with a fresh attempt
     /// budget (like POST /admin/api/replay), for operators with database access.
     Replay(ReplayArgs),
+    /// Skip one delivery (like POST /admin/api/deliveries/{id}/skip): it is never sent
+    /// again, and an ordered delivery's key moves on to its next delivery.
+    Skip {
+        /// The delivery's id.
+        id: uuid::Uuid,
+    },
     /// Show the destinations' flow state and backlog, or pause and resume one (like
     /// the admin API's /destinations); every worker obeys within about a second.
     Destinations {

@@ -548,6 +548,37 @@ pub struct DestinationConfig {
     /// (`"200/s"`, `"600/m"`, `"1000/h"`); unlimited when unset.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Per-key ordered delivery (see the README's "Ordered delivery"); unordered when
+    /// unset.
+    #[serde(default)]
+    pub ordering: Option<OrderingConfig>,
+}
+
+/// `ordering = { key = "/data/object/customer" }`, `{ key_header = "X-Shop" }` or
+/// `{ key = "source" }`: what an event's key is for this destination, and what a dead
+/// delivery does to its key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderingConfig {
+    /// A JSON pointer into the payload (starts with `/`), or `"source"`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A request header whose value is the key.
+    #[serde(default)]
+    pub key_header: Option<String>,
+    #[serde(default)]
+    pub on_dead: OnDead,
+}
+
+/// What a key does when its delivery goes dead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDead {
+    /// The key moves on to its next delivery.
+    #[default]
+    Skip,
+    /// The key waits until an operator replays or skips the dead delivery.
+    Block,
 }
 
 /// A rate of requests, written `"N/s"`, `"N/m"` or `"N/h"` (N may have a fraction).
@@ -607,6 +638,35 @@ impl<'de> Deserialize<'de> for RateLimit {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// Exactly one of `key` (a JSON pointer or `"source"`) and `key_header` (a header name).
+fn validate_ordering(key: &str, ordering: &OrderingConfig) -> Result<(), Error> {
+    match (&ordering.key, &ordering.key_header) {
+        (Some(pointer), None) => {
+            if pointer != "source" && !pointer.starts_with('/') {
+                return Err(invalid(
+                    format!("{key}.key"),
+                    "must be a JSON pointer such as \"/data/object/customer\", or \"source\"",
+                ));
+            }
+        }
+        (None, Some(header)) => {
+            if actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(invalid(
+                    format!("{key}.key_header"),
+                    "must be a valid header name",
+                ));
+            }
+        }
+        _ => {
+            return Err(invalid(
+                key,
+                "must set exactly one of key (a JSON pointer, or \"source\") and key_header",
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// A breaker that can open and whose probes back off.
@@ -897,6 +957,9 @@ impl Config {
             }
             if destination.timeout.is_zero() {
                 return Err(invalid(key("timeout"), "must be longer than 0s"));
+            }
+            if let Some(ordering) = &destination.ordering {
+                validate_ordering(&key("ordering"), ordering)?;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => cmd::check_config::run(&cli),
         Some(Command::Migrate) => cmd::migrate::run(&cli),
         Some(Command::Replay(ref args)) => cmd::replay::run(&cli, args),
+        Some(Command::Skip { id }) => cmd::skip::run(&cli, id),
         Some(Command::Prune { dry_run }) => cmd::prune::run(&cli, dry_run),
         Some(Command::Destinations { ref action }) => cmd::destinations::run(&cli, action),
         None => cmd::serve::run(&cli),

@@ -80,6 +80,7 @@ pub struct Metrics {
     throttled: Family<DestinationLabel, Counter>,
     probes: Family<DestinationLabel, Counter>,
     rate_limited: Family<DestinationLabel, Counter>,
+    ordering_unkeyed: Family<DestinationLabel, Counter>,
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
@@ -184,6 +185,12 @@ impl Metrics {
             "Deliveries that waited for their destination's rate limit before being sent",
             rate_limited.clone(),
         );
+        let ordering_unkeyed = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_ordering_unkeyed",
+            "Events for an ordered destination that had no ordering key, delivered unordered",
+            ordering_unkeyed.clone(),
+        );
         let broker_connected = Family::<ComponentLabel, Gauge>::default();
         registry.register(
             "relayd_broker_connected",
@@ -226,6 +233,7 @@ impl Metrics {
             throttled,
             probes,
             rate_limited,
+            ordering_unkeyed,
             broker_connected,
             retention_deleted,
             retention_last_run,
@@ -266,6 +274,14 @@ impl Metrics {
                 })
                 .set(i64::from(known == state));
         }
+    }
+
+    pub fn ordering_unkeyed(&self, destination: &str) {
+        self.ordering_unkeyed
+            .get_or_create(&DestinationLabel {
+                destination: destination.into(),
+            })
+            .inc();
     }
 
     pub fn throttled(&self, destination: &str) {

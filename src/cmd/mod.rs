@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod prune;
 pub mod replay;
 pub mod serve;
+pub mod skip;
 
 use anyhow::Context;
 

@@ -143,6 +143,9 @@ pub struct Claimed {
     /// retry schedule is dead.
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// It has an ordering key: its key's next delivery waits for it to end.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub ordered: bool,
 }
 
 /// [`claim`]'s statement (`$1`, `$2`: the lease in seconds; `$3`: the ids); public so
@@ -159,7 +162,7 @@ pub const CLAIM_SQL: &str = "UPDATE deliveries \
                    WHEN 'delivering' THEN lease_until <= now() \
                    ELSE false \
                END \
-         RETURNING id, attempts, destination, created_at";
+         RETURNING id, attempts, destination, created_at, ordering_key IS NOT NULL AS ordered";
 
 /// Claims deliveries for one attempt each: they become `delivering` with
 /// `attempts + 1` and a lease until `now() + lease`. Rows that are not claimable
@@ -226,6 +229,10 @@ pub struct Record {
     pub outcome: Outcome,
     /// The attempt's row, when a request was made.
     pub row: Option<super::attempts::NewAttempt>,
+    /// The outcome ends the delivery's turn in its key's order (it is ordered, and
+    /// delivered, or dead while its key does not block on dead): the key's next
+    /// delivery is made pending with it.
+    pub releases_key: bool,
 }
 
 impl Record {
@@ -276,6 +283,7 @@ impl Record {
             attempt: self.attempt,
             outcome,
             row,
+            releases_key: self.releases_key,
         }
     }
 }
@@ -414,10 +422,13 @@ impl super::batch::Statement for Claims {
 
 /// The worker's outcome records ([`super::batch`]): one [`record_outcomes`] for the
 /// attempts that finished together; each learns whether its delivery changed (false:
-/// another worker holds it now).
+/// another worker holds it now). When some of them end their key's turn, the same
+/// transaction hands their keys on ([`super::ordering::release_and_promote`]) and the
+/// relays are woken for the deliveries that became pending.
 pub struct Records {
     pub pool: super::DbPool,
     pub timeout: std::time::Duration,
+    pub wake: std::sync::Arc<crate::wake::OutboxWake>,
 }
 
 impl super::batch::Statement for Records {
@@ -426,10 +437,32 @@ impl super::batch::Statement for Records {
     const WHAT: &'static str = "recording";
 
     async fn run(&self, records: &[Record]) -> Result<Vec<bool>, super::batch::BatchError> {
-        let changed = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
-            record_outcomes(conn, records).await
-        })
-        .await?;
+        let (changed, promoted) = if records.iter().any(|r| r.releases_key) {
+            super::batch::on_connection(&self.pool, self.timeout, async |conn| {
+                use diesel_async::AsyncConnection;
+                conn.transaction(async |conn| {
+                    let changed = record_outcomes(conn, records).await?;
+                    let released: Vec<uuid::Uuid> = records
+                        .iter()
+                        .filter(|r| r.releases_key && changed.contains(&r.delivery_id))
+                        .map(|r| r.delivery_id)
+                        .collect();
+                    let promoted = super::ordering::release_and_promote(conn, &released).await?;
+                    Ok((changed, promoted))
+                })
+                .await
+            })
+            .await?
+        } else {
+            let changed = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
+                record_outcomes(conn, records).await
+            })
+            .await?;
+            (changed, 0)
+        };
+        if promoted > 0 {
+            self.wake.wake();
+        }
         Ok(records.iter().map(|r| changed.contains(&r.delivery_id)).collect())
     }
 }
@@ -624,15 +657,22 @@ pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> Quer
     }
     // Diesel cannot update through a boxed (dynamically filtered) query: select the ids
     // with it instead. The outer status check keeps rows that moved meanwhile out.
-    let replayed = diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq_any(target))
-            .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
-    )
-    .set(replay_reset!())
-    .execute(conn)
-    .await?;
-    Ok(replayed)
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |conn| {
+        let replayed: Vec<(uuid::Uuid, bool)> = diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq_any(target))
+                .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
+        )
+        .set(replay_reset!())
+        .returning((deliveries::id, deliveries::ordering_key.is_not_null()))
+        .get_results(conn)
+        .await?;
+        let ordered: Vec<uuid::Uuid> = replayed.iter().filter(|(_, o)| *o).map(|(id, _)| *id).collect();
+        super::ordering::requeue_replayed(conn, &ordered).await?;
+        Ok(replayed.len())
+    })
+    .await
 }
 
 /// Replays one delivery (see [`replay`]). `Ok(None)` when it is not replayable now.
@@ -641,14 +681,68 @@ pub async fn replay_one(
     id: uuid::Uuid,
 ) -> QueryResult<Option<super::models::Delivery>> {
     use super::models::{Delivery, DeliveryStatus};
-    diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq(id))
-            .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
-    )
-    .set(replay_reset!())
-    .returning(Delivery::as_returning())
-    .get_result(conn)
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |conn| {
+        let replayed: Option<Delivery> = diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq(id))
+                .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
+        )
+        .set(replay_reset!())
+        .returning(Delivery::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        match replayed {
+            Some(delivery) if delivery.ordering_key.is_some() => {
+                super::ordering::requeue_replayed(conn, &[id]).await?;
+                get(conn, id).await
+            }
+            other => Ok(other),
+        }
+    })
     .await
-    .optional()
+}
+
+/// Skips one delivery: it is never sent (again), and its key, if it is ordered and
+/// this was its turn, moves on to its next delivery — the operator's way past a
+/// delivery that holds its key (dead while the key blocks on dead, or retrying). A
+/// delivery being sent now cannot be skipped, nor one that has ended. `Ok(None)` when
+/// it is not skippable; the caller wakes the relays when `promoted` is more than 0.
+pub async fn skip(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> QueryResult<Option<Skipped>> {
+    use super::models::{Delivery, DeliveryStatus};
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |conn| {
+        let skipped: Option<Delivery> = diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq(id))
+                .filter(deliveries::status.eq_any(DeliveryStatus::SKIPPABLE)),
+        )
+        .set((
+            deliveries::status.eq(DeliveryStatus::Skipped.as_str()),
+            deliveries::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+            deliveries::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(Delivery::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(delivery) = skipped else {
+            return Ok(None);
+        };
+        let promoted = if delivery.ordering_key.is_some() {
+            super::ordering::release_and_promote(conn, &[id]).await?
+        } else {
+            0
+        };
+        Ok(Some(Skipped { delivery, promoted }))
+    })
+    .await
+}
+
+/// A skipped delivery, and how many deliveries of its key became pending.
+#[derive(Debug)]
+pub struct Skipped {
+    pub delivery: super::models::Delivery,
+    pub promoted: usize,
 }

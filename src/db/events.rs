@@ -16,8 +16,17 @@ pub struct BatchEvent {
     pub payload: Vec<u8>,
     pub content_type: String,
     pub headers: serde_json::Value,
-    /// One new delivery id per destination.
-    pub deliveries: Vec<(Uuid, String)>,
+    /// One new delivery per destination.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// An outbox row to create with its event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub destination: String,
+    /// The event's key for an ordered destination ([`super::ordering::stored_key`]).
+    pub ordering_key: Option<String>,
 }
 
 /// Stores new events and their outbox rows (one `pending` delivery per destination) in
@@ -26,6 +35,12 @@ pub struct BatchEvent {
 /// skipped with their deliveries. Returns, for each event stored, its deliveries count.
 ///
 /// A cached statement (see [`super::prepared`]): its plan does not depend on table sizes.
+///
+/// Deliveries with an ordering key are numbered within their (destination, key) in
+/// batch order, after the key's earlier ones ([`super::ordering`]): the key's row is
+/// upserted, which sees the last committed numbering even when another statement held
+/// it, and the first delivery of an idle key is `pending`, the rest `waiting`. A batch
+/// without keys runs the plain statement, which never touches `ordering_keys`.
 ///
 /// Duplicates are settled by the unique constraint (`ON CONFLICT DO NOTHING`), never by
 /// a prior SELECT: a concurrent statement inserting the same key waits for this one's
@@ -43,50 +58,107 @@ pub async fn insert_batch_with_outbox(
         #[diesel(sql_type = BigInt)]
         deliveries: i64,
     }
-    let outbox: Vec<(&Uuid, Uuid, &str)> = batch
+    let outbox: Vec<(Uuid, &NewDelivery)> = batch
         .iter()
-        .flat_map(|e| {
-            e.deliveries
-                .iter()
-                .map(move |(id, destination)| (id, e.id, destination.as_str()))
-        })
+        .flat_map(|e| e.deliveries.iter().map(move |d| (e.id, d)))
         .collect();
-    let inserted: Vec<Inserted> = super::prepared::prepared(
-        "WITH input AS ( \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
-                 AS t(id, source, event_id, event_type, payload, content_type, headers)), \
-         event AS ( \
-             INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
-             SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
-             ORDER BY source, event_id \
-             ON CONFLICT (source, event_id) DO NOTHING \
-             RETURNING id), \
-         outbox AS ( \
-             INSERT INTO deliveries (id, event_id, destination, status) \
-             SELECT d.id, d.event_uuid, d.destination, 'pending' \
-             FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS d(id, event_uuid, destination) \
-             JOIN event ON event.id = d.event_uuid \
-             RETURNING event_id) \
-         SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
-         FROM event",
-    )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(batch.iter().map(|e| e.id).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(batch.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Bytea>, _>(batch.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(batch.iter().map(|e| e.content_type.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(batch.iter().map(|e| &e.headers).collect::<Vec<_>>())
-    .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(id, _, _)| **id).collect::<Vec<_>>())
-    .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, event, _)| *event).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(outbox.iter().map(|(_, _, destination)| *destination).collect::<Vec<_>>())
-    .load(conn)
-    .await?;
+    let ordered = outbox.iter().any(|(_, d)| d.ordering_key.is_some());
+    let query = super::prepared::prepared(if ordered { INSERT_ORDERED_SQL } else { INSERT_SQL })
+        .bind::<Array<diesel::sql_types::Uuid>, _>(batch.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(batch.iter().map(|e| e.source.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(batch.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Bytea>, _>(batch.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(batch.iter().map(|e| e.content_type.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(batch.iter().map(|e| &e.headers).collect::<Vec<_>>())
+        .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
+        .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(event, _)| *event).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            outbox
+                .iter()
+                .map(|(_, d)| d.destination.as_str())
+                .collect::<Vec<_>>(),
+        );
+    let inserted: Vec<Inserted> = if ordered {
+        query
+            .bind::<Array<diesel::sql_types::Nullable<Text>>, _>(
+                outbox
+                    .iter()
+                    .map(|(_, d)| d.ordering_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .load(conn)
+            .await?
+    } else {
+        query.load(conn).await?
+    };
     Ok(inserted
         .into_iter()
         .map(|i| (i.id, usize::try_from(i.deliveries).unwrap_or(0)))
         .collect())
 }
+
+/// The events and their rows: `$1`–`$7` the events' columns, `$8`–`$10` the
+/// deliveries' id, event and destination.
+const INSERT_SQL: &str = "WITH input AS ( \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
+             AS t(id, source, event_id, event_type, payload, content_type, headers)), \
+     event AS ( \
+         INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
+         SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
+         ORDER BY source, event_id \
+         ON CONFLICT (source, event_id) DO NOTHING \
+         RETURNING id), \
+     outbox AS ( \
+         INSERT INTO deliveries (id, event_id, destination, status) \
+         SELECT d.id, d.event_uuid, d.destination, 'pending' \
+         FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS d(id, event_uuid, destination) \
+         JOIN event ON event.id = d.event_uuid \
+         RETURNING event_id) \
+     SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
+     FROM event";
+
+/// [`INSERT_SQL`] with `$11`, the deliveries' ordering keys (NULL: unordered). Only
+/// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
+/// rows are upserted in key order (after every event row, since the count needs them
+/// all), so concurrent batches queue on them in one order.
+const INSERT_ORDERED_SQL: &str = "WITH input AS ( \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
+             AS t(id, source, event_id, event_type, payload, content_type, headers)), \
+     event AS ( \
+         INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
+         SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
+         ORDER BY source, event_id \
+         ON CONFLICT (source, event_id) DO NOTHING \
+         RETURNING id), \
+     wanted AS ( \
+         SELECT d.id, d.event_uuid, d.destination, d.key, \
+                row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
+         FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[]) WITH ORDINALITY \
+             AS d(id, event_uuid, destination, key, n) \
+         JOIN event ON event.id = d.event_uuid), \
+     counted AS ( \
+         SELECT destination, key, count(*) AS n FROM wanted WHERE key IS NOT NULL \
+         GROUP BY destination, key), \
+     numbered AS ( \
+         INSERT INTO ordering_keys AS k (destination, key, last_seq, head) \
+         SELECT destination, key, n, 1 FROM counted ORDER BY destination, key \
+         ON CONFLICT (destination, key) DO UPDATE \
+             SET last_seq = k.last_seq + excluded.last_seq, head = COALESCE(k.head, k.last_seq + 1), \
+                 changed_at = now() \
+         RETURNING k.destination, k.key, k.last_seq, k.head), \
+     outbox AS ( \
+         INSERT INTO deliveries (id, event_id, destination, status, ordering_key, ordering_seq) \
+         SELECT w.id, w.event_uuid, w.destination, \
+                CASE WHEN w.key IS NULL OR k.last_seq - c.n + w.rank = k.head THEN 'pending' \
+                     ELSE 'waiting' END, \
+                w.key, k.last_seq - c.n + w.rank \
+         FROM wanted w \
+         LEFT JOIN counted c ON c.destination = w.destination AND c.key = w.key \
+         LEFT JOIN numbered k ON k.destination = w.destination AND k.key = w.key \
+         RETURNING event_id) \
+     SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
+     FROM event";
 
 /// How a submitted event ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,10 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// Its key, for a destination with ordered delivery.
+    pub ordering_key: Option<String>,
+    /// Its place in its key's order.
+    pub ordering_seq: Option<i64>,
 }
 
 /// The states of a delivery (DESIGN.md §4). Stored as text with a CHECK constraint.
@@ -42,10 +46,15 @@ pub enum DeliveryStatus {
     /// Set aside by the relay: no broker message can carry it (`last_error` says why).
     /// Out of every queue and index of due work; visible and replayable.
     Quarantined,
+    /// Ordered: an earlier delivery of its key has not ended yet (shown as "waiting for
+    /// key"). Out of the due index until its turn comes.
+    Waiting,
+    /// An operator skipped it: never sent (again). Replayable.
+    Skipped,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 7] = [
+    pub const ALL: [DeliveryStatus; 9] = [
         Self::Pending,
         Self::Queued,
         Self::Delivering,
@@ -53,11 +62,18 @@ impl DeliveryStatus {
         Self::Delivered,
         Self::Dead,
         Self::Quarantined,
+        Self::Waiting,
+        Self::Skipped,
     ];
 
     /// States an operator may replay from: finished ones, `quarantined`, and `retrying`
-    /// (to retry now). `pending`, `queued` and `delivering` are in flight already.
-    pub const REPLAYABLE: [&'static str; 4] = ["dead", "delivered", "retrying", "quarantined"];
+    /// (to retry now). `pending`, `queued`, `delivering` and `waiting` will go anyway.
+    pub const REPLAYABLE: [&'static str; 5] = ["dead", "delivered", "retrying", "quarantined", "skipped"];
+
+    /// States an operator may skip from: every state before an end but `delivering`
+    /// (a request is out), and `dead` (to let a blocked key move on).
+    pub const SKIPPABLE: [&'static str; 6] =
+        ["pending", "queued", "retrying", "waiting", "dead", "quarantined"];
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
@@ -72,6 +88,8 @@ impl DeliveryStatus {
             Self::Delivered => "delivered",
             Self::Dead => "dead",
             Self::Quarantined => "quarantined",
+            Self::Waiting => "waiting",
+            Self::Skipped => "skipped",
         }
     }
 }

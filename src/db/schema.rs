@@ -14,6 +14,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         delivered_at -> Nullable<Timestamptz>,
+        ordering_key -> Nullable<Text>,
+        ordering_seq -> Nullable<Int8>,
     }
 }
 
@@ -57,6 +59,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    ordering_keys (destination, key) {
+        destination -> Text,
+        key -> Text,
+        last_seq -> Int8,
+        head -> Nullable<Int8>,
+        changed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     worker_heartbeats (id) {
         id -> Uuid,
         beat_at -> Timestamptz,
@@ -70,5 +82,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
     destination_states,
     events,
+    ordering_keys,
     worker_heartbeats,
 );

@@ -14,6 +14,7 @@
 
 mod body;
 mod fields;
+mod ordering;
 pub mod routing;
 pub mod verify;
 
@@ -31,7 +32,7 @@ use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::db::batch::{self, BatchError, Batcher};
-use crate::db::events::{BatchEvent, StoreEvents, Stored};
+use crate::db::events::{BatchEvent, NewDelivery, StoreEvents, Stored};
 use crate::http_error::ApiError;
 use routing::Router;
 
@@ -208,6 +209,22 @@ async fn receive_for(
 
         let checked = fields::check(&verified, request.headers(), &source.kept_headers)
             .map_err(ApiError::InvalidPayload)?;
+        let payload = ordering::Payload::new(&body);
+        let deliveries = state
+            .router
+            .destinations_for(&source_name, &verified.event_type)
+            .map(|route| NewDelivery {
+                id: Uuid::now_v7(),
+                destination: route.destination.to_string(),
+                ordering_key: route.ordering.and_then(|rule| {
+                    let key = rule.key(&source_name, request.headers(), &payload);
+                    if key.is_none() {
+                        state.ctx.metrics.ordering_unkeyed(route.destination);
+                    }
+                    key
+                }),
+            })
+            .collect();
         let event = BatchEvent {
             id: Uuid::now_v7(),
             source: source_name.clone(),
@@ -216,11 +233,7 @@ async fn receive_for(
             payload: body.to_vec(),
             content_type: checked.content_type,
             headers: checked.headers,
-            deliveries: state
-                .router
-                .destinations_for(&source_name, &verified.event_type)
-                .map(|destination| (Uuid::now_v7(), destination.to_string()))
-                .collect(),
+            deliveries,
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
             // Every field was checked above, so this is relayd's own bug: not a 4xx the

@@ -11,6 +11,15 @@ struct Subscription {
     sources: Vec<String>,
     /// Empty: every event type.
     event_types: Vec<glob::Pattern>,
+    /// Where its events' ordering key is, when it is ordered.
+    ordering: Option<super::ordering::KeyRule>,
+}
+
+/// A destination an event goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub destination: &'a str,
+    pub ordering: Option<&'a super::ordering::KeyRule>,
 }
 
 /// Matches events to destinations.
@@ -33,6 +42,7 @@ impl Router {
                     .iter()
                     .filter_map(|p| glob::Pattern::new(p).ok())
                     .collect(),
+                ordering: d.ordering.as_ref().and_then(super::ordering::KeyRule::of),
             })
             .collect();
         Self { subscriptions }
@@ -43,12 +53,15 @@ impl Router {
         &'a self,
         source: &'a str,
         event_type: &'a str,
-    ) -> impl Iterator<Item = &'a str> + 'a {
+    ) -> impl Iterator<Item = Route<'a>> + 'a {
         self.subscriptions
             .iter()
             .filter(move |s| s.sources.is_empty() || s.sources.iter().any(|name| name == source))
             .filter(move |s| s.event_types.is_empty() || s.event_types.iter().any(|p| p.matches(event_type)))
-            .map(|s| s.destination.as_str())
+            .map(|s| Route {
+                destination: s.destination.as_str(),
+                ordering: s.ordering.as_ref(),
+            })
     }
 }
 
@@ -70,13 +83,14 @@ mod tests {
             timeout: Duration::from_secs(1),
             breaker: Default::default(),
             rate_limit: None,
+            ordering: None,
         }
     }
 
     fn route(router: &Router, source: &str, event_type: &str) -> Vec<String> {
         router
             .destinations_for(source, event_type)
-            .map(String::from)
+            .map(|r| r.destination.to_string())
             .collect()
     }
 

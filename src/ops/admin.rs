@@ -72,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             .route("/events/{id}", web::get().to(get_event))
             .route("/deliveries", web::get().to(list_deliveries))
             .route("/deliveries/{id}/replay", web::post().to(replay_one))
+            .route("/deliveries/{id}/skip", web::post().to(skip_one))
             .route("/replay", web::post().to(replay_many))
             .route("/destinations", web::get().to(list_destinations))
             .route("/destinations/{name}/pause", web::post().to(pause_destination))
@@ -430,8 +431,32 @@ async fn replay_one(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result
         None => match deliveries::get(&mut conn, id).await.map_err(storage)? {
             None => Err(ApiError::NotFoundDetail(format!("no delivery {id}"))),
             Some(current) => Err(ApiError::Conflict(format!(
-                "delivery is {} (in flight); only dead, delivered, retrying or quarantined deliveries are replayed",
+                "delivery is {} (in flight); only dead, delivered, retrying, quarantined or skipped deliveries are replayed",
                 current.status
+            ))),
+        },
+    }
+}
+
+/// `POST /admin/api/deliveries/{id}/skip`: the delivery is never sent (again), and its
+/// key, when ordered, moves on.
+async fn skip_one(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id, "delivery id")?;
+    let mut conn = connection(&ctx).await?;
+    match deliveries::skip(&mut conn, id).await.map_err(storage)? {
+        Some(skipped) => {
+            if skipped.promoted > 0 {
+                ctx.wake.wake();
+            }
+            tracing::info!(delivery.id = %id, key_moved_on = skipped.promoted > 0, "delivery skipped by an operator");
+            Ok(HttpResponse::Ok().json(skipped.delivery))
+        }
+        None => match deliveries::get(&mut conn, id).await.map_err(storage)? {
+            None => Err(ApiError::NotFoundDetail(format!("no delivery {id}"))),
+            Some(current) => Err(ApiError::Conflict(format!(
+                "delivery is {}; only {} deliveries are skipped",
+                current.status,
+                crate::db::models::DeliveryStatus::SKIPPABLE.join(", ")
             ))),
         },
     }

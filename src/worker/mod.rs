@@ -87,7 +87,15 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         options.clone(),
         batches_stop.clone(),
     );
-    let (records, record_tasks) = Batcher::start(Records { pool, timeout }, options, batches_stop.clone());
+    let (records, record_tasks) = Batcher::start(
+        Records {
+            pool,
+            timeout,
+            wake: ctx.wake.clone(),
+        },
+        options,
+        batches_stop.clone(),
+    );
     batchers.extend(record_tasks);
     let worker = Arc::new(Worker {
         claims,
@@ -123,6 +131,10 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             pacer: destination
                 .rate_limit
                 .map(|rate| pace::Pacer::new(rate.per_second())),
+            blocks_on_dead: destination
+                .ordering
+                .as_ref()
+                .is_some_and(|o| o.on_dead == crate::config::OnDead::Block),
             room: tokio::sync::Notify::new(),
             intake_changed: tokio::sync::Notify::new(),
         });
@@ -170,6 +182,8 @@ struct Lane {
     gate: Gate,
     /// This worker's share of the destination's `rate_limit`, if it has one.
     pacer: Option<pace::Pacer>,
+    /// Ordered, and a dead delivery holds its key (`ordering.on_dead = "block"`).
+    blocks_on_dead: bool,
     /// Woken when a request ends (a slot may be free, or the limit changed) and when
     /// the gate changes.
     room: tokio::sync::Notify,
@@ -429,7 +443,7 @@ impl Worker {
                 status_code: None,
                 error: format!("destination {:?} is not configured", claimed.destination),
             };
-            self.settle(envelope.delivery_id, &claimed, None, outcome, acker)
+            self.settle(envelope.delivery_id, &claimed, None, outcome, acker, lane)
                 .await;
             return;
         };
@@ -491,8 +505,15 @@ impl Worker {
                 schedule::after_failure(retry, claimed.attempts, failure())
             }
         };
-        self.settle(envelope.delivery_id, &claimed, Some(&response), outcome, acker)
-            .await;
+        self.settle(
+            envelope.delivery_id,
+            &claimed,
+            Some(&response),
+            outcome,
+            acker,
+            lane,
+        )
+        .await;
     }
 
     /// Makes the shared transition an attempt's `verdict` calls for (opening the
@@ -586,6 +607,7 @@ impl Worker {
         response: Option<&send::Response>,
         outcome: Outcome,
         acker: crate::broker::Acker,
+        lane: &Lane,
     ) {
         let attempt = claimed.attempts;
         let row = response.map(|response| NewAttempt {
@@ -597,11 +619,18 @@ impl Worker {
             error: response.error.clone(),
             response_snippet: response.snippet.clone(),
         });
+        let releases_key = claimed.ordered
+            && match outcome {
+                Outcome::Delivered { .. } => true,
+                Outcome::Dead { .. } => !lane.blocks_on_dead,
+                Outcome::Retrying { .. } | Outcome::Throttled { .. } => false,
+            };
         let record = deliveries::Record {
             delivery_id,
             attempt,
             outcome,
             row,
+            releases_key,
         };
         let mut recorded = self.records.submit(record.clone()).await;
         if let Err(BatchError::Rejected(reason)) = &recorded {

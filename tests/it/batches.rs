@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use relayd::db::batch::{BatchError, Batcher, Options};
 use relayd::db::deliveries::{Claims, Outcome, Record, Records};
-use relayd::db::events::{BatchEvent, StoreEvents, Stored};
+use relayd::db::events::{BatchEvent, NewDelivery, StoreEvents, Stored};
 use relayd::db::{build_pool, DbPool, Durability};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,7 +45,11 @@ fn event(event_id: &str) -> BatchEvent {
         payload: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
         content_type: "application/json".into(),
         headers: serde_json::json!({}),
-        deliveries: vec![(Uuid::now_v7(), "billing".into())],
+        deliveries: vec![NewDelivery {
+            id: Uuid::now_v7(),
+            destination: "billing".into(),
+            ordering_key: None,
+        }],
     }
 }
 
@@ -124,6 +128,7 @@ async fn one_unstorable_outcome_does_not_unsettle_the_others_recorded_with_it() 
         Records {
             pool,
             timeout: Duration::from_secs(10),
+            wake: std::sync::Arc::new(relayd::wake::OutboxWake::new(true)),
         },
         options(),
         stop.clone(),
@@ -149,6 +154,7 @@ async fn one_unstorable_outcome_does_not_unsettle_the_others_recorded_with_it() 
                     error: None,
                     response_snippet: Some(snippet.into()),
                 }),
+                releases_key: false,
             }
         })
         .collect();

@@ -16,6 +16,7 @@ mod migrations;
 #[allow(dead_code)]
 mod nodes;
 mod ops;
+mod ordering;
 mod process;
 mod providers;
 mod relay;

@@ -1,6 +1,8 @@
 //! A downstream HTTP service for tests: records every request it gets and answers as
 //! told (succeed, fail the first N tries of each webhook, ask to retry later, hang, or
-//! whatever a test's plan says, streamed bodies included).
+//! whatever a test's plan says, streamed bodies included). It also watches ordering:
+//! the events of one key (the payload's `/data/object/customer`) must never be answered
+//! at the same time, and it keeps each request's key and answer.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -75,6 +77,8 @@ pub enum Answer {
         every: Duration,
         count: Option<usize>,
     },
+    /// `answer` after `delay` (longer than the destination's timeout: a hang).
+    After { delay: Duration, answer: Box<Answer> },
 }
 
 impl Answer {
@@ -90,10 +94,15 @@ impl Answer {
             Answer::Whole { status, .. }
             | Answer::RetryAfter { status, .. }
             | Answer::Stream { status, .. } => *status,
+            Answer::After { answer, .. } => answer.status(),
         }
     }
 
-    fn respond(self) -> HttpResponse {
+    async fn respond(self) -> HttpResponse {
+        if let Answer::After { delay, answer } = self {
+            tokio::time::sleep(delay).await;
+            return Box::pin(answer.respond()).await;
+        }
         let code = |status| actix_web::http::StatusCode::from_u16(status).unwrap();
         match self {
             Answer::Whole { status, body } => HttpResponse::build(code(status)).body(body),
@@ -121,6 +130,7 @@ impl Answer {
                 });
                 HttpResponse::build(code(status)).streaming(chunks)
             }
+            Answer::After { .. } => unreachable!("answered above"),
         }
     }
 }
@@ -145,6 +155,12 @@ impl Received {
         self.header("webhook-id").unwrap_or_default().to_string()
     }
 
+    /// The ordering key the tests use: the payload's `/data/object/customer`.
+    pub fn ordering_key(&self) -> Option<String> {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        json.pointer("/data/object/customer")?.as_str().map(String::from)
+    }
+
     /// The provider event id in the body (the tests' Stripe events carry one).
     pub fn event_id(&self) -> String {
         let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
@@ -159,6 +175,54 @@ struct State {
     /// Requests being answered now, and the most at once since the last reset.
     active: AtomicUsize,
     peak: AtomicUsize,
+    /// Requests being answered now, by ordering key.
+    keys_active: Mutex<HashMap<String, usize>>,
+    /// Requests that arrived while another of their key was being answered.
+    overlaps: Mutex<Vec<String>>,
+    /// Every answer given (the client did not go away first), in order.
+    answered: Mutex<Vec<Answered>>,
+}
+
+/// One request that was answered.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub status: u16,
+}
+
+/// Counts a request of its key as active while it lives.
+struct KeyActive<'a> {
+    state: &'a State,
+    key: Option<String>,
+}
+
+impl<'a> KeyActive<'a> {
+    fn new(state: &'a State, key: Option<String>, event_id: &str) -> Self {
+        if let Some(key) = &key {
+            let mut active = state.keys_active.lock().unwrap();
+            let now = active.entry(key.clone()).or_default();
+            if *now > 0 {
+                state.overlaps.lock().unwrap().push(format!(
+                    "{event_id} of key {key} arrived while {now} of its key were in flight"
+                ));
+            }
+            *now += 1;
+        }
+        Self { state, key }
+    }
+}
+
+impl Drop for KeyActive<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            *self
+                .state
+                .keys_active
+                .lock()
+                .unwrap()
+                .entry(key.clone())
+                .or_default() -= 1;
+        }
+    }
 }
 
 /// Counts a request as active while it lives.
@@ -194,6 +258,9 @@ impl Sink {
             tries: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            keys_active: Mutex::new(HashMap::new()),
+            overlaps: Mutex::new(Vec::new()),
+            answered: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -210,6 +277,16 @@ impl Sink {
         let handle = server.handle();
         tokio::spawn(server);
         Self { url, state, handle }
+    }
+
+    /// Requests that arrived while another of their ordering key was in flight.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.state.overlaps.lock().unwrap().clone()
+    }
+
+    /// Every answer given, in order.
+    pub fn answered(&self) -> Vec<Answered> {
+        self.state.answered.lock().unwrap().clone()
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -286,7 +363,18 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
         Behaviour::Planned(plan) => Some((plan.0)(&received, try_number)),
         _ => None,
     };
+    let key = received.ordering_key();
+    let event_id = received.event_id();
+    let _key_active = KeyActive::new(&state, key, &event_id);
     state.received.lock().unwrap().push(received);
+    let response = answer(&state, planned, try_number).await;
+    state.answered.lock().unwrap().push(Answered {
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn answer(state: &State, planned: Option<Answer>, try_number: usize) -> HttpResponse {
     match &state.behaviour {
         Behaviour::Succeed => HttpResponse::Ok().body("ok"),
         Behaviour::FailFirst { n, status } if try_number <= *n => {
@@ -307,7 +395,7 @@ async fn receive(state: web::Data<State>, request: HttpRequest, body: web::Bytes
         Behaviour::Answer { status, body } => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body(body.clone())
         }
-        Behaviour::Planned(_) => planned.expect("planned above").respond(),
+        Behaviour::Planned(_) => planned.expect("planned above").respond().await,
         Behaviour::Capacity { slots, service } => {
             let _slot = slots.acquire().await;
             tokio::time::sleep(*service).await;

@@ -219,6 +219,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
         timeout: Duration::from_secs(5),
         breaker: Default::default(),
         rate_limit: None,
+        ordering: None,
     }
 }
 

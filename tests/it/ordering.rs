@@ -1,0 +1,428 @@
+//! Per-key ordered delivery against the real services, with a receiver that records
+//! each key's arrival order and reports any request that arrived while another of its
+//! key was in flight: order and one-at-a-time per key under random 5xx and timeouts
+//! (unrelated keys still in parallel), with two worker replicas; an event without the
+//! key delivered unordered and counted; `on_dead` both ways; skip through the admin API
+//! and `relayd skip`; a replayed blocked head going first.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relayd::config::{Config, DestinationConfig, OnDead, OrderingConfig};
+use relayd::context::Role;
+use serde_json::Value;
+
+use crate::ops::{self, Admin};
+use crate::sink::{Answer, Behaviour, Received, Sink};
+use crate::support::{self, post_stripe, Relayd, TestBroker, TestDb};
+
+const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
+
+/// A Stripe event of `customer` (none: no key).
+pub fn keyed_event(id: &str, customer: Option<&str>) -> Vec<u8> {
+    let mut object = serde_json::json!({ "id": format!("in_{id}") });
+    if let Some(customer) = customer {
+        object["customer"] = customer.into();
+    }
+    serde_json::json!({ "id": id, "object": "event", "type": "invoice.updated", "data": { "object": object } })
+        .to_string()
+        .into_bytes()
+}
+
+fn ordered(name: &str, sink: &Sink, on_dead: OnDead) -> DestinationConfig {
+    DestinationConfig {
+        ordering: Some(OrderingConfig {
+            key: Some("/data/object/customer".into()),
+            key_header: None,
+            on_dead,
+        }),
+        max_in_flight: 32,
+        ..ops::to_sink(name, sink)
+    }
+}
+
+fn config(db: &TestDb, broker: &TestBroker, destination: DestinationConfig, retries: &[u64]) -> Config {
+    let mut config = ops::config(db, broker, vec![destination]);
+    config.worker.retry.schedule = retries
+        .iter()
+        .map(|ms| Duration::from_millis(*ms).into())
+        .collect();
+    config
+}
+
+/// Posts `per_key` events for each of `keys` keys: one key's events one after another
+/// (each accepted before the next is sent, so that their order is defined), the keys
+/// at once. Returns each key's event ids in order.
+pub async fn post_keyed(
+    url: &str,
+    prefix: &str,
+    keys: usize,
+    per_key: usize,
+) -> HashMap<String, Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..keys {
+        let (client, url, prefix) = (client.clone(), url.to_string(), prefix.to_string());
+        tasks.spawn(async move {
+            let key = format!("cus_{prefix}_{k}");
+            let mut ids = Vec::new();
+            for i in 0..per_key {
+                let id = format!("evt_{prefix}_{k}_{i}");
+                let response = post_stripe(&client, &url, &keyed_event(&id, Some(&key))).await;
+                assert_eq!(response.status(), 200, "{id}");
+                ids.push(id);
+            }
+            (key, ids)
+        });
+    }
+    tasks.join_all().await.into_iter().collect()
+}
+
+/// What the receiver saw keeps each key's order: no request arrived while another of
+/// its key was in flight, and each key's requests (retries and redeliveries included)
+/// came in the order its events were accepted — never an earlier event after a later
+/// one — and every event came.
+pub fn assert_in_order(received: &[Received], overlaps: &[String], expected: &HashMap<String, Vec<String>>) {
+    assert!(
+        overlaps.is_empty(),
+        "{} overlaps, first: {}",
+        overlaps.len(),
+        overlaps[0]
+    );
+    let mut arrivals: HashMap<String, Vec<String>> = HashMap::new();
+    for request in received {
+        if let Some(key) = request.ordering_key() {
+            arrivals.entry(key).or_default().push(request.event_id());
+        }
+    }
+    for (key, ids) in expected {
+        let position: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let seen: Vec<usize> = arrivals
+            .get(key)
+            .map(|a| a.iter().map(|id| position[id.as_str()]).collect())
+            .unwrap_or_default();
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "key {key} arrived out of order: {seen:?}"
+        );
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct,
+            (0..ids.len()).collect::<Vec<_>>(),
+            "key {key}: not every event came"
+        );
+    }
+}
+
+/// A cheap, repeatable coin per request and try.
+fn roll(received: &Received, try_number: usize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (received.event_id(), try_number).hash(&mut hasher);
+    hasher.finish() % 100
+}
+
+/// 500 for 20 % of tries, a hang past the 300 ms timeout for 10 %, else 200 after a
+/// moment: every event needs a few tries now and then.
+fn unreliable() -> Behaviour {
+    Behaviour::planned(|received, try_number| match roll(received, try_number) {
+        0..20 => Answer::Whole {
+            status: 500,
+            body: b"flaky".to_vec(),
+        },
+        20..30 => Answer::After {
+            delay: Duration::from_millis(450),
+            answer: Box::new(Answer::ok()),
+        },
+        _ => Answer::After {
+            delay: Duration::from_millis(3),
+            answer: Box::new(Answer::ok()),
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_key_arrives_in_order_and_one_at_a_time_under_5xx_and_timeouts_across_two_workers() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ordered"]);
+    let sink = Sink::start(unreliable()).await;
+    let destination = DestinationConfig {
+        timeout: Duration::from_millis(300),
+        ..ordered("ordered", &sink, OnDead::Skip)
+    };
+    // Retries after 200 ms and more (past a hang's end), enough that none dies.
+    let config = config(
+        &db,
+        &broker,
+        destination,
+        &[200, 200, 300, 300, 500, 500, 500, 500, 500, 500],
+    );
+    let relayd = Relayd::start(config.clone(), &[Role::Ingest, Role::Relay, Role::Worker]).await;
+    let second_worker = Relayd::start(config, &[Role::Worker]).await;
+    relayd.wait_ready().await;
+    second_worker.wait_ready().await;
+
+    let expected = post_keyed(&relayd.url("/webhooks/stripe"), "o", 12, 8).await;
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        12 * 8,
+        Duration::from_secs(90),
+    )
+    .await;
+    let received = sink.received();
+    assert_in_order(&received, &sink.overlaps(), &expected);
+    let failed = sink.answered().iter().filter(|a| a.status >= 500).count();
+    assert!(
+        failed > 5,
+        "the receiver failed only {failed} requests: the test tested little"
+    );
+    assert!(
+        sink.take_peak_active() > 1,
+        "unrelated keys must be delivered in parallel"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM ordering_keys WHERE head IS NOT NULL")
+            .await,
+        0,
+        "every key is idle once its deliveries ended"
+    );
+    second_worker.stop().await.unwrap();
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_without_the_key_is_delivered_unordered_and_counted() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ordered"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let relayd = Relayd::start(
+        config(&db, &broker, ordered("ordered", &sink, OnDead::Skip), &[100]),
+        ALL,
+    )
+    .await;
+    relayd.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    post_stripe(&client, &url, &keyed_event("evt_nokey", None)).await;
+    post_stripe(&client, &url, &keyed_event("evt_key", Some("cus_1"))).await;
+    sink.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE ordering_key IS NULL AND ordering_seq IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE ordering_key = 'cus_1' AND ordering_seq = 1")
+            .await,
+        1
+    );
+    let metrics = client
+        .get(relayd.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"relayd_ordering_unkeyed_total{destination="ordered"} 1"#),
+        "{metrics}"
+    );
+    relayd.stop().await.unwrap();
+}
+
+/// A sink that fails every try of the events in `failing` (by event id), unless
+/// `healed` is set, and answers 200 otherwise.
+fn failing(failing: &'static [&'static str], healed: Arc<AtomicUsize>) -> Behaviour {
+    Behaviour::planned(move |received, _| {
+        if failing.contains(&received.event_id().as_str()) && healed.load(Ordering::SeqCst) == 0 {
+            Answer::Whole {
+                status: 500,
+                body: b"no".to_vec(),
+            }
+        } else {
+            Answer::ok()
+        }
+    })
+}
+
+async fn delivery_of(admin: &Admin, event_id: &str) -> Value {
+    let (status, page) = admin.get("/deliveries?limit=100").await;
+    assert_eq!(status, 200, "{page}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["provider_event_id"] == event_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no delivery of {event_id} in {page}"))
+}
+
+async fn wait_status(admin: &Admin, event_id: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let delivery = delivery_of(admin, event_id).await;
+        if delivery["status"] == status {
+            return delivery;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{event_id} is {}, not {status}",
+            delivery["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_delivery_lets_its_key_move_on_by_default() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ordered"]);
+    let sink = Sink::start(failing(&["evt_d1"], Arc::default())).await;
+    let relayd = Relayd::start(
+        config(&db, &broker, ordered("ordered", &sink, OnDead::Skip), &[100]),
+        ALL,
+    )
+    .await;
+    relayd.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    for id in ["evt_d1", "evt_d2", "evt_d3"] {
+        post_stripe(&client, &url, &keyed_event(id, Some("cus_dead"))).await;
+    }
+    let admin = Admin::new(&relayd);
+    wait_status(&admin, "evt_d3", "delivered").await;
+    assert_eq!(delivery_of(&admin, "evt_d1").await["status"], "dead");
+    let order: Vec<String> = sink.received().iter().map(Received::event_id).collect();
+    assert_eq!(order, ["evt_d1", "evt_d1", "evt_d2", "evt_d3"]);
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead_one() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ordered"]);
+    let healed = Arc::new(AtomicUsize::new(0));
+    let sink = Sink::start(failing(&["evt_b1"], healed.clone())).await;
+    let relayd = Relayd::start(
+        config(&db, &broker, ordered("ordered", &sink, OnDead::Block), &[100]),
+        ALL,
+    )
+    .await;
+    relayd.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    for id in ["evt_b1", "evt_b2"] {
+        post_stripe(&client, &url, &keyed_event(id, Some("cus_a"))).await;
+    }
+    for id in ["evt_c1", "evt_c2"] {
+        post_stripe(&client, &url, &keyed_event(id, Some("cus_b"))).await;
+    }
+    let admin = Admin::new(&relayd);
+    let dead = wait_status(&admin, "evt_b1", "dead").await;
+    // Another key is not held; this one is, and says so.
+    wait_status(&admin, "evt_c2", "delivered").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(delivery_of(&admin, "evt_b2").await["status"], "waiting");
+    assert!(!sink.received().iter().any(|r| r.event_id() == "evt_b2"));
+
+    // Replaying the dead head sends it first, in its place, then the key goes on.
+    healed.store(1, Ordering::SeqCst);
+    let (status, body) = admin
+        .post(
+            &format!("/deliveries/{}/replay", dead["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait_status(&admin, "evt_b2", "delivered").await;
+    let order: Vec<String> = sink
+        .received()
+        .iter()
+        .filter(|r| r.ordering_key().as_deref() == Some("cus_a"))
+        .map(Received::event_id)
+        .collect();
+    assert_eq!(order, ["evt_b1", "evt_b1", "evt_b1", "evt_b2"]);
+
+    relayd.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_key_on() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ordered"]);
+    let sink = Sink::start(failing(&["evt_s1", "evt_s3"], Arc::default())).await;
+    let relayd = Relayd::start(
+        config(&db, &broker, ordered("ordered", &sink, OnDead::Block), &[100]),
+        ALL,
+    )
+    .await;
+    relayd.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/stripe");
+    let admin = Admin::new(&relayd);
+    for id in ["evt_s1", "evt_s2"] {
+        post_stripe(&client, &url, &keyed_event(id, Some("cus_s"))).await;
+    }
+    let dead = wait_status(&admin, "evt_s1", "dead").await;
+    assert_eq!(delivery_of(&admin, "evt_s2").await["status"], "waiting");
+    let (status, body) = admin
+        .post(
+            &format!("/deliveries/{}/skip", dead["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "skipped");
+    let delivered = wait_status(&admin, "evt_s2", "delivered").await;
+
+    // An ended delivery cannot be skipped; an unknown one is 404.
+    let (status, body) = admin
+        .post(
+            &format!("/deliveries/{}/skip", delivered["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("delivered"),
+        "{body}"
+    );
+    let (status, _) = admin
+        .post(&format!("/deliveries/{}/skip", uuid::Uuid::now_v7()), None)
+        .await;
+    assert_eq!(status, 404);
+
+    for id in ["evt_s3", "evt_s4"] {
+        post_stripe(&client, &url, &keyed_event(id, Some("cus_s"))).await;
+    }
+    let dead = wait_status(&admin, "evt_s3", "dead").await;
+    assert_eq!(delivery_of(&admin, "evt_s4").await["status"], "waiting");
+    let file = crate::child::config_file(&db, &broker, &sink);
+    let output = Command::new(support::relayd_binary())
+        .arg("--config")
+        .arg(&file.0)
+        .args(["skip", dead["id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("its key moved on"), "{stdout}");
+    wait_status(&admin, "evt_s4", "delivered").await;
+    let order: Vec<String> = sink.received().iter().map(Received::event_id).collect();
+    assert_eq!(
+        order,
+        ["evt_s1", "evt_s1", "evt_s2", "evt_s3", "evt_s3", "evt_s4"]
+    );
+    relayd.stop().await.unwrap();
+}
