@@ -1,10 +1,12 @@
 //! Retention: pruning old finished events in small batches so the outbox stays small.
 //!
 //! Three rules, each disabled by a duration of `0`: events whose every delivery is
-//! `delivered` (or that had none) after `retention.delivered`; events with a `dead`
-//! delivery and nothing in flight after `retention.dead`; attempt rows after
-//! `retention.attempts`. An event with a delivery `pending`, `queued`, `delivering` or
-//! `retrying` is never pruned, however old. Deleting an event deletes its deliveries and
+//! `delivered` or `skipped` (or that had none) after `retention.delivered`; events with
+//! a `dead` delivery and nothing in flight after `retention.dead`; attempt rows after
+//! `retention.attempts`. An event with a delivery `pending`, `queued`, `delivering`,
+//! `retrying` or `waiting` (for its ordering key's turn) is never pruned, however old,
+//! nor one whose dead delivery holds its key (`ordering.on_dead = "block"`): the key
+//! waits for an operator's replay or skip, and that needs the delivery. Deleting an event deletes its deliveries and
 //! attempts (`ON DELETE CASCADE`) and frees its idempotency key.
 //!
 //! Deletes run `retention.batch_size` rows at a time, each batch its own short
@@ -66,7 +68,8 @@ impl Kind {
             Kind::DeliveredEvents => {
                 "SELECT e.id FROM events e \
                  WHERE e.received_at < now() - make_interval(secs => $1) \
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered') \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id \
+                                   AND d.status NOT IN ('delivered', 'skipped')) \
                  ORDER BY e.received_at"
             }
             Kind::DeadEvents => {
@@ -74,7 +77,11 @@ impl Kind {
                  WHERE e.received_at < now() - make_interval(secs => $1) \
                    AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'dead') \
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id \
-                                   AND d.status IN ('pending', 'queued', 'delivering', 'retrying')) \
+                                   AND d.status IN ('pending', 'queued', 'delivering', 'retrying', 'waiting')) \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN ordering_keys k \
+                                     ON k.destination = d.destination AND k.key = d.ordering_key \
+                                    AND k.head = d.ordering_seq \
+                                   WHERE d.event_id = e.id AND d.status = 'dead') \
                  ORDER BY e.received_at"
             }
             Kind::Attempts => {

@@ -51,6 +51,51 @@ fn never_cancelled() -> CancellationToken {
     CancellationToken::new()
 }
 
+/// Ordered deliveries: one waiting for its key's turn keeps its event, and so does a
+/// dead one that blocks its key; skipped counts as ended, and a dead delivery whose key
+/// has moved on is pruned like any.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_and_key_blocking_deliveries_are_kept_and_skipped_ones_are_pruned() {
+    let db = TestDb::migrated().await;
+    let waiting = event(&db, 400, &["dead", "waiting"], 1).await;
+    let blocking = event(&db, 400, &["dead"], 1).await;
+    let moved_on = event(&db, 400, &["dead"], 1).await;
+    let skipped = event(&db, 400, &["delivered", "skipped"], 1).await;
+    let mut conn = db.connect().await;
+    for (event, key) in [(blocking, "k_blocked"), (moved_on, "k_idle")] {
+        diesel::sql_query(format!(
+            "UPDATE deliveries SET ordering_key = '{key}', ordering_seq = 1 WHERE event_id = '{event}'"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    diesel::sql_query(
+        "INSERT INTO ordering_keys (destination, key, last_seq, head) \
+         VALUES ('d0', 'k_blocked', 1, 1), ('d0', 'k_idle', 1, NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    retention::prune(
+        &db.url,
+        &RetentionConfig::default(),
+        &never_cancelled(),
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+    .expect("the only pruner leads");
+    for (id, kept) in [
+        (waiting, true),
+        (blocking, true),
+        (moved_on, false),
+        (skipped, false),
+    ] {
+        assert_eq!(exists(&db, id).await, kept, "{id}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_flight() {
     let db = TestDb::migrated().await;
