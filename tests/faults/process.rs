@@ -233,3 +233,131 @@ async fn the_probe_holder_sigkilled_mid_probe_is_replaced_by_the_other_worker() 
     assert_eq!(front.terminate().code(), Some(0));
     sink.stop().await;
 }
+
+/// Ordered delivery (`ordering = { key = "/data/object/customer" }`) while processes
+/// die: ingest, a relay and two workers as separate processes, 20 keys each posting an
+/// event every 100 ms (the next only once the last was accepted, so each key's order is
+/// defined), 10 % of tries answered 500; a worker is SIGKILLed and restarted, then the
+/// relay. Every accepted event arrives, no request arrives while another of its key is
+/// in flight, and no key's event arrives after a later one of that key.
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_keys_keep_their_order_through_sigkill_of_a_worker_and_of_the_relay() {
+    use crate::sink::Answer;
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use tokio_util::sync::CancellationToken;
+    let _services = Services::exclusive().await;
+    let db = TestDb::create().await;
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::planned(|received, try_number| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (received.event_id(), try_number).hash(&mut hasher);
+        if hasher.finish() % 10 == 0 {
+            Answer::Whole {
+                status: 500,
+                body: b"flaky".to_vec(),
+            }
+        } else {
+            Answer::ok()
+        }
+    }))
+    .await;
+    let config = {
+        let file = config_file(&db, &broker, &sink);
+        let text = std::fs::read_to_string(&file.0).unwrap();
+        crate::support::temp_file(&format!(
+            "{text}ordering = {{ key = \"/data/object/customer\" }}\n"
+        ))
+    };
+    let ingest = free_address();
+    let mut processes: Vec<Process> = ["ingest", "relay", "worker", "worker"]
+        .iter()
+        .map(|roles| {
+            let ops = free_address();
+            let env = [
+                ("RELAYD__INGEST__LISTEN", ingest.as_str()),
+                ("RELAYD__OPS__LISTEN", &ops),
+            ];
+            Process::start_with(&config, roles, &env)
+        })
+        .collect();
+    for process in &processes {
+        process.wait_ready().await;
+    }
+
+    let stop = CancellationToken::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://{ingest}/webhooks/stripe");
+    let mut keys = tokio::task::JoinSet::new();
+    for k in 0..20 {
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        keys.spawn(async move {
+            let key = format!("cus_fault_{k}");
+            let mut accepted = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let id = format!("evt_fault_{k}_{}", accepted.len());
+                let body = crate::support::keyed_event(&id, Some(&key));
+                // Until accepted: the next event of the key waits for this one.
+                loop {
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header(
+                            "stripe-signature",
+                            crate::support::stripe_signature(
+                                crate::support::STRIPE_SECRET,
+                                crate::support::now(),
+                                &body,
+                            ),
+                        )
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if sent.is_ok_and(|r| r.status() == 200) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                accepted.push(id);
+            }
+            (key, accepted)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    processes[2].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    processes[2].restart();
+    processes[2].wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    processes[1].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    processes[1].restart();
+    processes[1].wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let expected: HashMap<String, Vec<String>> = keys.join_all().await.into_iter().collect();
+    let events: usize = expected.values().map(Vec::len).sum();
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status <> 'delivered'",
+        0,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, events as i64);
+    sink.assert_in_order(&expected);
+    let failed = sink.answered().iter().filter(|a| a.status == 500).count();
+    println!(
+        "ordered, worker then relay SIGKILLed: {events} events over 20 keys, {} requests ({failed} answered 500), in order",
+        sink.received().len()
+    );
+    for process in processes {
+        let roles = process.roles.clone();
+        assert_eq!(process.terminate().code(), Some(0), "--role {roles} exits 0");
+    }
+    sink.stop().await;
+}

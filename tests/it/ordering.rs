@@ -17,20 +17,9 @@ use serde_json::Value;
 
 use crate::ops::{self, Admin};
 use crate::sink::{Answer, Behaviour, Received, Sink};
-use crate::support::{self, post_stripe, Relayd, TestBroker, TestDb};
+use crate::support::{self, keyed_event, post_stripe, Relayd, TestBroker, TestDb};
 
 const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
-
-/// A Stripe event of `customer` (none: no key).
-pub fn keyed_event(id: &str, customer: Option<&str>) -> Vec<u8> {
-    let mut object = serde_json::json!({ "id": format!("in_{id}") });
-    if let Some(customer) = customer {
-        object["customer"] = customer.into();
-    }
-    serde_json::json!({ "id": id, "object": "event", "type": "invoice.updated", "data": { "object": object } })
-        .to_string()
-        .into_bytes()
-}
 
 fn ordered(name: &str, sink: &Sink, on_dead: OnDead) -> DestinationConfig {
     DestinationConfig {
@@ -79,43 +68,6 @@ pub async fn post_keyed(
         });
     }
     tasks.join_all().await.into_iter().collect()
-}
-
-/// What the receiver saw keeps each key's order: no request arrived while another of
-/// its key was in flight, and each key's requests (retries and redeliveries included)
-/// came in the order its events were accepted — never an earlier event after a later
-/// one — and every event came.
-pub fn assert_in_order(received: &[Received], overlaps: &[String], expected: &HashMap<String, Vec<String>>) {
-    assert!(
-        overlaps.is_empty(),
-        "{} overlaps, first: {}",
-        overlaps.len(),
-        overlaps[0]
-    );
-    let mut arrivals: HashMap<String, Vec<String>> = HashMap::new();
-    for request in received {
-        if let Some(key) = request.ordering_key() {
-            arrivals.entry(key).or_default().push(request.event_id());
-        }
-    }
-    for (key, ids) in expected {
-        let position: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-        let seen: Vec<usize> = arrivals
-            .get(key)
-            .map(|a| a.iter().map(|id| position[id.as_str()]).collect())
-            .unwrap_or_default();
-        assert!(
-            seen.windows(2).all(|w| w[0] <= w[1]),
-            "key {key} arrived out of order: {seen:?}"
-        );
-        let mut distinct = seen.clone();
-        distinct.dedup();
-        assert_eq!(
-            distinct,
-            (0..ids.len()).collect::<Vec<_>>(),
-            "key {key}: not every event came"
-        );
-    }
 }
 
 /// A cheap, repeatable coin per request and try.
@@ -173,8 +125,7 @@ async fn each_key_arrives_in_order_and_one_at_a_time_under_5xx_and_timeouts_acro
         Duration::from_secs(90),
     )
     .await;
-    let received = sink.received();
-    assert_in_order(&received, &sink.overlaps(), &expected);
+    sink.assert_in_order(&expected);
     let failed = sink.answered().iter().filter(|a| a.status >= 500).count();
     assert!(
         failed > 5,

@@ -289,6 +289,46 @@ impl Sink {
         self.state.answered.lock().unwrap().clone()
     }
 
+    /// What the receiver saw keeps each key's order: no request arrived while another of
+    /// its key was in flight, and each key's requests (retries and redeliveries included)
+    /// came in the order its events were accepted — never an earlier event after a later
+    /// one — and every event came.
+    pub fn assert_in_order(&self, expected: &HashMap<String, Vec<String>>) {
+        let overlaps = self.overlaps();
+        let received = self.received();
+        assert!(
+            overlaps.is_empty(),
+            "{} overlaps, first: {}",
+            overlaps.len(),
+            overlaps[0]
+        );
+        let mut arrivals: HashMap<String, Vec<String>> = HashMap::new();
+        for request in &received {
+            if let Some(key) = request.ordering_key() {
+                arrivals.entry(key).or_default().push(request.event_id());
+            }
+        }
+        for (key, ids) in expected {
+            let position: HashMap<&str, usize> =
+                ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+            let seen: Vec<usize> = arrivals
+                .get(key)
+                .map(|a| a.iter().map(|id| position[id.as_str()]).collect())
+                .unwrap_or_default();
+            assert!(
+                seen.windows(2).all(|w| w[0] <= w[1]),
+                "key {key} arrived out of order: {seen:?}"
+            );
+            let mut distinct = seen.clone();
+            distinct.dedup();
+            assert_eq!(
+                distinct,
+                (0..ids.len()).collect::<Vec<_>>(),
+                "key {key}: not every event came"
+            );
+        }
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }

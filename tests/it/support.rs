@@ -328,6 +328,17 @@ pub fn stripe_event(id: &str, event_type: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A Stripe event of `customer` (none: no key).
+pub fn keyed_event(id: &str, customer: Option<&str>) -> Vec<u8> {
+    let mut object = serde_json::json!({ "id": format!("in_{id}") });
+    if let Some(customer) = customer {
+        object["customer"] = customer.into();
+    }
+    serde_json::json!({ "id": id, "object": "event", "type": "invoice.updated", "data": { "object": object } })
+        .to_string()
+        .into_bytes()
+}
+
 /// Posts a correctly signed Stripe event.
 pub async fn post_stripe(client: &reqwest::Client, url: &str, body: &[u8]) -> reqwest::Response {
     client
