@@ -1,5 +1,9 @@
 "use strict";
-const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead", "quarantined"];
+const STATUSES = ["pending", "queued", "delivering", "retrying", "delivered", "dead", "quarantined", "waiting", "skipped"];
+// What an operator may skip (DeliveryStatus::SKIPPABLE), and how a status reads.
+const SKIPPABLE = ["pending", "queued", "retrying", "waiting", "dead", "quarantined"];
+const LABELS = { waiting: "waiting for key" };
+const label = s => LABELS[s] ?? s;
 const STATES = ["closed", "open", "half_open", "paused", "disabled"];
 const COLORS = Object.fromEntries([...STATUSES, ...STATES].map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
 const samples = [];      // recent stats samples for the live chart
@@ -7,7 +11,7 @@ let cursor = null, nextCursor = null;
 
 const $ = id => document.getElementById(id);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;","'":"&#39;"}[c]));
-const badge = (status, text) => `<span class="badge" style="background:${COLORS[status] || "#999"}">${esc(text ?? status)}</span>`;
+const badge = (status, text) => `<span class="badge" style="background:${COLORS[status] || "#999"}">${esc(text ?? label(status))}</span>`;
 const when = t => t ? new Date(t).toLocaleString() : "";
 
 async function api(path, options = {}) {
@@ -68,7 +72,7 @@ async function refreshStats() {
   samples.push({ at: Date.now(), ...stats.deliveries });
   while (samples.length > 60) samples.shift();
   const cards = STATUSES.map(s =>
-    `<div class="card" data-status="${s}"><div class="label"><span class="dot" style="background:${COLORS[s]}"></span>${s}</div>` +
+    `<div class="card" data-status="${s}"><div class="label"><span class="dot" style="background:${COLORS[s]}"></span>${label(s)}</div>` +
     `<div class="value">${stats.deliveries[s] ?? 0}</div></div>`).join("");
   $("cards").innerHTML = cards +
     `<div class="card"><div class="label">due backlog ${stats.due} · oldest ${Math.round(stats.oldest_due_age_seconds)}s</div>` +
@@ -117,7 +121,7 @@ async function loadEvents() {
   $("events").innerHTML = page.items.map(e =>
     `<tr class="event" data-id="${e.id}"><td>${when(e.received_at)}</td><td>${esc(e.source)}</td>` +
     `<td class="mono">${esc(e.event_id)}</td><td>${esc(e.event_type)}</td>` +
-    `<td>${e.deliveries.map(d => badge(d.status, d.destination + ": " + d.status)).join("") || '<span class="muted">none</span>'}</td></tr>`
+    `<td>${e.deliveries.map(d => badge(d.status, d.destination + ": " + label(d.status))).join("") || '<span class="muted">none</span>'}</td></tr>`
   ).join("") || `<tr><td colspan="5" class="muted">No events.</td></tr>`;
   for (const row of document.querySelectorAll("tr.event")) row.onclick = () => openEvent(row.dataset.id);
 }
@@ -133,7 +137,10 @@ async function openEvent(id) {
     <div class="card" style="margin-bottom:10px" data-delivery="${d.id}">
       <div style="display:flex;align-items:center;gap:8px">
         <strong>${esc(d.destination)}</strong> ${badge(d.status)}
-        <span class="muted">${d.attempts} attempt(s)</span><span style="flex:1"></span>
+        <span class="muted">${d.attempts} attempt(s)</span>
+        ${d.ordering_key ? `<span class="muted">key <span class="mono">${esc(d.ordering_key)}</span> #${d.ordering_seq}</span>` : ""}
+        <span style="flex:1"></span>
+        ${SKIPPABLE.includes(d.status) ? `<button class="skip" data-id="${d.id}">Skip</button>` : ""}
         <button class="replay" data-id="${d.id}">Replay</button>
       </div>
       ${d.last_error ? `<div class="error">${esc(d.last_error)}</div>` : ""}
@@ -152,20 +159,22 @@ async function openEvent(id) {
     <h3>Headers</h3><pre>${esc(JSON.stringify(e.headers, null, 2))}</pre>`;
   $("detail").style.display = "block";
   $("close").onclick = () => { $("detail").style.display = "none"; };
-  for (const button of document.querySelectorAll("button.replay")) {
-    button.onclick = async () => {
-      try {
-        await api(`/deliveries/${button.dataset.id}/replay`, { method: "POST" });
-        flash("Delivery replayed.");
-      } catch (err) { flash(err.message, true); }
-      await Promise.all([openEvent(id), refreshStats(), loadEvents()]);
-    };
+  for (const [action, done] of [["replay", "Delivery replayed."], ["skip", "Delivery skipped; its key moves on."]]) {
+    for (const button of document.querySelectorAll(`#detail button.${action}`)) {
+      button.onclick = async () => {
+        try {
+          await api(`/deliveries/${button.dataset.id}/${action}`, { method: "POST" });
+          flash(done);
+        } catch (err) { flash(err.message, true); }
+        await Promise.all([openEvent(id), refreshStats(), loadEvents()]);
+      };
+    }
   }
 }
 
 function flash(text, isError) { $("flash").textContent = text; $("flash").className = isError ? "error" : "muted"; }
 
-$("f-status").innerHTML += STATUSES.map(s => `<option>${s}</option>`).join("");
+$("f-status").innerHTML += STATUSES.map(s => `<option value="${s}">${label(s)}</option>`).join("");
 $("login-form").onsubmit = async ev => {
   ev.preventDefault();
   sessionStorage.setItem("relayd-token", $("token").value);

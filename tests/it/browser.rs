@@ -1,5 +1,5 @@
 //! The dashboard in a real headless Chromium (events, detail, replay; the destinations
-//! page's pause and resume), driven through chromedriver's WebDriver
+//! page's pause and resume; an ordered key waiting, and skip), driven through chromedriver's WebDriver
 //! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
 //! `chromium-driver` (`.ci/run` installs them); `RELAYD_SKIP_BROWSER=1` opts out
 //! explicitly on a machine without them.
@@ -357,6 +357,100 @@ async fn dashboard_lists_events_shows_details_and_replays_a_dead_delivery() {
             "const r = document.querySelector('tr.destination[data-name=billing]');              return !!r && r.innerText.includes('closed');",
         )
         .await;
+    browser.quit().await;
+    relayd.stop().await.unwrap();
+}
+
+/// An ordered destination that blocks on dead: the list shows the key's next event
+/// "waiting for key", the detail shows the dead delivery's key and place, and its Skip
+/// button lets the key move on (the waiting event is delivered).
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
+    if std::env::var("RELAYD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("RELAYD_SKIP_BROWSER=1: the dashboard browser test is skipped");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["ledger"]);
+    let sink = Sink::start(Behaviour::planned(|received, _| {
+        if received.event_id() == "evt_ui_k1" {
+            crate::sink::Answer::Whole {
+                status: 500,
+                body: b"no".to_vec(),
+            }
+        } else {
+            crate::sink::Answer::ok()
+        }
+    }))
+    .await;
+    let destination = DestinationConfig {
+        ordering: Some(relayd::config::OrderingConfig {
+            key: Some("/data/object/customer".into()),
+            key_header: None,
+            on_dead: relayd::config::OnDead::Block,
+        }),
+        ..to_sink("ledger", &sink)
+    };
+    let relayd = Relayd::start(
+        config(&db, &broker, vec![destination]),
+        &[Role::Ingest, Role::Relay, Role::Worker],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for id in ["evt_ui_k1", "evt_ui_k2"] {
+        post_stripe(
+            &client,
+            &relayd.url("/webhooks/stripe"),
+            &crate::support::keyed_event(id, Some("cus_ui")),
+        )
+        .await;
+    }
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'dead'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let browser = Browser::start().await;
+    browser.goto(&relayd.ops_url("/admin/")).await;
+    browser.type_into("#token", TOKEN).await;
+    browser.click("#login-form button").await;
+    browser
+        .wait_until(
+            "the blocked key's next event shown waiting",
+            "const t = document.querySelector('#events')?.innerText || ''; \
+             return t.includes('ledger: waiting for key') && t.includes('ledger: dead') \
+                 && document.querySelector('[data-status=waiting] .value')?.innerText === '1';",
+        )
+        .await;
+    // The list is newest first: the dead event is the second row.
+    browser.click("tr.event:nth-child(2)").await;
+    browser
+        .wait_until(
+            "the dead delivery's key, place and Skip button",
+            "const d = document.querySelector('#detail'); return d.style.display === 'block' \
+             && d.innerText.includes('key cus_ui #1') && !!d.querySelector('button.skip');",
+        )
+        .await;
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-ordering.png"))
+        .await;
+    browser.click("#detail button.skip").await;
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    browser
+        .wait_until(
+            "the skipped delivery shown skipped",
+            "return (document.querySelector('#detail')?.innerText || '').includes('skipped');",
+        )
+        .await;
+    let order: Vec<String> = sink.received().iter().map(|r| r.event_id()).collect();
+    assert_eq!(order, ["evt_ui_k1", "evt_ui_k1", "evt_ui_k2"]);
     browser.quit().await;
     relayd.stop().await.unwrap();
 }
