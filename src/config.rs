@@ -1303,4 +1303,36 @@ mod tests {
         );
         assert!(loaded.is_err(), "{loaded:?}");
     }
+
+    #[test]
+    fn ordering_takes_one_pointer_header_or_the_source() {
+        let with = |ordering: &str| {
+            load_toml(&format!(
+                "[[destinations]]\nname = \"d\"\nurl = \"http://127.0.0.1:1/\"\nsigning_secret = \"whsec_AQID\"\nordering = {ordering}\n"
+            ))
+        };
+        let ok = with(r#"{ key = "/data/object/customer", on_dead = "block" }"#).expect("a pointer");
+        let ordering = ok.destinations[0].ordering.clone().expect("ordered");
+        assert_eq!(ordering.on_dead, OnDead::Block);
+        assert_eq!(
+            with(r#"{ key = "source" }"#).unwrap().destinations[0]
+                .ordering
+                .as_ref()
+                .map(|o| o.on_dead),
+            Some(OnDead::Skip),
+            "skip is the default"
+        );
+        assert!(with(r#"{ key_header = "X-Shopify-Shop-Domain" }"#).is_ok());
+        for (bad, says) in [
+            (r#"{ key = "data.object.customer" }"#, "JSON pointer"),
+            (r#"{ key = "/a", key_header = "X-A" }"#, "exactly one"),
+            (r#"{ on_dead = "block" }"#, "exactly one"),
+            (r#"{ key_header = "bad header" }"#, "header name"),
+            (r#"{ key = "/a", on_dead = "wait" }"#, "on_dead"),
+            (r#"{ key = "/a", order = 1 }"#, "order"),
+        ] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 }

@@ -31,12 +31,24 @@ pub struct Load {
     pub run: String,
     /// Target body size in bytes.
     pub body_bytes: usize,
+    /// Events carry `data.object.customer = "cus_{index % keys}"`; 0: none.
+    pub keys: u64,
 }
 
 /// A Stripe-like event of about `size` bytes.
 pub fn event_body(run: &str, index: u64, size: usize) -> Vec<u8> {
+    keyed_event_body(run, index, size, 0)
+}
+
+/// [`event_body`] of customer `cus_{index % keys}` (none when `keys` is 0).
+pub fn keyed_event_body(run: &str, index: u64, size: usize, keys: u64) -> Vec<u8> {
+    let customer = if keys == 0 {
+        String::new()
+    } else {
+        format!(r#""customer":"cus_{}","#, index % keys)
+    };
     let head = format!(
-        r#"{{"id":"evt_bench_{run}_{index}","object":"event","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_{index}","amount_due":4200,"padding":""#,
+        r#"{{"id":"evt_bench_{run}_{index}","object":"event","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_{index}",{customer}"amount_due":4200,"padding":""#,
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
@@ -83,7 +95,7 @@ pub async fn run(load: &Load) -> Vec<Sample> {
         let permit = slots.clone().acquire_owned().await.expect("semaphore");
         let client = client.clone();
         let url = load.url.clone();
-        let body = event_body(&load.run, index, load.body_bytes);
+        let body = keyed_event_body(&load.run, index, load.body_bytes, load.keys);
         let signature = stripe_signature(&load.stripe_secret, &body);
         let scheduled = start_wall + (due - start);
         tasks.spawn(async move {

@@ -11,6 +11,7 @@
 
 mod flow;
 mod load;
+mod ordered;
 mod process;
 mod report;
 mod sink;
@@ -51,6 +52,9 @@ enum Scenario {
     /// A destination with `rate_limit = "--rate-limit/s"` offered twice that: the
     /// delivery rate measured against the limit.
     RateLimited,
+    /// Per-key ordered delivery: unordered, then ordered over `--ordered-keys` keys, at
+    /// `--ordered-rate`; then one key alone, bounded by one round trip per event.
+    Ordered,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -61,7 +65,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,e2e,backlog,sweep,defaults,slow-neighbour,outage,rate-limited"
+        default_value = "raw,ingest,ceiling,e2e,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -125,6 +129,18 @@ struct Args {
     /// The rate-limited scenario's `rate_limit`, per second.
     #[arg(long, default_value_t = 200.0)]
     rate_limit: f64,
+    /// Offered rate of the ordered scenario's unordered and many-keys runs.
+    #[arg(long, default_value_t = 1000.0)]
+    ordered_rate: f64,
+    /// Distinct keys of the ordered scenario's many-keys run.
+    #[arg(long, default_value_t = 1000)]
+    ordered_keys: u64,
+    /// Offered rate of the ordered scenario's single-key run.
+    #[arg(long, default_value_t = 200.0)]
+    single_key_rate: f64,
+    /// Events carry `data.object.customer = "cus_{index % keys}"` (0: no customer).
+    #[arg(skip)]
+    keys: u64,
     /// The relayd binary to measure (default: the one built next to this one), e.g. an
     /// older build for before/after figures. Flow-control keys it does not know are
     /// left out with `--without-flow-keys`.
@@ -179,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::SlowNeighbour => rows.extend(flow::slow_neighbour(&args).await?),
             Scenario::Outage => rows.push(flow::outage(&args).await?),
             Scenario::RateLimited => rows.push(flow::rate_limited(&args).await?),
+            Scenario::Ordered => rows.extend(ordered::ordered(&args).await?),
             Scenario::Sweep => {
                 for &rate in &args.sweep_rates {
                     let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;
@@ -370,6 +387,7 @@ fn load(args: &Args, setup: &Setup, rate: f64, run: &str) -> load::Load {
         stripe_secret: STRIPE_SECRET.into(),
         run: run.into(),
         body_bytes: args.body_bytes,
+        keys: args.keys,
     }
 }
 
