@@ -26,6 +26,7 @@ mod broker;
 mod cluster;
 mod database;
 mod harness;
+mod ordering;
 mod process;
 mod proxy;
 mod services;
