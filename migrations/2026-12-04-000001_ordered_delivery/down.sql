@@ -1,5 +1,6 @@
 DROP TABLE ordering_keys;
 DROP INDEX deliveries_waiting_idx;
+DROP INDEX deliveries_ordering_key_idx;
 UPDATE deliveries SET status = 'pending', next_attempt_at = now() WHERE status = 'waiting';
 UPDATE deliveries SET status = 'dead' WHERE status = 'skipped';
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check;

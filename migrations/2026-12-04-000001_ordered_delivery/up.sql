@@ -18,6 +18,11 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check
 CREATE INDEX deliveries_waiting_idx ON deliveries (destination, ordering_key, ordering_seq)
     WHERE status = 'waiting';
 
+-- An operator's "where are this key's deliveries" (GET /admin/api/deliveries?key=),
+-- newest first; unordered rows stay out of it.
+CREATE INDEX deliveries_ordering_key_idx ON deliveries (ordering_key, id)
+    WHERE ordering_key IS NOT NULL;
+
 -- One row per (destination, key) seen. Its row lock orders concurrent writers of one
 -- key (ingest, the worker recording an outcome, an operator's skip or replay); the
 -- UPDATE of a row that another transaction holds sees that transaction's committed

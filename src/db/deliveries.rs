@@ -493,6 +493,8 @@ pub async fn due_summary(conn: &mut AsyncPgConnection) -> QueryResult<DueSummary
 pub struct DeliveryFilter {
     pub status: Option<String>,
     pub destination: Option<String>,
+    /// Only this ordering key's, as stored ([`super::ordering::stored_key`]).
+    pub ordering_key: Option<String>,
     /// Keyset cursor: only deliveries older than this id (UUIDv7, time-ordered).
     pub before: Option<uuid::Uuid>,
     pub limit: i64,
@@ -532,6 +534,9 @@ pub async fn list(
     }
     if let Some(destination) = &filter.destination {
         query = query.filter(deliveries::destination.eq(destination.clone()));
+    }
+    if let Some(key) = &filter.ordering_key {
+        query = query.filter(deliveries::ordering_key.eq(key.clone()));
     }
     if let Some(before) = filter.before {
         query = query.filter(deliveries::id.lt(before));

@@ -397,6 +397,8 @@ async fn get_event(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<
 struct DeliveriesQuery {
     status: Option<String>,
     destination: Option<String>,
+    /// An ordering key, as the event carries it.
+    key: Option<String>,
     limit: Option<i64>,
     before: Option<String>,
 }
@@ -409,6 +411,7 @@ async fn list_deliveries(
     let filter = DeliveryFilter {
         status: parse_status(&query.status)?,
         destination: non_empty(query.destination),
+        ordering_key: non_empty(query.key).map(|k| crate::db::ordering::stored_key(&k)),
         before: cursor(query.before)?,
         limit: limit(query.limit)?,
     };

@@ -375,5 +375,28 @@ async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_
         order,
         ["evt_s1", "evt_s1", "evt_s2", "evt_s3", "evt_s3", "evt_s4"]
     );
+    // The key's deliveries, newest first, with their place in its order.
+    let (status, page) = admin.get("/deliveries?key=cus_s").await;
+    assert_eq!(status, 200, "{page}");
+    let items: Vec<(String, i64)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["status"].as_str().unwrap().to_string(),
+                d["ordering_seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("delivered".to_string(), 4),
+            ("skipped".to_string(), 3),
+            ("delivered".to_string(), 2),
+            ("skipped".to_string(), 1)
+        ]
+    );
     relayd.stop().await.unwrap();
 }
