@@ -3,7 +3,8 @@
 //! Three rules, each disabled by a duration of `0`: events whose every delivery is
 //! `delivered` or `skipped` (or that had none) after `retention.delivered`; events with
 //! a `dead` delivery and nothing in flight after `retention.dead`; attempt rows after
-//! `retention.attempts`. An event with a delivery `pending`, `queued`, `delivering`,
+//! `retention.attempts`; and ordering keys idle (nothing of theirs live or waiting)
+//! since `retention.delivered`, whose numbering starts again with their next event. An event with a delivery `pending`, `queued`, `delivering`,
 //! `retrying` or `waiting` (for its ordering key's turn) is never pruned, however old,
 //! nor one whose dead delivery holds its key (`ordering.on_dead = "block"`): the key
 //! waits for an operator's replay or skip, and that needs the delivery. Deleting an event deletes its deliveries and
@@ -37,13 +38,21 @@ pub enum Kind {
     DeliveredEvents,
     DeadEvents,
     Attempts,
+    /// Idle ordering keys (no delivery live or waiting) unchanged for
+    /// `retention.delivered`.
+    OrderingKeys,
 }
 
 impl Kind {
     /// In pass order. Attempts go first, so their count (and the dry run's) is only what
     /// the attempts rule deletes; attempts of pruned events then go with their event,
     /// uncounted.
-    pub const ALL: [Kind; 3] = [Kind::Attempts, Kind::DeliveredEvents, Kind::DeadEvents];
+    pub const ALL: [Kind; 4] = [
+        Kind::Attempts,
+        Kind::DeliveredEvents,
+        Kind::DeadEvents,
+        Kind::OrderingKeys,
+    ];
 
     /// The metric label and report name.
     pub const fn name(self) -> &'static str {
@@ -51,12 +60,13 @@ impl Kind {
             Kind::DeliveredEvents => "delivered_events",
             Kind::DeadEvents => "dead_events",
             Kind::Attempts => "attempts",
+            Kind::OrderingKeys => "ordering_keys",
         }
     }
 
     fn horizon(self, config: &RetentionConfig) -> Duration {
         match self {
-            Kind::DeliveredEvents => config.delivered,
+            Kind::DeliveredEvents | Kind::OrderingKeys => config.delivered,
             Kind::DeadEvents => config.dead,
             Kind::Attempts => config.attempts,
         }
@@ -80,7 +90,7 @@ impl Kind {
                                    AND d.status IN ('pending', 'queued', 'delivering', 'retrying', 'waiting')) \
                    AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN ordering_keys k \
                                      ON k.destination = d.destination AND k.key = d.ordering_key \
-                                    AND k.head = d.ordering_seq \
+                                    AND k.head = d.id \
                                    WHERE d.event_id = e.id AND d.status = 'dead') \
                  ORDER BY e.received_at"
             }
@@ -88,6 +98,11 @@ impl Kind {
                 "SELECT a.id FROM delivery_attempts a \
                  WHERE a.started_at < now() - make_interval(secs => $1) \
                  ORDER BY a.started_at"
+            }
+            Kind::OrderingKeys => {
+                "SELECT k.destination, k.key FROM ordering_keys k \
+                 WHERE k.head IS NULL AND k.changed_at < now() - make_interval(secs => $1) \
+                 ORDER BY k.changed_at"
             }
         }
     }
@@ -107,6 +122,13 @@ impl Kind {
             ),
             Kind::Attempts => format!(
                 "WITH gone AS (DELETE FROM delivery_attempts WHERE id IN ({candidates} LIMIT $2) RETURNING id) \
+                 SELECT count(*) AS n FROM gone"
+            ),
+            // Re-checked on the row itself: a key that an ingest made live meanwhile stays.
+            Kind::OrderingKeys => format!(
+                "WITH gone AS (DELETE FROM ordering_keys k USING ({candidates} LIMIT $2) c \
+                                WHERE k.destination = c.destination AND k.key = c.key AND k.head IS NULL \
+                                RETURNING 1) \
                  SELECT count(*) AS n FROM gone"
             ),
         }

@@ -32,8 +32,10 @@ CREATE TABLE ordering_keys (
     key         text        NOT NULL,
     -- The last sequence number given out.
     last_seq    bigint      NOT NULL,
-    -- The sequence number of the key's live delivery; NULL when the key is idle.
-    head        bigint,
+    -- The key's live delivery; NULL when the key is idle (then no delivery of it waits,
+    -- and retention may delete the row: numbering starts again, which only ever
+    -- compares the waiting ones).
+    head        uuid,
     changed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (destination, key)
 );

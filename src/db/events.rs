@@ -39,7 +39,8 @@ pub struct NewDelivery {
 /// Deliveries with an ordering key are numbered within their (destination, key) in
 /// batch order, after the key's earlier ones ([`super::ordering`]): the key's row is
 /// upserted, which sees the last committed numbering even when another statement held
-/// it, and the first delivery of an idle key is `pending`, the rest `waiting`. A batch
+/// it, and the first delivery of an idle key is `pending` and its head, the rest
+/// `waiting`. A batch
 /// without keys runs the plain statement, which never touches `ordering_keys`.
 ///
 /// Duplicates are settled by the unique constraint (`ON CONFLICT DO NOTHING`), never by
@@ -138,20 +139,21 @@ const INSERT_ORDERED_SQL: &str = "WITH input AS ( \
              AS d(id, event_uuid, destination, key, n) \
          JOIN event ON event.id = d.event_uuid), \
      counted AS ( \
-         SELECT destination, key, count(*) AS n FROM wanted WHERE key IS NOT NULL \
+         SELECT destination, key, count(*) AS n, \
+                (array_agg(id ORDER BY rank))[1] AS first \
+         FROM wanted WHERE key IS NOT NULL \
          GROUP BY destination, key), \
      numbered AS ( \
          INSERT INTO ordering_keys AS k (destination, key, last_seq, head) \
-         SELECT destination, key, n, 1 FROM counted ORDER BY destination, key \
+         SELECT destination, key, n, first FROM counted ORDER BY destination, key \
          ON CONFLICT (destination, key) DO UPDATE \
-             SET last_seq = k.last_seq + excluded.last_seq, head = COALESCE(k.head, k.last_seq + 1), \
+             SET last_seq = k.last_seq + excluded.last_seq, head = COALESCE(k.head, excluded.head), \
                  changed_at = now() \
          RETURNING k.destination, k.key, k.last_seq, k.head), \
      outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status, ordering_key, ordering_seq) \
          SELECT w.id, w.event_uuid, w.destination, \
-                CASE WHEN w.key IS NULL OR k.last_seq - c.n + w.rank = k.head THEN 'pending' \
-                     ELSE 'waiting' END, \
+                CASE WHEN w.key IS NULL OR w.id = k.head THEN 'pending' ELSE 'waiting' END, \
                 w.key, k.last_seq - c.n + w.rank \
          FROM wanted w \
          LEFT JOIN counted c ON c.destination = w.destination AND c.key = w.key \

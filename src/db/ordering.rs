@@ -2,8 +2,8 @@
 //! key) may go now, and handing the key on.
 //!
 //! A key's row in `ordering_keys` holds its last sequence number and its `head`, the
-//! sequence number of its one live delivery (NULL when idle); every other delivery of
-//! the key is `waiting`. Ingest numbers new deliveries and makes the first of an idle
+//! id of its one live delivery (NULL when idle); every other delivery of the key is
+//! `waiting`. Ingest numbers new deliveries and makes the first of an idle
 //! key `pending` ([`super::events::insert_batch_with_outbox`]). Whoever ends the head —
 //! the worker recording `delivered` (or `dead`, unless the key blocks on dead), an
 //! operator skipping it — calls [`release_and_promote`] in the transaction that ends
@@ -56,8 +56,7 @@ pub async fn release_and_promote(conn: &mut AsyncPgConnection, ids: &[uuid::Uuid
         "WITH head AS ( \
              SELECT k.destination, k.key FROM ordering_keys k \
              JOIN deliveries d ON d.destination = k.destination AND d.ordering_key = k.key \
-                              AND d.ordering_seq = k.head \
-             WHERE d.id = ANY($1) \
+             WHERE d.id = ANY($1) AND k.head = d.id \
              ORDER BY k.destination, k.key \
              FOR UPDATE OF k) \
          UPDATE ordering_keys k SET head = NULL, changed_at = now() \
@@ -71,7 +70,8 @@ pub async fn release_and_promote(conn: &mut AsyncPgConnection, ids: &[uuid::Uuid
 }
 
 /// Makes the lowest waiting delivery of each of these keys that is idle `pending`, and
-/// its head. The caller holds the keys' row locks (this transaction updated them).
+/// its head. The caller holds the keys' row locks (this transaction updated them), and
+/// this is a statement of its own, so it sees every delivery committed before them.
 async fn promote(conn: &mut AsyncPgConnection, keys: &[Key]) -> QueryResult<usize> {
     if keys.is_empty() {
         return Ok(0);
@@ -83,17 +83,17 @@ async fn promote(conn: &mut AsyncPgConnection, keys: &[Key]) -> QueryResult<usiz
                ON k.destination = i.destination AND k.key = i.key \
              WHERE k.head IS NULL), \
          next AS ( \
-             SELECT n.id, n.ordering_seq, idle.destination, idle.key FROM idle \
+             SELECT n.id, idle.destination, idle.key FROM idle \
              CROSS JOIN LATERAL ( \
-                 SELECT d.id, d.ordering_seq FROM deliveries d \
+                 SELECT d.id FROM deliveries d \
                  WHERE d.destination = idle.destination AND d.ordering_key = idle.key \
                    AND d.status = 'waiting' \
                  ORDER BY d.ordering_seq LIMIT 1) n), \
          promoted AS ( \
              UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), updated_at = now() \
              FROM next WHERE d.id = next.id \
-             RETURNING next.destination, next.key, next.ordering_seq) \
-         UPDATE ordering_keys k SET head = p.ordering_seq, changed_at = now() \
+             RETURNING d.id, next.destination, next.key) \
+         UPDATE ordering_keys k SET head = p.id, changed_at = now() \
          FROM promoted p WHERE k.destination = p.destination AND k.key = p.key",
     )
     .bind::<Array<Text>, _>(keys.iter().map(|k| k.destination.as_str()).collect::<Vec<_>>())
@@ -107,6 +107,9 @@ async fn promote(conn: &mut AsyncPgConnection, keys: &[Key]) -> QueryResult<usiz
 /// place) is numbered anew at the end of its key, `pending` and the head if the key
 /// was idle, otherwise `waiting`. Must run in the replay's transaction. Returns how
 /// many of them wait.
+///
+/// Two statements: the first locks the keys' rows in key order (creating the row of a
+/// key that retention deleted while idle), so the second sees their latest state.
 pub async fn requeue_replayed(conn: &mut AsyncPgConnection, ids: &[uuid::Uuid]) -> QueryResult<usize> {
     #[derive(QueryableByName)]
     struct Waiting {
@@ -116,34 +119,41 @@ pub async fn requeue_replayed(conn: &mut AsyncPgConnection, ids: &[uuid::Uuid]) 
     if ids.is_empty() {
         return Ok(0);
     }
+    prepared(
+        "INSERT INTO ordering_keys AS k (destination, key, last_seq, head) \
+         SELECT DISTINCT destination, ordering_key, 0, NULL::uuid FROM deliveries \
+         WHERE id = ANY($1) AND ordering_key IS NOT NULL \
+         ORDER BY destination, ordering_key \
+         ON CONFLICT (destination, key) DO UPDATE SET last_seq = k.last_seq",
+    )
+    .bind::<Array<Uuid>, _>(ids)
+    .execute(conn)
+    .await?;
     let waiting: Waiting = prepared(
         "WITH replayed AS ( \
              SELECT id, destination, ordering_key, ordering_seq FROM deliveries \
              WHERE id = ANY($1) AND ordering_key IS NOT NULL), \
-         locked AS ( \
-             SELECT k.destination, k.key, k.last_seq, k.head FROM ordering_keys k \
-             WHERE (k.destination, k.key) IN (SELECT destination, ordering_key FROM replayed) \
-             ORDER BY k.destination, k.key \
-             FOR UPDATE OF k), \
          moved AS ( \
-             SELECT r.id, r.destination, r.ordering_key, l.head, \
-                    l.last_seq + row_number() OVER ( \
+             SELECT r.id, r.destination, r.ordering_key, k.head, \
+                    k.last_seq + row_number() OVER ( \
                         PARTITION BY r.destination, r.ordering_key ORDER BY r.ordering_seq) AS seq \
-             FROM replayed r JOIN locked l ON l.destination = r.destination AND l.key = r.ordering_key \
-             WHERE l.head IS DISTINCT FROM r.ordering_seq), \
+             FROM replayed r JOIN ordering_keys k ON k.destination = r.destination AND k.key = r.ordering_key \
+             WHERE k.head IS DISTINCT FROM r.id), \
+         firsts AS ( \
+             SELECT DISTINCT ON (destination, ordering_key) destination, ordering_key, id, seq, head \
+             FROM moved ORDER BY destination, ordering_key, seq), \
          renumbered AS ( \
              UPDATE deliveries d SET ordering_seq = m.seq, \
-                    status = CASE WHEN m.head IS NULL AND m.seq = ( \
-                                      SELECT min(seq) FROM moved o \
-                                      WHERE o.destination = m.destination AND o.ordering_key = m.ordering_key) \
+                    status = CASE WHEN m.head IS NULL AND m.id IN (SELECT id FROM firsts) \
                                   THEN 'pending' ELSE 'waiting' END \
              FROM moved m WHERE d.id = m.id \
              RETURNING d.status), \
          keys AS ( \
-             UPDATE ordering_keys k SET last_seq = t.last_seq, head = COALESCE(k.head, t.first_seq), \
+             UPDATE ordering_keys k SET last_seq = t.last_seq, head = COALESCE(k.head, f.id), \
                     changed_at = now() \
-             FROM (SELECT destination, ordering_key, max(seq) AS last_seq, min(seq) AS first_seq \
-                   FROM moved GROUP BY destination, ordering_key) t \
+             FROM (SELECT destination, ordering_key, max(seq) AS last_seq FROM moved \
+                   GROUP BY destination, ordering_key) t \
+             JOIN firsts f ON f.destination = t.destination AND f.ordering_key = t.ordering_key \
              WHERE k.destination = t.destination AND k.key = t.ordering_key) \
          SELECT count(*) FILTER (WHERE status = 'waiting') AS waiting FROM renumbered",
     )

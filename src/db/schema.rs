@@ -63,7 +63,7 @@ diesel::table! {
         destination -> Text,
         key -> Text,
         last_seq -> Int8,
-        head -> Nullable<Int8>,
+        head -> Nullable<Uuid>,
         changed_at -> Timestamptz,
     }
 }

@@ -308,7 +308,7 @@ async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead
 async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_key_on() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["ordered"]);
-    let sink = Sink::start(failing(&["evt_s1", "evt_s3"], Arc::default())).await;
+    let sink = Sink::start(failing(&["evt_s1", "evt_s3", "evt_s5"], Arc::default())).await;
     let relayd = Relayd::start(
         config(&db, &broker, ordered("ordered", &sink, OnDead::Block), &[100]),
         ALL,
@@ -398,5 +398,30 @@ async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_
             ("skipped".to_string(), 1)
         ]
     );
+
+    // A replayed delivery that is no longer its key's turn goes to the end of the key:
+    // behind the dead evt_s5 that blocks it, then delivered once that one is skipped.
+    post_stripe(&client, &url, &keyed_event("evt_s5", Some("cus_s"))).await;
+    let dead = wait_status(&admin, "evt_s5", "dead").await;
+    let again = delivery_of(&admin, "evt_s2").await;
+    let (status, body) = admin
+        .post(
+            &format!("/deliveries/{}/replay", again["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "waiting");
+    assert_eq!(body["ordering_seq"], 6);
+    let (status, _) = admin
+        .post(
+            &format!("/deliveries/{}/skip", dead["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    sink.wait_for(9, Duration::from_secs(15)).await;
+    let order: Vec<String> = sink.received().iter().skip(6).map(Received::event_id).collect();
+    assert_eq!(order, ["evt_s5", "evt_s5", "evt_s2"]);
     relayd.stop().await.unwrap();
 }

@@ -70,10 +70,11 @@ async fn waiting_and_key_blocking_deliveries_are_kept_and_skipped_ones_are_prune
         .await
         .unwrap();
     }
-    diesel::sql_query(
+    diesel::sql_query(format!(
         "INSERT INTO ordering_keys (destination, key, last_seq, head) \
-         VALUES ('d0', 'k_blocked', 1, 1), ('d0', 'k_idle', 1, NULL)",
-    )
+         VALUES ('d0', 'k_blocked', 1, (SELECT id FROM deliveries WHERE event_id = '{blocking}')), \
+                ('d0', 'k_idle', 1, NULL)"
+    ))
     .execute(&mut conn)
     .await
     .unwrap();
@@ -94,6 +95,75 @@ async fn waiting_and_key_blocking_deliveries_are_kept_and_skipped_ones_are_prune
     ] {
         assert_eq!(exists(&db, id).await, kept, "{id}");
     }
+}
+
+/// An ordering key idle since before `retention.delivered` is deleted, a live one is
+/// kept; replaying a delivery of a deleted key numbers it afresh as the key's head.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_ordering_keys_are_pruned_and_a_replay_starts_their_numbering_again() {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    let db = TestDb::migrated().await;
+    let delivered = event(&db, 1, &["delivered"], 1).await;
+    let live = event(&db, 1, &["retrying"], 1).await;
+    let mut conn = db.connect().await;
+    diesel::sql_query(format!(
+        "UPDATE deliveries SET ordering_seq = 7, \
+                ordering_key = CASE WHEN event_id = '{delivered}' THEN 'k_old' ELSE 'k_live' END \
+         WHERE event_id IN ('{delivered}', '{live}')"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO ordering_keys (destination, key, last_seq, head, changed_at) \
+         VALUES ('d0', 'k_old', 7, NULL, now() - interval '400 days'), \
+                ('d0', 'k_live', 7, (SELECT id FROM deliveries WHERE event_id = '{live}'), \
+                 now() - interval '400 days')"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let report = retention::prune(
+        &db.url,
+        &RetentionConfig::default(),
+        &never_cancelled(),
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+    .expect("the only pruner leads");
+    assert!(report.deleted.contains(&(Kind::OrderingKeys, 1)), "{report:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM ordering_keys WHERE key = 'k_live'")
+            .await,
+        1,
+        "a live key stays, however old"
+    );
+
+    let id: Id = diesel::sql_query(format!(
+        "SELECT id FROM deliveries WHERE event_id = '{delivered}'"
+    ))
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    let replayed = relayd::db::deliveries::replay_one(&mut conn, id.id)
+        .await
+        .unwrap()
+        .expect("replayable");
+    assert_eq!(replayed.status, "pending");
+    assert_eq!(replayed.ordering_seq, Some(1), "numbered afresh");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM ordering_keys WHERE key = 'k_old' AND last_seq = 1 AND head = '{}'",
+            id.id
+        ))
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,7 +204,8 @@ async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_f
         vec![
             (Kind::Attempts, 5),
             (Kind::DeliveredEvents, 2),
-            (Kind::DeadEvents, 1)
+            (Kind::DeadEvents, 1),
+            (Kind::OrderingKeys, 0)
         ],
         "attempts older than 30 days: 2 + 2 of the old events, 1 of the kept dead one"
     );
