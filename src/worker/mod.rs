@@ -93,7 +93,16 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             timeout,
             wake: ctx.wake.clone(),
         },
-        options,
+        batch::Options {
+            // An ordered outcome's transaction may wait for an ingest commit that holds
+            // its key: a second statement in flight keeps the others' outcomes moving.
+            tasks: if config.destinations.iter().any(|d| d.ordering.is_some()) {
+                2
+            } else {
+                1
+            },
+            ..options
+        },
         batches_stop.clone(),
     );
     batchers.extend(record_tasks);
