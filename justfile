@@ -16,7 +16,7 @@ migrate:
 test:
     cargo test
 
-# The standard benchmark set (about eight minutes; needs PostgreSQL and RabbitMQ): writes
+# The standard benchmark set (about nine minutes; needs PostgreSQL and RabbitMQ): writes
 # docs/bench/results.md, results.json and latency.svg.
 bench *ARGS:
     cargo build --release --bins

@@ -99,40 +99,44 @@ pub async fn insert_batch_with_outbox(
         .collect())
 }
 
-/// The events and their rows: `$1`–`$7` the events' columns, `$8`–`$10` the
-/// deliveries' id, event and destination.
-const INSERT_SQL: &str = "WITH input AS ( \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
-             AS t(id, source, event_id, event_type, payload, content_type, headers)), \
-     event AS ( \
-         INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
-         SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
-         ORDER BY source, event_id \
-         ON CONFLICT (source, event_id) DO NOTHING \
-         RETURNING id), \
-     outbox AS ( \
+/// The statement of [`INSERT_SQL`] and [`INSERT_ORDERED_SQL`] around their `outbox`
+/// part: the events stored (`$1`–`$7` their columns) first, then `middle`, then the
+/// deliveries counted per stored event.
+macro_rules! insert_events_and {
+    ($middle:literal) => {
+        concat!(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
+                     AS t(id, source, event_id, event_type, payload, content_type, headers)), \
+             event AS ( \
+                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
+                 SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
+                 ORDER BY source, event_id \
+                 ON CONFLICT (source, event_id) DO NOTHING \
+                 RETURNING id), ",
+            $middle,
+            " SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
+             FROM event"
+        )
+    };
+}
+
+/// The events and their rows: `$8`–`$10` the deliveries' id, event and destination.
+const INSERT_SQL: &str = insert_events_and!(
+    "outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status) \
          SELECT d.id, d.event_uuid, d.destination, 'pending' \
          FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS d(id, event_uuid, destination) \
          JOIN event ON event.id = d.event_uuid \
-         RETURNING event_id) \
-     SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
-     FROM event";
+         RETURNING event_id)"
+);
 
 /// [`INSERT_SQL`] with `$11`, the deliveries' ordering keys (NULL: unordered). Only
 /// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
 /// rows are upserted in key order (after every event row, since the count needs them
 /// all), so concurrent batches queue on them in one order.
-const INSERT_ORDERED_SQL: &str = "WITH input AS ( \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
-             AS t(id, source, event_id, event_type, payload, content_type, headers)), \
-     event AS ( \
-         INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
-         SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
-         ORDER BY source, event_id \
-         ON CONFLICT (source, event_id) DO NOTHING \
-         RETURNING id), \
-     wanted AS ( \
+const INSERT_ORDERED_SQL: &str = insert_events_and!(
+    "wanted AS ( \
          SELECT d.id, d.event_uuid, d.destination, d.key, \
                 row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
          FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[]) WITH ORDINALITY \
@@ -158,9 +162,8 @@ const INSERT_ORDERED_SQL: &str = "WITH input AS ( \
          FROM wanted w \
          LEFT JOIN counted c ON c.destination = w.destination AND c.key = w.key \
          LEFT JOIN numbered k ON k.destination = w.destination AND k.key = w.key \
-         RETURNING event_id) \
-     SELECT event.id, (SELECT count(*) FROM outbox WHERE outbox.event_id = event.id) AS deliveries \
-     FROM event";
+         RETURNING event_id)"
+);
 
 /// How a submitted event ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,8 @@
 //! message: wait for the rate limit, then for a slot, claim the delivery with
 //! a conditional UPDATE (a message whose row is not claimable is a duplicate: ack and
 //! drop), POST it signed, then record the attempt and the outcome in one transaction,
-//! and only then ack (or reject a dead one to the dead-letter exchange). A message
+//! and only then ack (or reject a dead one to the dead-letter exchange); an ordered
+//! delivery's end hands its key on in that transaction ([`crate::db::ordering`]). A message
 //! whose outcome could not be recorded is requeued, never acked. On shutdown the
 //! consumers stop taking messages, in-flight deliveries get the grace period to finish
 //! and be recorded, and whatever is left unacked is redelivered by the broker.

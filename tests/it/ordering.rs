@@ -145,19 +145,54 @@ async fn each_key_arrives_in_order_and_one_at_a_time_under_5xx_and_timeouts_acro
     relayd.stop().await.unwrap();
 }
 
+/// One relayd with every role and one ordered destination, "ordered", to a sink that
+/// answers as `behaviour` says, retrying once after 100 ms.
+struct Running {
+    db: TestDb,
+    broker: TestBroker,
+    sink: Sink,
+    relayd: Relayd,
+    admin: Admin,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Running {
+    async fn start(behaviour: Behaviour, on_dead: OnDead) -> Self {
+        let db = TestDb::migrated().await;
+        let broker = TestBroker::new(&["ordered"]);
+        let sink = Sink::start(behaviour).await;
+        let relayd = Relayd::start(
+            config(&db, &broker, ordered("ordered", &sink, on_dead), &[100]),
+            ALL,
+        )
+        .await;
+        relayd.wait_ready().await;
+        let admin = Admin::new(&relayd);
+        let url = relayd.url("/webhooks/stripe");
+        Self {
+            db,
+            broker,
+            sink,
+            relayd,
+            admin,
+            client: reqwest::Client::new(),
+            url,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_without_the_key_is_delivered_unordered_and_counted() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["ordered"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let relayd = Relayd::start(
-        config(&db, &broker, ordered("ordered", &sink, OnDead::Skip), &[100]),
-        ALL,
-    )
-    .await;
-    relayd.wait_ready().await;
-    let client = reqwest::Client::new();
-    let url = relayd.url("/webhooks/stripe");
+    let Running {
+        db,
+        broker: _broker,
+        sink,
+        relayd,
+        admin: _admin,
+        client,
+        url,
+    } = Running::start(Behaviour::Succeed, OnDead::Skip).await;
     post_stripe(&client, &url, &keyed_event("evt_nokey", None)).await;
     post_stripe(&client, &url, &keyed_event("evt_key", Some("cus_1"))).await;
     sink.wait_for(2, Duration::from_secs(15)).await;
@@ -233,21 +268,18 @@ async fn wait_status(admin: &Admin, event_id: &str, status: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_delivery_lets_its_key_move_on_by_default() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["ordered"]);
-    let sink = Sink::start(failing(&["evt_d1"], Arc::default())).await;
-    let relayd = Relayd::start(
-        config(&db, &broker, ordered("ordered", &sink, OnDead::Skip), &[100]),
-        ALL,
-    )
-    .await;
-    relayd.wait_ready().await;
-    let client = reqwest::Client::new();
-    let url = relayd.url("/webhooks/stripe");
+    let Running {
+        db: _db,
+        broker: _broker,
+        sink,
+        relayd,
+        admin,
+        client,
+        url,
+    } = Running::start(failing(&["evt_d1"], Arc::default()), OnDead::Skip).await;
     for id in ["evt_d1", "evt_d2", "evt_d3"] {
         post_stripe(&client, &url, &keyed_event(id, Some("cus_dead"))).await;
     }
-    let admin = Admin::new(&relayd);
     wait_status(&admin, "evt_d3", "delivered").await;
     assert_eq!(delivery_of(&admin, "evt_d1").await["status"], "dead");
     let order: Vec<String> = sink.received().iter().map(Received::event_id).collect();
@@ -257,25 +289,22 @@ async fn a_dead_delivery_lets_its_key_move_on_by_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead_one() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["ordered"]);
     let healed = Arc::new(AtomicUsize::new(0));
-    let sink = Sink::start(failing(&["evt_b1"], healed.clone())).await;
-    let relayd = Relayd::start(
-        config(&db, &broker, ordered("ordered", &sink, OnDead::Block), &[100]),
-        ALL,
-    )
-    .await;
-    relayd.wait_ready().await;
-    let client = reqwest::Client::new();
-    let url = relayd.url("/webhooks/stripe");
+    let Running {
+        db: _db,
+        broker: _broker,
+        sink,
+        relayd,
+        admin,
+        client,
+        url,
+    } = Running::start(failing(&["evt_b1"], healed.clone()), OnDead::Block).await;
     for id in ["evt_b1", "evt_b2"] {
         post_stripe(&client, &url, &keyed_event(id, Some("cus_a"))).await;
     }
     for id in ["evt_c1", "evt_c2"] {
         post_stripe(&client, &url, &keyed_event(id, Some("cus_b"))).await;
     }
-    let admin = Admin::new(&relayd);
     let dead = wait_status(&admin, "evt_b1", "dead").await;
     // Another key is not held; this one is, and says so.
     wait_status(&admin, "evt_c2", "delivered").await;
@@ -306,18 +335,19 @@ async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_key_on() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["ordered"]);
-    let sink = Sink::start(failing(&["evt_s1", "evt_s3", "evt_s5"], Arc::default())).await;
-    let relayd = Relayd::start(
-        config(&db, &broker, ordered("ordered", &sink, OnDead::Block), &[100]),
-        ALL,
+    let Running {
+        db,
+        broker,
+        sink,
+        relayd,
+        admin,
+        client,
+        url,
+    } = Running::start(
+        failing(&["evt_s1", "evt_s3", "evt_s5"], Arc::default()),
+        OnDead::Block,
     )
     .await;
-    relayd.wait_ready().await;
-    let client = reqwest::Client::new();
-    let url = relayd.url("/webhooks/stripe");
-    let admin = Admin::new(&relayd);
     for id in ["evt_s1", "evt_s2"] {
         post_stripe(&client, &url, &keyed_event(id, Some("cus_s"))).await;
     }
