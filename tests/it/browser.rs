@@ -109,6 +109,13 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Opens the dashboard of `relayd` and gives it the admin token.
+    async fn log_in(&self, relayd: &Relayd) {
+        self.goto(&relayd.ops_url("/admin/")).await;
+        self.type_into("#token", TOKEN).await;
+        self.click("#login-form button").await;
+    }
+
     async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
             .await;
@@ -250,9 +257,7 @@ async fn dashboard_lists_events_shows_details_and_replays_a_dead_delivery() {
     .await;
 
     let browser = Browser::start().await;
-    browser.goto(&relayd.ops_url("/admin/")).await;
-    browser.type_into("#token", TOKEN).await;
-    browser.click("#login-form button").await;
+    browser.log_in(&relayd).await;
     browser
         .wait_until(
             "both events listed with their delivery states",
@@ -413,9 +418,7 @@ async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
     .await;
 
     let browser = Browser::start().await;
-    browser.goto(&relayd.ops_url("/admin/")).await;
-    browser.type_into("#token", TOKEN).await;
-    browser.click("#login-form button").await;
+    browser.log_in(&relayd).await;
     browser
         .wait_until(
             "the blocked key's next event shown waiting",
