@@ -1,5 +1,5 @@
 //! Per-key ordered delivery (`ordering = { key = "/data/object/customer" }`) under
-//! faults: ingest, a relay and two workers as separate processes, 20 keys each posting
+//! faults: ingest, two relays and two workers as separate processes, 20 keys each posting
 //! an event every 100 ms (the next only once the last was accepted, so each key's order
 //! is defined), 10 % of tries answered 500; then a fault. Every accepted event arrives,
 //! no request arrives while another of its key is in flight, and no key's event
@@ -17,7 +17,7 @@ use crate::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, TestBroker, TestDb};
 
 /// The processes of [`ordered_under_fault`], in this order.
-const LAYOUT: [&str; 4] = ["ingest", "relay", "worker", "worker"];
+const LAYOUT: [&str; 5] = ["ingest", "relay", "relay", "worker", "worker"];
 
 /// Runs the keyed load through [`LAYOUT`], applies `fault` 3 s in, keeps the load going
 /// 3 s after it, then checks every key's order at the sink.
@@ -145,10 +145,10 @@ async fn sigkill(process: &mut Process) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ordered_keys_keep_their_order_through_sigkill_of_a_worker_and_of_the_relay() {
+async fn ordered_keys_keep_their_order_through_sigkill_of_a_worker_and_of_a_relay() {
     let _services = Services::exclusive().await;
-    ordered_under_fault("a worker then the relay SIGKILLed", async |processes| {
-        sigkill(&mut processes[2]).await;
+    ordered_under_fault("a worker then a relay SIGKILLed", async |processes| {
+        sigkill(&mut processes[3]).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         sigkill(&mut processes[1]).await;
     })

@@ -292,7 +292,7 @@ async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead
     let healed = Arc::new(AtomicUsize::new(0));
     let Running {
         db: _db,
-        broker: _broker,
+        broker,
         sink,
         relayd,
         admin,
@@ -311,6 +311,29 @@ async fn on_dead_block_holds_the_key_until_an_operator_skips_or_replays_the_dead
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(delivery_of(&admin, "evt_b2").await["status"], "waiting");
     assert!(!sink.received().iter().any(|r| r.event_id() == "evt_b2"));
+
+    // A message for the waiting delivery (a republish, a redelivery) is refused by the
+    // claim: the key's order lives in PostgreSQL, not in the queue.
+    let waiting = delivery_of(&admin, "evt_b2").await;
+    let mut headers = amiquip::FieldTable::new();
+    let text = |s: &str| amiquip::AmqpValue::LongString(s.to_string());
+    headers.insert(
+        "x-relayd-event".into(),
+        text(waiting["event_id"].as_str().unwrap()),
+    );
+    headers.insert("x-relayd-source".into(), text("stripe"));
+    headers.insert("x-relayd-event-type".into(), text("invoice.updated"));
+    let properties = amiquip::AmqpProperties::default()
+        .with_message_id(waiting["id"].as_str().unwrap().to_string())
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    broker.publish_raw("ordered", &keyed_event("evt_b2", Some("cus_a")), properties);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !sink.received().iter().any(|r| r.event_id() == "evt_b2"),
+        "a stale message overtook the dead head"
+    );
+    assert_eq!(delivery_of(&admin, "evt_b2").await["status"], "waiting");
 
     // Replaying the dead head sends it first, in its place, then the key goes on.
     healed.store(1, Ordering::SeqCst);
