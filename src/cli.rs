@@ -48,8 +48,9 @@ pub enum Command {
     Migrate,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
-    /// Reset matching dead/delivered/retrying deliveries to pending with a fresh attempt
-    /// budget (like POST /admin/api/replay), for operators with database access.
+    /// Reset matching dead/delivered/retrying/quarantined/skipped deliveries to pending
+    /// with a fresh attempt budget (like POST /admin/api/replay), for operators with
+    /// database access; an ordered one not its key's turn waits at the end of its key.
     Replay(ReplayArgs),
     /// Skip one delivery (like POST /admin/api/deliveries/{id}/skip): it is never sent
     /// again, and an ordered delivery's key moves on to its next delivery.
@@ -85,7 +86,7 @@ pub enum DestinationsAction {
 /// Which deliveries `relayd replay` resets. At least one filter, or `--all`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Only deliveries in this state: dead, delivered, retrying or quarantined.
+    /// Only deliveries in this state: dead, delivered, retrying, quarantined or skipped.
     #[arg(long)]
     pub status: Option<String>,
     /// Only deliveries to this destination.
