@@ -1,9 +1,5 @@
 # relayd tasks. `just --list` shows them.
 
-# Development secrets for the shipped config/relayd.toml (never use them in production).
-export STRIPE_WEBHOOK_SECRET := env_var_or_default("STRIPE_WEBHOOK_SECRET", "whsec_local_development_secret")
-export EXAMPLE_SIGNING_SECRET := env_var_or_default("EXAMPLE_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-
 # Run relayd with every role on the shipped config.
 run *ARGS:
     cargo run -- --role all {{ARGS}}

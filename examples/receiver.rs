@@ -2,7 +2,7 @@
 //! Webhooks signature, prints one line per event, and answers 204 (401 when the
 //! signature does not verify).
 //!
-//!     EXAMPLE_SIGNING_SECRET=whsec_… cargo run --example receiver [-- 127.0.0.1:8080]
+//!     [EXAMPLE_SIGNING_SECRET=whsec_…] cargo run --example receiver [-- 127.0.0.1:8080]
 //!
 //! It verifies with `ring` and `base64` directly, the way any downstream service would,
 //! without relayd's own code: HMAC-SHA256 over "{webhook-id}.{webhook-timestamp}.{body}",
@@ -69,7 +69,10 @@ async fn receive(key: web::Data<Key>, request: HttpRequest, body: web::Bytes) ->
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let secret = std::env::var("EXAMPLE_SIGNING_SECRET").expect("set EXAMPLE_SIGNING_SECRET (whsec_…)");
+    // The shipped config/relayd.toml signs its `example` destination with this
+    // development secret; set EXAMPLE_SIGNING_SECRET for any other.
+    let secret = std::env::var("EXAMPLE_SIGNING_SECRET")
+        .unwrap_or_else(|_| "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
     let encoded = secret
         .strip_prefix("whsec_")
         .expect("the secret starts with whsec_");

@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 /// The file read when `--config` is not given. Missing is fine: defaults apply.
 pub const DEFAULT_CONFIG_PATH: &str = "config/relayd.toml";
 
+/// The secrets written in the shipped `config/relayd.toml` so that it runs as it is on
+/// a developer's machine. Public: a configuration that uses one gets a warning.
+pub const DEVELOPMENT_SECRETS: [&str; 2] = [
+    "whsec_local_development_secret",
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+];
+
 /// A configuration error that names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -1006,6 +1013,25 @@ impl Config {
                     "{key}: {} is shorter than providers' retry windows (Stripe: 3 days); a provider \
                      re-sending an older event would have it accepted again",
                     humantime::format_duration(horizon)
+                ));
+            }
+        }
+        let development = |secret: &Secret| DEVELOPMENT_SECRETS.contains(&secret.expose());
+        for (i, source) in self.sources.iter().enumerate() {
+            for (j, _) in source.secrets.iter().enumerate().filter(|(_, s)| development(s)) {
+                warnings.push(format!(
+                    "sources[{i}].secrets[{j}]: source {:?} uses the development secret shipped in \
+                     config/relayd.toml; set the provider's real one before real use",
+                    source.name
+                ));
+            }
+        }
+        for (i, destination) in self.destinations.iter().enumerate() {
+            if development(&destination.signing_secret) {
+                warnings.push(format!(
+                    "destinations[{i}].signing_secret: destination {:?} is signed with the development \
+                     secret shipped in config/relayd.toml; set a secret of its own before real use",
+                    destination.name
                 ));
             }
         }

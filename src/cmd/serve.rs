@@ -12,6 +12,10 @@ use crate::db::migrate;
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = super::load_config_and_init_logging(cli)?;
     let roles = select_roles(&cli.role).map_err(anyhow::Error::msg)?;
+    // What check-config warns of, once at startup too (a development secret in use, …).
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "configuration");
+    }
     super::runtime()?.block_on(async {
         let url = config.database.url.expose();
         migrate::ensure_database(url).await?;

@@ -308,3 +308,94 @@ fn check_config_validates_each_kinds_fields_and_warns_about_kind_none() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The shipped `config/relayd.toml` runs as it is — no variable exported (only the
+/// database, broker prefix and listeners pointed at this test's own): relayd starts,
+/// logs one warning per development secret in use, accepts an event signed with the
+/// development Stripe secret, and stops with 0 on SIGTERM. `check-config` on it passes
+/// with the same warnings.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_config_runs_as_it_is_and_warns_of_its_development_secrets() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relayd.toml");
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["example"]);
+    let mut child = Command::new(support::relayd_binary())
+        .args(["--role", "all", "--config"])
+        .arg(&shipped)
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .env_remove("EXAMPLE_SIGNING_SECRET")
+        .env_remove("RELAYD_ROLE")
+        .env("RELAYD__DATABASE__URL", &db.url)
+        .env("RELAYD__BROKER__PREFIX", &broker.prefix)
+        .env("RELAYD__INGEST__LISTEN", "127.0.0.1:0")
+        .env("RELAYD__OPS__LISTEN", "127.0.0.1:0")
+        .env("RELAYD__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start relayd");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut warnings = Vec::new();
+    let started = loop {
+        let line = lines.next().expect("relayd exited before it started").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if json["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("development secret"))
+        {
+            warnings.push(json["warning"].as_str().unwrap().to_string());
+        }
+        if json["message"] == "relayd started" {
+            break json;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("sources[0].secrets[0]"), "{warnings:?}");
+    assert!(
+        warnings[1].starts_with("destinations[0].signing_secret"),
+        "{warnings:?}"
+    );
+
+    let ingest = started["ingest"].as_str().unwrap().to_string();
+    let body = support::stripe_event("evt_shipped_config", "invoice.paid");
+    let t = support::now();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{ingest}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            support::stripe_signature(relayd::config::DEVELOPMENT_SECRETS[0], t, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["status"], "accepted", "{answer}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "relayd did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+
+    let checked = Command::new(support::relayd_binary())
+        .args(["check-config", "--config"])
+        .arg(&shipped)
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .env_remove("EXAMPLE_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("development secret").count(), 2, "{stderr}");
+}
