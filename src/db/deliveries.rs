@@ -437,29 +437,25 @@ impl super::batch::Statement for Records {
     const WHAT: &'static str = "recording";
 
     async fn run(&self, records: &[Record]) -> Result<Vec<bool>, super::batch::BatchError> {
-        let (changed, promoted) = if records.iter().any(|r| r.releases_key) {
-            super::batch::on_connection(&self.pool, self.timeout, async |conn| {
-                use diesel_async::AsyncConnection;
-                conn.transaction(async |conn| {
-                    let changed = record_outcomes(conn, records).await?;
-                    let released: Vec<uuid::Uuid> = records
-                        .iter()
-                        .filter(|r| r.releases_key && changed.contains(&r.delivery_id))
-                        .map(|r| r.delivery_id)
-                        .collect();
-                    let promoted = super::ordering::release_and_promote(conn, &released).await?;
-                    Ok((changed, promoted))
-                })
-                .await
+        let (changed, promoted) = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
+            if !records.iter().any(|r| r.releases_key) {
+                // Unordered: the one statement, in its implicit transaction.
+                return Ok((record_outcomes(conn, records).await?, 0));
+            }
+            use diesel_async::AsyncConnection;
+            conn.transaction(async |conn| {
+                let changed = record_outcomes(conn, records).await?;
+                let released: Vec<uuid::Uuid> = records
+                    .iter()
+                    .filter(|r| r.releases_key && changed.contains(&r.delivery_id))
+                    .map(|r| r.delivery_id)
+                    .collect();
+                let promoted = super::ordering::release_and_promote(conn, &released).await?;
+                Ok((changed, promoted))
             })
-            .await?
-        } else {
-            let changed = super::batch::on_connection(&self.pool, self.timeout, async |conn| {
-                record_outcomes(conn, records).await
-            })
-            .await?;
-            (changed, 0)
-        };
+            .await
+        })
+        .await?;
         if promoted > 0 {
             self.wake.wake();
         }

@@ -206,19 +206,9 @@ async fn an_event_without_the_key_is_delivered_unordered_and_counted() {
             .await,
         1
     );
-    let metrics = client
-        .get(relayd.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == r#"relayd_ordering_unkeyed_total{destination="ordered"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        crate::worker::metric_now(&relayd, r#"relayd_ordering_unkeyed_total{destination="ordered"}"#).await,
+        Some(1.0)
     );
     relayd.stop().await.unwrap();
 }
