@@ -318,3 +318,27 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     assert!(dockerfile.contains(r#"CMD ["--role", "all"]"#));
     assert!(dockerfile.contains("COPY config/relayd.toml /etc/relayd/relayd.toml"));
 }
+
+/// The README's first command is `cargo run -- --role all`: with more than one binary in
+/// the package, cargo runs relayd only when `default-run` names it (without it, `cargo
+/// run` refuses: "could not determine which binary to run").
+#[test]
+fn cargo_run_as_the_readme_says_runs_relayd() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("\ncargo run -- --role all\n"),
+        "the README's first command changed"
+    );
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bins = manifest["bin"].as_array().map_or(0, Vec::len);
+    let default_run = manifest["package"]
+        .get("default-run")
+        .and_then(toml::Value::as_str);
+    assert!(
+        bins <= 1 || default_run == Some("relayd"),
+        "{bins} binaries and default-run = {default_run:?}"
+    );
+}
