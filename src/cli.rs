@@ -64,6 +64,10 @@ pub enum Command {
         #[command(subcommand)]
         action: DestinationsAction,
     },
+    /// Sign a sample event as SOURCE's provider would (its first configured secret),
+    /// post it to the running ingest, and print the answer: accepted or duplicate, and
+    /// the event id.
+    SendTestEvent(SendTestEventArgs),
     /// Run one full retention pass now (as the relay does every `retention.interval`).
     Prune {
         /// Print what would be deleted now, and delete nothing.
@@ -81,6 +85,24 @@ pub enum DestinationsAction {
     Pause { name: String },
     /// Deliver again: from paused, disabled (after 410 Gone) or an open circuit.
     Resume { name: String },
+}
+
+/// What `relayd send-test-event` sends, and where.
+#[derive(Debug, clap::Args)]
+pub struct SendTestEventArgs {
+    /// The configured source (`[[sources]] name`) to send as.
+    pub source: String,
+    /// The event type.
+    #[arg(long = "type", value_name = "TYPE", default_value = crate::ingest::verify::DEFAULT_TYPE)]
+    pub event_type: String,
+    /// The provider's event id (default: a new `evt_test_…`); send one twice to see a
+    /// duplicate.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Where to post (default: `ingest.listen` of the configuration, on loopback when it
+    /// is a wildcard address, `/webhooks/SOURCE`).
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 /// Which deliveries `relayd replay` resets. At least one filter, or `--all`.

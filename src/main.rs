@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate) => cmd::migrate::run(&cli),
         Some(Command::Replay(ref args)) => cmd::replay::run(&cli, args),
         Some(Command::Skip { id }) => cmd::skip::run(&cli, id),
+        Some(Command::SendTestEvent(ref args)) => cmd::send_test_event::run(&cli, args),
         Some(Command::Prune { dry_run }) => cmd::prune::run(&cli, dry_run),
         Some(Command::Destinations { ref action }) => cmd::destinations::run(&cli, action),
         None => cmd::serve::run(&cli),

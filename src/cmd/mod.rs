@@ -5,6 +5,7 @@ pub mod destinations;
 pub mod migrate;
 pub mod prune;
 pub mod replay;
+pub mod send_test_event;
 pub mod serve;
 pub mod skip;
 

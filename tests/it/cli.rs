@@ -311,8 +311,8 @@ fn check_config_validates_each_kinds_fields_and_warns_about_kind_none() {
 
 /// The shipped `config/relayd.toml` runs as it is — no variable exported (only the
 /// database, broker prefix and listeners pointed at this test's own): relayd starts,
-/// logs one warning per development secret in use, accepts an event signed with the
-/// development Stripe secret, and stops with 0 on SIGTERM. `check-config` on it passes
+/// logs one warning per development secret in use, accepts the quick start's
+/// `relayd send-test-event stripe` (signed with the development secret), and stops with 0 on SIGTERM. `check-config` on it passes
 /// with the same warnings.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shipped_config_runs_as_it_is_and_warns_of_its_development_secrets() {
@@ -357,23 +357,25 @@ async fn the_shipped_config_runs_as_it_is_and_warns_of_its_development_secrets()
         "{warnings:?}"
     );
 
+    // The quick start's way: the shipped config's ingest, its development secret.
     let ingest = started["ingest"].as_str().unwrap().to_string();
-    let body = support::stripe_event("evt_shipped_config", "invoice.paid");
-    let t = support::now();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{ingest}/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header(
-            "stripe-signature",
-            support::stripe_signature(relayd::config::DEVELOPMENT_SECRETS[0], t, &body),
-        )
-        .body(body)
-        .send()
-        .await
+    let sent = Command::new(support::relayd_binary())
+        .args(["send-test-event", "stripe", "--type", "invoice.paid", "--config"])
+        .arg(&shipped)
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .env("RELAYD__INGEST__LISTEN", &ingest)
+        .output()
         .unwrap();
-    assert_eq!(answer.status(), 200);
-    let answer: serde_json::Value = answer.json().await.unwrap();
-    assert_eq!(answer["status"], "accepted", "{answer}");
+    let stdout = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        stdout.starts_with("accepted: event evt_test_") && stdout.contains("routes it to example"),
+        "{stdout}"
+    );
 
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -398,4 +400,124 @@ async fn the_shipped_config_runs_as_it_is_and_warns_of_its_development_secrets()
     let stderr = String::from_utf8_lossy(&checked.stderr);
     assert!(checked.status.success(), "{stderr}");
     assert_eq!(stderr.matches("development secret").count(), 2, "{stderr}");
+}
+
+/// `relayd send-test-event` against a running relayd, for a source of every kind: each
+/// event is accepted and reaches the destination; the same id again is a duplicate; a
+/// sender whose secret differs from the running one's is refused (exit 1, ingest's
+/// `400 invalid_signature` named); an unknown source names the configured ones; an
+/// ingest that is not there is named with the address tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_test_event_signs_for_every_kind_and_each_event_is_delivered() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let base = std::fs::read_to_string(&crate::child::config_file(&db, &broker, &sink).0).unwrap();
+    let sources = r#"
+[[sources]]
+name = "gh"
+kind = "github"
+secrets = ["github-secret"]
+[[sources]]
+name = "shop"
+kind = "shopify"
+secrets = ["shopify-secret"]
+[[sources]]
+name = "svix"
+kind = "standard-webhooks"
+secrets = ["whsec_AQIDBAUGBwgJCgsMDQ4PEA=="]
+[[sources]]
+name = "custom"
+kind = "hmac"
+secrets = ["custom-secret"]
+signature_header = "X-Custom-Signature"
+prefix = "sha256="
+id_header = "X-Custom-Id"
+type_pointer = "/meta/kind"
+[[sources]]
+name = "hashed"
+kind = "hmac"
+secrets = ["hashed-secret"]
+signature_header = "X-Hashed-Signature"
+encoding = "base64"
+id_from_body_hash = true
+[[sources]]
+name = "open"
+kind = "none"
+"#;
+    // The sources go before the first [[destinations]] table.
+    let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
+    let config = support::temp_file(&format!("{head}{sources}{destinations}"));
+    let listen = crate::child::free_address();
+    let env = [("RELAYD__INGEST__LISTEN", listen.as_str())];
+    let _relayd = crate::child::Process::start_with(&config, "all", &env);
+
+    let send = |config: &support::TempFile, args: &[&str]| {
+        let output = Command::new(support::relayd_binary())
+            .arg("send-test-event")
+            .args(args)
+            .arg("--config")
+            .arg(&config.0)
+            .envs(env)
+            .env_remove("RELAYD_ROLE")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let names = ["stripe", "gh", "shop", "svix", "custom", "hashed", "open"];
+    let mut sent = std::collections::HashSet::new();
+    for name in names {
+        let id = format!("evt_kind_{name}");
+        let (code, stdout, stderr) = send(&config, &[name, "--id", &id, "--type", "invoice.paid"]);
+        assert_eq!(code, Some(0), "{name}: {stdout}{stderr}");
+        assert!(
+            stdout.starts_with("accepted: event ") && stdout.contains("routes it to sink"),
+            "{name}: {stdout}"
+        );
+        if name != "hashed" {
+            assert!(stdout.contains(&id), "{name}: {stdout}");
+        }
+        // Every sample carries the id in its body, whatever the source reads.
+        sent.insert(id);
+    }
+    sink.wait_for_events(&sent, Duration::from_secs(30)).await;
+
+    let (code, stdout, _) = send(&config, &["stripe", "--id", "evt_kind_stripe"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.starts_with("duplicate: event evt_kind_stripe "),
+        "{stdout}"
+    );
+
+    let other_secret = std::fs::read_to_string(&config.0)
+        .unwrap()
+        .replace("\"github-secret\"", "\"not-the-running-secret\"");
+    let (code, stdout, stderr) = send(&support::temp_file(&other_secret), &["gh"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stderr.contains("ingest answered 400") && stderr.contains("invalid_signature"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = send(&config, &["nope"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no source \"nope\"") && stderr.contains("stripe, gh, shop, svix"),
+        "{stderr}"
+    );
+
+    let closed = crate::child::free_address();
+    let (code, _, stderr) = send(
+        &config,
+        &["stripe", "--url", &format!("http://{closed}/webhooks/stripe")],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&closed) && stderr.contains("is relayd running"),
+        "{stderr}"
+    );
 }

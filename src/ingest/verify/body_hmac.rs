@@ -8,7 +8,8 @@ use actix_web::http::header::HeaderMap;
 use base64::Engine;
 
 use super::extract::{Body, IdSource, TypeSource};
-use super::{header_str, Error, VerifiedEvent, Verifier};
+use super::sample::Draft;
+use super::{header_str, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
 use crate::config::SignatureEncoding;
 use crate::signing;
 
@@ -110,6 +111,24 @@ impl Verifier for BodyHmacVerifier {
         }
         kept.push("user-agent".into());
         kept
+    }
+
+    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+        let mut draft = Draft::new(event);
+        draft.place_id(&self.scheme.id, &event.id);
+        draft.place_type(&self.scheme.event_type, &event.event_type);
+        let body = draft.body();
+        let secret = self.secrets.first().map_or(&[][..], Vec::as_slice);
+        let mac = signing::sign(secret, &[&body]);
+        let encoded = match self.scheme.encoding {
+            SignatureEncoding::Hex => hex::encode(mac.as_ref()),
+            SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(mac.as_ref()),
+        };
+        draft.header(
+            &self.scheme.signature_header,
+            format!("{}{encoded}", self.scheme.prefix),
+        );
+        draft.finish(body)
     }
 }
 

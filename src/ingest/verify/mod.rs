@@ -7,6 +7,7 @@
 
 mod body_hmac;
 mod extract;
+mod sample;
 mod standard;
 mod stripe;
 mod unverified;
@@ -19,6 +20,7 @@ use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
 pub use extract::{IdSource, TypeSource};
+pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
 pub use standard::StandardWebhooksVerifier;
 pub use stripe::StripeVerifier;
 pub use unverified::UnverifiedSource;
@@ -51,6 +53,10 @@ pub trait Verifier: Send + Sync {
     /// the provider's id and type headers and `user-agent`. Signature headers are never
     /// kept: they are useless after verification.
     fn kept_headers(&self) -> Vec<String>;
+
+    /// `event` as this source's provider would send it, signed with the first configured
+    /// secret: the inverse of [`Verifier::verify`], for `relayd send-test-event`.
+    fn sign(&self, event: &SampleEvent) -> SignedRequest;
 }
 
 /// The verifier for a configured (and validated) source.
@@ -173,6 +179,71 @@ mod tests {
             for verifier in every_kind() {
                 let _ = verifier.verify(&headers, &body, now);
             }
+        }
+    }
+
+    fn header_map(request: &SignedRequest) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    /// What `relayd send-test-event` sends is what ingest accepts, for every kind: the
+    /// id and type arrive where the source reads them, and the signature holds only for
+    /// the configured secret.
+    #[test]
+    fn every_kind_verifies_the_sample_it_signs_and_only_with_its_secret() {
+        let event = SampleEvent {
+            id: "evt_sample_1".into(),
+            event_type: "invoice.paid".into(),
+            at: SystemTime::now(),
+        };
+        let mut nested = source(SourceKind::Hmac, &["k"]);
+        nested.signature_header = Some("x-sig".into());
+        nested.id_pointer = Some("/data/object/ref".into());
+        nested.type_pointer = Some("/meta/kind".into());
+        let mut verifiers = every_kind();
+        verifiers.push(for_source(&nested));
+        for (i, verifier) in verifiers.iter().enumerate() {
+            let request = verifier.sign(&event);
+            let verified = verifier
+                .verify(&header_map(&request), &request.body, event.at)
+                .unwrap_or_else(|e| panic!("kind #{i}: {e}"));
+            let hashed = i == 5;
+            let untyped = i == 5 || i == 6;
+            if hashed {
+                assert_eq!(
+                    verified.event_id,
+                    hex::encode(ring::digest::digest(&ring::digest::SHA256, &request.body))
+                );
+            } else {
+                assert_eq!(verified.event_id, event.id, "kind #{i}");
+            }
+            let expected_type = if untyped { "unknown" } else { "invoice.paid" };
+            assert_eq!(verified.event_type, expected_type, "kind #{i}");
+        }
+
+        let other = "whsec_AQIDBAUGBwgJCgsMDQ4PEA==";
+        let strangers = [
+            for_source(&source(SourceKind::Stripe, &[other])),
+            for_source(&source(SourceKind::Github, &["other"])),
+            for_source(&source(SourceKind::Shopify, &["other"])),
+            for_source(&source(SourceKind::StandardWebhooks, &[other])),
+        ];
+        for (i, stranger) in strangers.iter().enumerate() {
+            let request = verifiers[i].sign(&event);
+            assert!(
+                matches!(
+                    stranger.verify(&header_map(&request), &request.body, event.at),
+                    Err(Error::InvalidSignature(_))
+                ),
+                "kind #{i} verified under another secret"
+            );
         }
     }
 }

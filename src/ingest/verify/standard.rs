@@ -9,7 +9,8 @@ use actix_web::http::header::HeaderMap;
 use base64::Engine;
 
 use super::extract::{Body, TypeSource};
-use super::{header_str, within_tolerance, Error, VerifiedEvent, Verifier};
+use super::sample::{unix_seconds, Draft};
+use super::{header_str, within_tolerance, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
 use crate::signing;
 
 /// A header lists one signature per active secret; more than this is abuse.
@@ -74,6 +75,20 @@ impl Verifier for StandardWebhooksVerifier {
         ["webhook-id", "webhook-timestamp", "user-agent"]
             .map(String::from)
             .to_vec()
+    }
+
+    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+        let mut draft = Draft::new(event);
+        let body = draft.body();
+        let t = unix_seconds(event.at);
+        let key = self.keys.first().map_or(&[][..], Vec::as_slice);
+        draft.header("webhook-id", event.id.as_str());
+        draft.header("webhook-timestamp", t.to_string());
+        draft.header(
+            "webhook-signature",
+            signing::standard_webhooks_signature(key, &event.id, t, &body),
+        );
+        draft.finish(body)
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use actix_web::http::header::HeaderMap;
 use serde::Deserialize;
 
-use super::{header_str, within_tolerance, Error, VerifiedEvent, Verifier};
+use super::sample::{unix_seconds, Draft};
+use super::{header_str, within_tolerance, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
 use crate::signing;
 
 const SIGNATURE_HEADER: &str = "stripe-signature";
@@ -118,6 +119,19 @@ impl Verifier for StripeVerifier {
 
     fn kept_headers(&self) -> Vec<String> {
         vec!["user-agent".into()]
+    }
+
+    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+        let mut draft = Draft::new(event);
+        let body = draft.body();
+        let t = unix_seconds(event.at).to_string();
+        let secret = self.secrets.first().map_or(&[][..], Vec::as_slice);
+        let mac = signing::sign(secret, &[t.as_bytes(), b".", &body]);
+        draft.header(
+            SIGNATURE_HEADER,
+            format!("t={t},v1={}", hex::encode(mac.as_ref())),
+        );
+        draft.finish(body)
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use actix_web::http::header::HeaderMap;
 
 use super::extract::{Body, IdSource, TypeSource};
-use super::{Error, VerifiedEvent, Verifier};
+use super::sample::Draft;
+use super::{Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
 
 pub struct UnverifiedSource {
     id: IdSource,
@@ -35,5 +36,13 @@ impl Verifier for UnverifiedSource {
             .flatten()
             .map(String::from)
             .collect()
+    }
+
+    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+        let mut draft = Draft::new(event);
+        draft.place_id(&self.id, &event.id);
+        draft.place_type(&self.event_type, &event.event_type);
+        let body = draft.body();
+        draft.finish(body)
     }
 }

@@ -1,0 +1,113 @@
+//! `relayd send-test-event SOURCE`: a sample event signed as the source's provider would
+//! sign it (its first configured secret, any kind), posted to a running ingest, and its
+//! answer printed. Signing lives with each verifier (`ingest::verify`); this only sends.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::cli::{Cli, SendTestEventArgs};
+use crate::config::Config;
+use crate::ingest::routing::Router;
+use crate::ingest::verify::{self, SampleEvent};
+
+/// How long to wait for ingest's answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(cli: &Cli, args: &SendTestEventArgs) -> anyhow::Result<()> {
+    let config = super::load_config(cli)?;
+    let Some(source) = config.sources.iter().find(|s| s.name == args.source) else {
+        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "no source {:?} is configured (configured: {})",
+            args.source,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let event = SampleEvent {
+        id: args
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("evt_test_{}", uuid::Uuid::now_v7().simple())),
+        event_type: args.event_type.clone(),
+        at: SystemTime::now(),
+    };
+    let request = verify::for_source(source).sign(&event);
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => format!("{}/webhooks/{}", ingest_base(&config), source.name),
+    };
+
+    let answer = super::runtime()?.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        let mut post = client.post(&url).body(request.body);
+        for (name, value) in &request.headers {
+            post = post.header(name, value);
+        }
+        let response = post
+            .send()
+            .await
+            .with_context(|| format!("posting to {url} (is relayd running with the ingest role there?)"))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        anyhow::Ok((status, body))
+    })?;
+
+    let (status, body) = answer;
+    if !status.is_success() {
+        anyhow::bail!(
+            "ingest answered {status}: {} ({})",
+            body["message"].as_str().unwrap_or("no message"),
+            body["error"].as_str().unwrap_or("no error code"),
+        );
+    }
+    let event_id = body["event_id"].as_str().unwrap_or(&event.id);
+    let stored_as = body["id"].as_str().unwrap_or("-");
+    let router = Router::new(&config.destinations);
+    let routes: Vec<&str> = router
+        .destinations_for(&source.name, &event.event_type)
+        .map(|route| route.destination)
+        .collect();
+    let routed = if routes.is_empty() {
+        "no destination of this configuration subscribes to it".to_string()
+    } else {
+        format!("this configuration routes it to {}", routes.join(", "))
+    };
+    match body["status"].as_str() {
+        Some("accepted") => println!(
+            "accepted: event {event_id} ({}) from source {}, stored as {stored_as}; {routed}",
+            event.event_type, source.name
+        ),
+        Some("duplicate") => println!(
+            "duplicate: event {event_id} from source {} was already stored as {stored_as}; \
+             nothing new is delivered",
+            source.name
+        ),
+        _ => anyhow::bail!("ingest answered {status} with an unexpected body: {body}"),
+    }
+    Ok(())
+}
+
+/// `http://HOST:PORT` of the configured ingest listener, a wildcard address read as
+/// this machine's loopback.
+fn ingest_base(config: &Config) -> String {
+    let listen = config.ingest.listen;
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+}
