@@ -4,6 +4,11 @@
 //! Labels only ever carry configured names (sources, destinations) and fixed outcome
 //! words — never event ids or other unbounded values. A request for an unconfigured
 //! source is counted under `source="-"`.
+//!
+//! The labelled series that alerts count are made at zero when their role starts
+//! (`*_started`), not at their first event: a counter series that appears at 1 has no
+//! earlier sample, so `increase()` and `rate()` never see that first event — the
+//! shipped dead-delivery alert would miss a destination's first one.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -84,6 +89,7 @@ pub struct Metrics {
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
+    ready: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -209,6 +215,12 @@ impl Metrics {
             "When this process last completed a retention pass (Unix time)",
             retention_last_run.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "relayd_ready",
+            "1 while this process is ready (the checks of /readyz, made at each scrape), else 0",
+            ready.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -237,6 +249,7 @@ impl Metrics {
             broker_connected,
             retention_deleted,
             retention_last_run,
+            ready,
         }
     }
 
@@ -261,6 +274,59 @@ impl Metrics {
             })
             .inc();
         self.ingest_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The ingest series of `source` exist from its start, at zero (see the
+    /// module header): its successes and every 5xx outcome the alerts count.
+    pub fn source_started(&self, source: &str) {
+        for outcome in ["accepted", "duplicate", "unavailable", "busy", "internal"] {
+            drop(self.ingest_requests.get_or_create(&SourceOutcome {
+                source: source.into(),
+                outcome: outcome.into(),
+            }));
+        }
+    }
+
+    /// An ordered destination's unkeyed-event counter exists from ingest's start, at
+    /// zero (see the module header).
+    pub fn ordered_destination_started(&self, destination: &str) {
+        let label = DestinationLabel {
+            destination: destination.into(),
+        };
+        drop(self.ordering_unkeyed.get_or_create(&label));
+    }
+
+    /// A worker's series of `destination` exist from its start, at zero (see the
+    /// module header).
+    pub fn destination_started(&self, destination: &str) {
+        let label = DestinationLabel {
+            destination: destination.into(),
+        };
+        for outcome in ["delivered", "failed"] {
+            drop(self.delivery_attempts.get_or_create(&DestinationOutcome {
+                destination: destination.into(),
+                outcome: outcome.into(),
+            }));
+        }
+        drop(self.delivery_duration.get_or_create(&label));
+        drop(self.deliveries_dead.get_or_create(&label));
+        drop(self.throttled.get_or_create(&label));
+        drop(self.probes.get_or_create(&label));
+        drop(self.rate_limited.get_or_create(&label));
+    }
+
+    /// The retention counter of `kind` exists from the relay's start, at zero (see the
+    /// module header).
+    pub fn retention_started(&self, kind: &str) {
+        drop(
+            self.retention_deleted
+                .get_or_create(&KindLabel { kind: kind.into() }),
+        );
+    }
+
+    /// Whether this process is ready now (`/readyz`'s checks).
+    pub fn ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// A destination is now in `state` (one of [`DESTINATION_STATES`]): 1 there, 0 in

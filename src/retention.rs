@@ -246,6 +246,9 @@ async fn prune_as_leader(
 pub async fn run_periodically(ctx: Arc<AppContext>, shutdown: CancellationToken) {
     let config = ctx.config.retention.clone();
     let url = ctx.config.database.url.expose().to_string();
+    for kind in Kind::ALL {
+        ctx.metrics.retention_started(kind.name());
+    }
     loop {
         let metrics = &ctx.metrics;
         match prune(&url, &config, &shutdown, |kind, n| {

@@ -91,6 +91,12 @@ pub async fn run(
         },
         committers_stop.clone(),
     );
+    for source in &config.sources {
+        ctx.metrics.source_started(&source.name);
+    }
+    for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
+        ctx.metrics.ordered_destination_started(&destination.name);
+    }
     let state = web::Data::new(IngestState {
         sources: config
             .sources

@@ -71,17 +71,39 @@ async fn healthz(ctx: web::Data<AppContext>) -> HttpResponse {
     HttpResponse::ServiceUnavailable().json(json!({ "status": "stalled", "stalled": reasons }))
 }
 
-/// `GET /metrics`: the Prometheus exposition of this process.
+/// `GET /metrics`: the Prometheus exposition of this process, with `relayd_ready` from
+/// the same checks as `/readyz` made now (so an alert sees what a probe would).
 async fn metrics(ctx: web::Data<AppContext>) -> HttpResponse {
+    let ready = readiness(&ctx).await.ready;
+    ctx.metrics.ready(ready);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(ctx.metrics.encode(&ctx.broker_health))
+}
+
+/// What `/readyz` answers.
+struct Readiness {
+    ready: bool,
+    checks: serde_json::Map<String, serde_json::Value>,
+    /// Which broker node each connection is on (or was last on, while disconnected).
+    nodes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `GET /readyz`: 200 when every dependency of this process's roles is reachable
 /// (the database always; the broker for roles that use it), 503 with the reasons
 /// otherwise.
 async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
+    let Readiness { ready, checks, nodes } = readiness(&ctx).await;
+    if ready {
+        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "broker_nodes": nodes }))
+    } else {
+        tracing::warn!(checks = %serde_json::Value::Object(checks.clone()), "not ready");
+        HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "checks": checks, "broker_nodes": nodes }))
+    }
+}
+
+async fn readiness(ctx: &AppContext) -> Readiness {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     match crate::db::ping(&ctx.pool, READINESS_TIMEOUT).await {
@@ -115,8 +137,7 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
             );
         }
     }
-    // Which broker node each connection is on (or was last on, while disconnected).
-    let nodes: serde_json::Map<String, serde_json::Value> = ctx
+    let nodes = ctx
         .broker_health
         .components()
         .into_iter()
@@ -127,11 +148,5 @@ async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
             )
         })
         .collect();
-    if ready {
-        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "broker_nodes": nodes }))
-    } else {
-        tracing::warn!(checks = %serde_json::Value::Object(checks.clone()), "not ready");
-        HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "unavailable", "checks": checks, "broker_nodes": nodes }))
-    }
+    Readiness { ready, checks, nodes }
 }

@@ -132,6 +132,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         ctx.metrics.in_flight_limit(&destination.name, limit.limit());
         ctx.metrics
             .destination_state(&destination.name, State::Closed.as_str());
+        ctx.metrics.destination_started(&destination.name);
         let lane = Arc::new(Lane {
             index,
             destination: destination.name.clone(),

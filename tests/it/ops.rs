@@ -204,7 +204,11 @@ async fn metrics_count_exactly_what_happened() {
         metric(&text, r#"relayd_deliveries_dead_total{destination="broken"}"#),
         2.0
     );
-    assert!(!text.contains(r#"relayd_deliveries_dead_total{destination="ok"}"#));
+    // Exists from the worker's start, at zero, so that `increase()` sees a first one.
+    assert_eq!(
+        metric(&text, r#"relayd_deliveries_dead_total{destination="ok"}"#),
+        0.0
+    );
     assert_eq!(
         metric(
             &text,

@@ -164,7 +164,7 @@ async fn notify_from_another_process_wakes_a_relay_only_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_broker_keeps_rows_pending_and_readyz_names_the_publisher() {
+async fn an_unreachable_broker_keeps_rows_pending_and_readyz_and_metrics_say_not_ready() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["billing"]);
     let mut down = config(&db, &broker, &["billing"]);
@@ -195,6 +195,10 @@ async fn an_unreachable_broker_keeps_rows_pending_and_readyz_names_the_publisher
         reason["checks"]["broker"].as_str().unwrap().contains("publisher"),
         "{reason}"
     );
+    // Alerts see what the probe sees.
+    let metrics = client.get(relayd.ops_url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "relayd_ready 0"), "{metrics}");
     // Recovery inside the running process is proven by the fault suite (tests/faults).
     relayd.stop().await.unwrap();
 }
