@@ -18,6 +18,7 @@ mod nodes;
 mod ops;
 mod ordering;
 mod process;
+mod prometheus;
 mod providers;
 mod relay;
 mod retention;
