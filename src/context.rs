@@ -58,6 +58,9 @@ pub struct AppContext {
     /// Progress of the roles' loops, for `/healthz`.
     pub liveness: Liveness,
     pub metrics: Metrics,
+    /// The configuration as reloads change it; `config` is the one the process started
+    /// with, which holds for everything a reload cannot change.
+    pub live: crate::reload::Live,
 }
 
 impl AppContext {
@@ -78,7 +81,6 @@ impl AppContext {
         let relaxed_pool = db::build_pool(&config.database, &application_name, db::Durability::Relaxed, idle)
             .context("building the database pool")?;
         Ok(Arc::new(Self {
-            config,
             pool,
             relaxed_pool,
             wake: Arc::new(OutboxWake::new(roles.contains(&Role::Relay))),
@@ -86,6 +88,8 @@ impl AppContext {
             broker_health: broker::Health::new(),
             liveness: Liveness::default(),
             metrics: Metrics::new(),
+            live: crate::reload::Live::new(&config),
+            config,
         }))
     }
 }

@@ -20,6 +20,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod ops;
 pub mod relay;
+pub mod reload;
 pub mod retention;
 pub mod retry;
 pub mod signing;

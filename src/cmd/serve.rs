@@ -1,5 +1,6 @@
 //! The daemon: `relayd [--role ROLES]`. Applies pending migrations, starts the chosen
-//! roles, and on SIGTERM/SIGINT stops them gracefully and exits 0.
+//! roles, reloads the configuration on SIGHUP ([`crate::reload`]), and on
+//! SIGTERM/SIGINT stops them gracefully and exits 0.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +26,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         }
 
         let ctx = AppContext::new(config, roles)?;
+        ctx.live.reload_from(cli.config.clone());
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone())?);
+        tokio::spawn(reload_on_hangup(ctx.clone())?);
         let daemon = Daemon::start(ctx.clone(), shutdown).await?;
         let roles: Vec<&str> = ctx.roles.iter().map(|r| r.name()).collect();
         tracing::info!(
@@ -54,5 +57,19 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<impl std::fut
             _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
         }
         shutdown.cancel();
+    })
+}
+
+/// Installs the SIGHUP handler now and returns a task that reloads the configuration on
+/// each one (a reload logs its own outcome). It ends with the runtime.
+fn reload_on_hangup(
+    ctx: std::sync::Arc<AppContext>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            let _ = ctx.live.reload("SIGHUP").await;
+        }
     })
 }

@@ -2,7 +2,8 @@
 //!
 //! `POST /webhooks/{source}` reads the raw body (bounded in size, time and total
 //! memory: [`body`]),
-//! verifies it with the source's verifier, finds its ordering key for each ordered
+//! verifies it with the source's verifier (the sources and routing in force: a reload
+//! replaces them whole for the requests that start after it, [`crate::reload`]), finds its ordering key for each ordered
 //! destination ([`ordering`]), and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
 //! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
@@ -21,16 +22,18 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::context::AppContext;
 use crate::db::batch::{self, BatchError, Batcher};
 use crate::db::events::{BatchEvent, NewDelivery, StoreEvents, Stored};
@@ -51,13 +54,61 @@ struct Source {
     kept_headers: Vec<String>,
 }
 
+/// The configured sources and the routing of their events, as one configuration says.
+struct Routes {
+    sources: HashMap<String, Source>,
+    router: Router,
+}
+
+impl Routes {
+    fn new(config: &Config) -> Self {
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| {
+                let verifier = verify::for_source(s);
+                let kept_headers = verifier.kept_headers();
+                (
+                    s.name.clone(),
+                    Source {
+                        verifier,
+                        kept_headers,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            sources,
+            router: Router::new(&config.destinations),
+        }
+    }
+}
+
 /// Everything a request handler needs; built once per role start.
 struct IngestState {
     ctx: Arc<AppContext>,
-    sources: HashMap<String, Source>,
-    router: Router,
+    /// Replaced whole by a reload; a request keeps the one it started with.
+    routes: RwLock<Arc<Routes>>,
     bodies: body::BodyReader,
     committer: Batcher<StoreEvents>,
+}
+
+impl IngestState {
+    fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Puts each configuration a reload publishes in force for new requests; aborted when
+/// the role stops.
+async fn follow_reloads(state: web::Data<IngestState>, mut live: watch::Receiver<Arc<Config>>) {
+    while live.changed().await.is_ok() {
+        let config = live.borrow_and_update().clone();
+        for source in &config.sources {
+            state.ctx.metrics.source_started(&source.name);
+        }
+        *state.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(&config));
+    }
 }
 
 /// Runs the ingest listener on `listener` until `shutdown` is cancelled.
@@ -67,6 +118,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &ctx.config;
+    // Subscribed before the routes are built, so no reload falls between the two.
+    let mut live = ctx.live.subscribe();
+    let in_force = live.borrow_and_update().clone();
     // The committers outlive the HTTP server's graceful stop, which waits for in-flight
     // requests (and so for their commits); they are stopped after it.
     let committers_stop = CancellationToken::new();
@@ -91,32 +145,19 @@ pub async fn run(
         },
         committers_stop.clone(),
     );
-    for source in &config.sources {
+    for source in &in_force.sources {
         ctx.metrics.source_started(&source.name);
     }
     for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
         ctx.metrics.ordered_destination_started(&destination.name);
     }
     let state = web::Data::new(IngestState {
-        sources: config
-            .sources
-            .iter()
-            .map(|s| {
-                (s.name.clone(), {
-                    let verifier = verify::for_source(s);
-                    let kept_headers = verifier.kept_headers();
-                    Source {
-                        verifier,
-                        kept_headers,
-                    }
-                })
-            })
-            .collect(),
-        router: Router::new(&config.destinations),
+        routes: RwLock::new(Arc::new(Routes::new(&in_force))),
         bodies: body::BodyReader::new(&config.ingest),
         ctx: ctx.clone(),
         committer,
     });
+    let reloads = tokio::spawn(follow_reloads(state.clone(), live));
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(workers)
@@ -128,6 +169,7 @@ pub async fn run(
         .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
         .run();
     let served = crate::listener::serve_until_cancelled(server, shutdown).await;
+    reloads.abort();
     committers_stop.cancel();
     for committer in committers {
         let _ = committer.await;
@@ -174,7 +216,8 @@ async fn receive_for(
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let known = state.sources.contains_key(&source_name);
+    let routes = state.routes();
+    let known = routes.sources.contains_key(&source_name);
     // The path segment is the sender's: an unknown one reaches logs and answers cut
     // short, with control characters escaped.
     let shown: String = if known {
@@ -198,7 +241,7 @@ async fn receive_for(
         "-".to_string()
     };
     let result = async move {
-        let source = state
+        let source = routes
             .sources
             .get(&source_name)
             .ok_or_else(|| ApiError::UnknownSource(shown.clone()))?;
@@ -217,7 +260,7 @@ async fn receive_for(
         let checked = fields::check(&verified, request.headers(), &source.kept_headers)
             .map_err(ApiError::InvalidPayload)?;
         let payload = ordering::Payload::new(&body);
-        let deliveries = state
+        let deliveries = routes
             .router
             .destinations_for(&source_name, &verified.event_type)
             .map(|route| NewDelivery {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -77,8 +77,33 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             .route("/destinations", web::get().to(list_destinations))
             .route("/destinations/{name}/pause", web::post().to(pause_destination))
             .route("/destinations/{name}/resume", web::post().to(resume_destination))
+            .route("/reload", web::post().to(reload))
             .default_service(web::to(crate::listener::not_found)),
     );
+}
+
+/// `POST /admin/api/reload`: what SIGHUP does ([`crate::reload`]), answered. The reload
+/// logs its own line, so a refusal is answered here without another.
+async fn reload(ctx: web::Data<AppContext>) -> HttpResponse {
+    use crate::reload::{Refused, Reloaded};
+    match ctx.live.reload("admin API").await {
+        Ok(Reloaded { changed }) => {
+            HttpResponse::Ok().json(json!({ "status": "reloaded", "changed": changed }))
+        }
+        Err(refused) => {
+            let (status, code) = match &refused {
+                Refused::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_configuration"),
+                Refused::NeedsRestart(_) => (StatusCode::CONFLICT, "needs_restart"),
+                Refused::NoFile => (StatusCode::CONFLICT, "no_configuration_file"),
+            };
+            let keys = match &refused {
+                Refused::NeedsRestart(keys) => keys.clone(),
+                _ => Vec::new(),
+            };
+            HttpResponse::build(status)
+                .json(json!({ "error": code, "message": refused.to_string(), "keys": keys }))
+        }
+    }
 }
 
 async fn redirect_to_dashboard() -> HttpResponse {

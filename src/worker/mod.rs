@@ -28,7 +28,7 @@ mod send;
 mod shared;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -48,20 +48,9 @@ use gate::{Admit, Gate, Intake, Transition, Verdict};
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = &ctx.config;
-    let targets = config
-        .destinations
-        .iter()
-        .map(|d| {
-            let target = send::Target {
-                url: reqwest::Url::parse(d.url.expose())
-                    .with_context(|| format!("destination {} url", d.name))?,
-                signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
-                    .with_context(|| format!("destination {} signing_secret", d.name))?,
-                timeout: d.timeout,
-            };
-            Ok((d.name.clone(), Arc::new(target)))
-        })
-        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    // Subscribed before the targets are built, so no reload falls between the two.
+    let mut live = ctx.live.subscribe();
+    let targets = targets(&live.borrow_and_update())?;
     // The lease of a claim: the longest destination timeout plus `worker.lease_margin`
     // (a row's destination is only known once claimed; the longest is always enough).
     // A crashed worker's delivery is retried once its lease has expired.
@@ -113,8 +102,9 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         ctx: ctx.clone(),
         client: send::client().context("building the HTTP client")?,
         permits: permits::FairPermits::new(config.worker.concurrency, config.destinations.len()),
-        targets,
+        targets: RwLock::new(targets),
     });
+    let reloads = tokio::spawn(follow_reloads(worker.clone(), live));
     let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
     let mut lanes = Vec::new();
@@ -159,12 +149,49 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let watcher = tokio::spawn(shared::watch_states(ctx.clone(), lanes, shutdown.clone()));
     let beats = tokio::spawn(shared::share_rate_limits(ctx.clone(), paced, shutdown.clone()));
     while destinations.join_next().await.is_some() {}
+    reloads.abort();
     let _ = tokio::join!(watcher, beats);
     batches_stop.cancel();
     for task in batchers {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Where and how each destination's deliveries are sent, as `config` says.
+fn targets(config: &crate::config::Config) -> anyhow::Result<HashMap<String, Arc<send::Target>>> {
+    config
+        .destinations
+        .iter()
+        .map(|d| {
+            let target = send::Target {
+                url: reqwest::Url::parse(d.url.expose())
+                    .with_context(|| format!("destination {} url", d.name))?,
+                signing_key: crate::signing::decode_whsec(d.signing_secret.expose())
+                    .with_context(|| format!("destination {} signing_secret", d.name))?,
+                timeout: d.timeout,
+            };
+            Ok((d.name.clone(), Arc::new(target)))
+        })
+        .collect()
+}
+
+/// Puts the destination URLs and signing secrets of each configuration a reload
+/// publishes in force for the requests that start after it (one in flight ends as it
+/// began); aborted when the role stops.
+async fn follow_reloads(
+    worker: Arc<Worker>,
+    mut live: tokio::sync::watch::Receiver<Arc<crate::config::Config>>,
+) {
+    while live.changed().await.is_ok() {
+        let config = live.borrow_and_update().clone();
+        match targets(&config) {
+            Ok(targets) => *worker.targets.write().unwrap_or_else(|e| e.into_inner()) = targets,
+            // The configuration was validated: this is relayd's own bug, and the
+            // targets in force stay.
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reloaded destinations not applied"),
+        }
+    }
 }
 
 /// Claims or records combined into one statement at most.
@@ -283,7 +310,8 @@ struct Worker {
     client: reqwest::Client,
     /// `worker.concurrency` across every destination.
     permits: permits::FairPermits,
-    targets: HashMap<String, Arc<send::Target>>,
+    /// Each destination's URL and signing key; replaced whole by a reload.
+    targets: RwLock<HashMap<String, Arc<send::Target>>>,
     /// Concurrent claims, combined into shared statements.
     claims: Batcher<Claims>,
     /// Concurrent outcome records, combined into shared statements.
@@ -448,7 +476,7 @@ impl Worker {
         };
         span.record("destination", claimed.destination.as_str());
         span.record("attempt", claimed.attempts);
-        let Some(target) = self.targets.get(&claimed.destination).cloned() else {
+        let Some(target) = self.target(&claimed.destination) else {
             // The destination was removed from the configuration: nothing can deliver it.
             let outcome = Outcome::Dead {
                 status_code: None,
@@ -583,11 +611,19 @@ impl Worker {
         lane.changed();
     }
 
+    /// Where `destination`'s deliveries go now.
+    fn target(&self, destination: &str) -> Option<Arc<send::Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(destination)
+            .cloned()
+    }
+
     /// Tries to take the open circuit's probe (one replica gets it per interval).
     async fn take_probe(&self, lane: &Lane) {
         let hold = self
-            .targets
-            .get(&lane.destination)
+            .target(&lane.destination)
             .map_or(Duration::ZERO, |t| t.timeout)
             + self.ctx.config.worker.lease_margin;
         let timeout = self.ctx.config.database.query_timeout;

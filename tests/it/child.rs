@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sink::Sink;
@@ -73,6 +74,8 @@ pub struct Process {
     /// The ingest address, when the process runs ingest.
     pub ingest: Option<String>,
     pub ops: String,
+    /// Every JSON log line it wrote after it started.
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Process {
@@ -105,6 +108,7 @@ impl Process {
             env,
             ingest: None,
             ops: String::new(),
+            logs: Arc::default(),
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -124,7 +128,14 @@ impl Process {
                 process.ingest = json["ingest"].as_str().filter(|a| *a != "-").map(String::from);
                 process.ops = json["ops"].as_str().unwrap_or_default().to_string();
                 // Keep draining stderr so the child never blocks on a full pipe.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
+                let logs = process.logs.clone();
+                std::thread::spawn(move || {
+                    while let Ok(line) = rx.recv() {
+                        if let Ok(json) = serde_json::from_str(&line) {
+                            logs.lock().unwrap().push(json);
+                        }
+                    }
+                });
                 return process;
             }
         }
@@ -142,6 +153,15 @@ impl Process {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The log lines with this message so far (JSON, fields at the top level).
+    pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter(|line| line["message"] == message)
+            .cloned()
+            .collect()
     }
 
     pub fn ops_url(&self, path: &str) -> String {

@@ -21,6 +21,7 @@ mod process;
 mod prometheus;
 mod providers;
 mod relay;
+mod reload;
 mod retention;
 mod sink;
 mod statements;

@@ -1,0 +1,404 @@
+//! Reloading the configuration of the real binary (SIGHUP and `POST /admin/api/reload`):
+//! a source's secret rotated, a source added, a destination's URL, signing secret and
+//! routing changed, all for new work while events keep arriving; an invalid file and a
+//! change only a restart can make are refused, and the running configuration stays.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::child::{config_file, Process};
+use crate::sink::{Behaviour, Received, Sink};
+use crate::support::{
+    self, stripe_event, stripe_signature, TestBroker, TestDb, DESTINATION_SECRET, STRIPE_SECRET,
+};
+
+const ADMIN_TOKEN: &str = "reload-admin-token-0123456789";
+const NEW_STRIPE_SECRET: &str = "whsec_rotated_secret_for_reload";
+const NEW_DESTINATION_SECRET: &str = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+
+/// One version of the test's configuration file.
+struct Version<'a> {
+    stripe_secrets: &'a [&'a str],
+    url: &'a str,
+    signing_secret: &'a str,
+    event_types: &'a [&'a str],
+    /// Appended as it is (more tables).
+    extra: &'a str,
+}
+
+fn write(base: &str, file: &support::TempFile, sink_url: &str, version: &Version) {
+    let quoted = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = base
+        .replace(
+            &format!("secrets = [\"{STRIPE_SECRET}\"]"),
+            &format!("secrets = [{}]", quoted(version.stripe_secrets)),
+        )
+        .replace(
+            &format!("url = \"{sink_url}\""),
+            &format!("url = {:?}", version.url),
+        )
+        .replace(
+            &format!("signing_secret = \"{DESTINATION_SECRET}\""),
+            &format!("signing_secret = {:?}", version.signing_secret),
+        );
+    let text = format!(
+        "{text}event_types = [{}]\n{}",
+        quoted(version.event_types),
+        version.extra
+    );
+    std::fs::write(&file.0, text).unwrap();
+}
+
+async fn post(
+    client: &reqwest::Client,
+    ingest: &str,
+    source: &str,
+    secret: &str,
+    id: &str,
+    event_type: &str,
+) -> u16 {
+    let body = stripe_event(id, event_type);
+    let request = client
+        .post(format!("http://{ingest}/webhooks/{source}"))
+        .body(body.clone());
+    let request = if source == "gh" {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let tag = hex::encode(ring::hmac::sign(&key, &body).as_ref());
+        request
+            .header("x-hub-signature-256", format!("sha256={tag}"))
+            .header("x-github-delivery", id)
+            .header("x-github-event", event_type)
+    } else {
+        request.header(
+            "stripe-signature",
+            stripe_signature(secret, support::now(), &body),
+        )
+    };
+    request.send().await.unwrap().status().as_u16()
+}
+
+async fn reload(client: &reqwest::Client, relayd: &Process) -> (u16, serde_json::Value) {
+    let answer = client
+        .post(relayd.ops_url("/admin/api/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+fn signed_with(request: &Received, secret: &str) -> bool {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &request.headers {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&request.body, &headers)
+        .is_ok()
+}
+
+/// Waits until the sink has a request for each of `ids`.
+async fn wait_for_ids(sink: &Sink, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received: std::collections::HashSet<String> =
+            sink.received().iter().map(Received::event_id).collect();
+        let missing: Vec<&String> = ids.iter().filter(|id| !received.contains(*id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_and_loses_nothing() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let first = Sink::start(Behaviour::Succeed).await;
+    let second = Sink::start(Behaviour::Succeed).await;
+    let base = std::fs::read_to_string(&config_file(&db, &broker, &first).0)
+        .unwrap()
+        .replace("relayd::cmd=info", "relayd::cmd=info,relayd::reload=info")
+        .replace(
+            "[ops]\nlisten = \"127.0.0.1:0\"",
+            &format!("[ops]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\""),
+        );
+    assert!(base.contains(ADMIN_TOKEN));
+    let file = support::temp_file(&base);
+    let before = Version {
+        stripe_secrets: &[STRIPE_SECRET],
+        url: &first.url,
+        signing_secret: DESTINATION_SECRET,
+        event_types: &["invoice.*"],
+        extra: "",
+    };
+    write(&base, &file, &first.url, &before);
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            STRIPE_SECRET,
+            "evt_before",
+            "invoice.paid"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            NEW_STRIPE_SECRET,
+            "evt_new_too_early",
+            "invoice.paid"
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post(&client, &ingest, "gh", "gh-secret", "gh_too_early", "push").await,
+        404
+    );
+    wait_for_ids(&first, &["evt_before".into()]).await;
+
+    // Events keep arriving, signed with the secret both configurations accept, while
+    // the new one (rotation overlap, a new source, a new URL, secret and route) is put
+    // in force through the admin API.
+    let sender = {
+        let (client, ingest) = (client.clone(), ingest.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..150 {
+                let id = format!("evt_during_{i}");
+                assert_eq!(
+                    post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+                    200,
+                    "{id}"
+                );
+                ids.push(id);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ids
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gh_source = "[[sources]]\nname = \"gh\"\nkind = \"github\"\nsecrets = [\"gh-secret\"]\n";
+    let overlap = Version {
+        stripe_secrets: &[NEW_STRIPE_SECRET, STRIPE_SECRET],
+        url: &second.url,
+        signing_secret: NEW_DESTINATION_SECRET,
+        event_types: &["invoice.*", "charge.*", "push"],
+        extra: gh_source,
+    };
+    write(&base, &file, &first.url, &overlap);
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "reloaded");
+    assert_eq!(
+        answer["changed"],
+        serde_json::json!([
+            "destinations.sink.url",
+            "destinations.sink.signing_secret",
+            "destinations.sink.event_types",
+            "sources.stripe",
+            "sources.gh (added)",
+        ])
+    );
+    let during = sender.await.unwrap();
+    // Every event accepted while reloading was delivered, to one URL or the other.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: std::collections::HashSet<String> = first
+            .received()
+            .iter()
+            .chain(&second.received())
+            .map(Received::event_id)
+            .collect();
+        let lost = during.iter().filter(|id| !delivered.contains(*id)).count();
+        if lost == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lost while reloading: {lost} of {}",
+            during.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // New work follows the new configuration.
+    for (source, secret, id, event_type) in [
+        (
+            "stripe",
+            NEW_STRIPE_SECRET,
+            "evt_after_new_secret",
+            "invoice.paid",
+        ),
+        ("stripe", STRIPE_SECRET, "evt_after_old_secret", "invoice.paid"),
+        (
+            "stripe",
+            NEW_STRIPE_SECRET,
+            "evt_newly_routed",
+            "charge.succeeded",
+        ),
+        ("gh", "gh-secret", "gh_after", "push"),
+    ] {
+        assert_eq!(
+            post(&client, &ingest, source, secret, id, event_type).await,
+            200,
+            "{id}"
+        );
+    }
+    let after = [
+        "evt_after_new_secret",
+        "evt_after_old_secret",
+        "evt_newly_routed",
+        "gh_after",
+    ]
+    .map(String::from);
+    wait_for_ids(&second, &after).await;
+    for request in second.received() {
+        assert!(
+            signed_with(&request, NEW_DESTINATION_SECRET),
+            "signed with the new secret"
+        );
+        assert!(
+            !signed_with(&request, DESTINATION_SECRET),
+            "and not with the old one"
+        );
+    }
+    assert!(
+        !first.received().iter().any(|r| after.contains(&r.event_id())),
+        "nothing new goes to the old URL"
+    );
+
+    // The rotation ends (by SIGHUP): the old secret is refused from now on.
+    let rotated = Version {
+        stripe_secrets: &[NEW_STRIPE_SECRET],
+        ..overlap
+    };
+    write(&base, &file, &first.url, &rotated);
+    relayd.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(
+        &client,
+        &ingest,
+        "stripe",
+        STRIPE_SECRET,
+        "evt_old_secret_refused",
+        "invoice.paid",
+    )
+    .await
+        != 400
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old secret is still accepted after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = relayd.logged("configuration reloaded");
+    assert!(
+        logged
+            .iter()
+            .any(|l| l["by"] == "SIGHUP" && l["changed"] == "sources.stripe"),
+        "{logged:?}"
+    );
+
+    // An invalid file is refused with check-config's error; the old one keeps running.
+    let invalid = Version {
+        url: "not a url",
+        ..rotated
+    };
+    write(&base, &file, &first.url, &invalid);
+    let check = Command::new(support::relayd_binary())
+        .args(["check-config", "--config"])
+        .arg(&file.0)
+        .env_remove("RELAYD_ROLE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    let check_line = stderr.trim().strip_prefix("relayd: error: ").unwrap();
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "invalid_configuration");
+    assert_eq!(answer["message"], check_line);
+    relayd.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relayd
+        .logged("configuration reload refused; the running configuration stays")
+        .iter()
+        .any(|l| l["by"] == "SIGHUP")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refused SIGHUP reload was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // So is a change only a restart can make, naming it.
+    let added_destination = format!(
+        "[[destinations]]\nname = \"crm\"\nurl = \"{}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\n",
+        first.url
+    );
+    let restart_only = Version {
+        extra: &format!("{gh_source}{added_destination}"),
+        ..rotated
+    };
+    write(&base, &file, &first.url, &restart_only);
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"], "needs_restart");
+    assert_eq!(
+        answer["keys"],
+        serde_json::json!(["destinations (adding \"crm\")"])
+    );
+
+    // Through both refusals the reloaded configuration kept working.
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            NEW_STRIPE_SECRET,
+            "evt_still_running",
+            "invoice.paid"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            STRIPE_SECRET,
+            "evt_still_refused",
+            "invoice.paid"
+        )
+        .await,
+        400
+    );
+    wait_for_ids(&second, &["evt_still_running".into()]).await;
+    assert!(relayd.terminate().success());
+}
