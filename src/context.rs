@@ -58,8 +58,9 @@ pub struct AppContext {
     /// Progress of the roles' loops, for `/healthz`.
     pub liveness: Liveness,
     pub metrics: Metrics,
-    /// The configuration as reloads change it; `config` is the one the process started
-    /// with, which holds for everything a reload cannot change.
+    /// The configuration as reloads change it. `config` is the one the process started
+    /// with: right for every section a reload cannot change, but its `sources` and
+    /// `destinations` may be out of date — read those from here.
     pub live: crate::reload::Live,
 }
 

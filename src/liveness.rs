@@ -26,6 +26,14 @@ impl Liveness {
         }
     }
 
+    /// `part` has stopped for good (a destination's consume loop after a reload
+    /// removed it): it can no longer stall.
+    pub fn forget(&self, part: &str) {
+        if let Ok(mut beats) = self.beats.lock() {
+            beats.remove(part);
+        }
+    }
+
     /// Every part that has made no progress for longer than `stall`, with how long.
     pub fn stalled(&self, stall: Duration) -> Vec<(String, Duration)> {
         let now = Instant::now();

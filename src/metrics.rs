@@ -315,6 +315,22 @@ impl Metrics {
         drop(self.rate_limited.get_or_create(&label));
     }
 
+    /// A reload removed `destination` from this worker: its gauges go (a stale state
+    /// would keep an alert firing); its counters stay, unchanging.
+    pub fn destination_removed(&self, destination: &str) {
+        let label = DestinationLabel {
+            destination: destination.into(),
+        };
+        self.in_flight_limit.remove(&label);
+        self.in_flight.remove(&label);
+        for state in DESTINATION_STATES {
+            self.destination_state.remove(&DestinationState {
+                destination: destination.into(),
+                state,
+            });
+        }
+    }
+
     /// The retention counter of `kind` exists from the relay's start, at zero (see the
     /// module header).
     pub fn retention_started(&self, kind: &str) {

@@ -5,8 +5,10 @@
 //! one-line error, and a change this version cannot apply to a running process is
 //! refused naming its keys. Either way the running configuration stays as it was.
 //! Otherwise the new configuration is published on a watch channel, and each role
-//! applies it to new work (ingest: sources, their secrets and settings, routing; worker:
-//! destination URLs and signing secrets); work in flight finishes as it began.
+//! applies it to new work (ingest: sources, their secrets and settings, routing; relay:
+//! the queues of added destinations; worker: destination URLs and signing secrets, and
+//! for added, removed or reshaped destinations a restart of its consume loops in place,
+//! [`reshapes_workers`]); work in flight finishes as it began.
 //! Nothing here owns a task: the roles' own tasks watch [`Live::subscribe`].
 
 use std::path::PathBuf;
@@ -57,6 +59,11 @@ impl Live {
     /// Reloads read `path` (`--config` as given at startup) again.
     pub fn reload_from(&self, path: Option<PathBuf>) {
         *self.from.lock().expect("reload path lock") = Some(path);
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<Config> {
+        self.current.borrow().clone()
     }
 
     /// The configuration in force now, and each one a reload puts in force.
@@ -146,42 +153,39 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
         }
     }
 
-    let old_names: Vec<&str> = old.destinations.iter().map(|d| d.name.as_str()).collect();
-    let new_names: Vec<&str> = new.destinations.iter().map(|d| d.name.as_str()).collect();
-    for name in new_names.iter().filter(|n| !old_names.contains(n)) {
-        restart.push(format!("destinations (adding {name:?})"));
-    }
-    for name in old_names.iter().filter(|n| !new_names.contains(n)) {
-        restart.push(format!("destinations (removing {name:?})"));
+    if !restart.is_empty() {
+        return Err(restart);
     }
 
     let mut changed = Vec::new();
     for destination in &new.destinations {
         let Some(before) = old.destinations.iter().find(|d| d.name == destination.name) else {
+            changed.push(format!("destinations.{} (added)", destination.name));
             continue;
         };
         let key = |field: &str| format!("destinations.{}.{field}", destination.name);
-        let (fixed_before, fixed_after) = (restart_fields(before), restart_fields(destination));
-        for (field, value) in &fixed_before {
-            if fixed_after.get(field) != Some(value) {
-                restart.push(key(field));
-            }
-        }
         if before.url.expose() != destination.url.expose() {
             changed.push(key("url"));
         }
         if before.signing_secret.expose() != destination.signing_secret.expose() {
             changed.push(key("signing_secret"));
         }
-        if before.sources != destination.sources {
-            changed.push(key("sources"));
+        let (shape_before, shape_after) = (shape(before), shape(destination));
+        for (field, value) in &shape_after {
+            if shape_before.get(field) != Some(value) {
+                changed.push(key(field));
+            }
         }
-        if before.event_types != destination.event_types {
-            changed.push(key("event_types"));
+        for field in shape_before.keys().filter(|f| !shape_after.contains_key(*f)) {
+            changed.push(key(field));
         }
     }
-    if !restart.is_empty() {
-        return Err(restart);
+    for destination in old
+        .destinations
+        .iter()
+        .filter(|d| !new.destinations.iter().any(|n| n.name == d.name))
+    {
+        changed.push(format!("destinations.{} (removed)", destination.name));
     }
 
     for source in &new.sources {
@@ -201,14 +205,34 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
     Ok(changed)
 }
 
-/// A destination's settings that only a restart applies: everything but `url`,
-/// `signing_secret`, `sources` and `event_types`.
-fn restart_fields(destination: &DestinationConfig) -> toml::Table {
+/// A destination's settings apart from its secrets (which serialize redacted):
+/// routing (`sources`, `event_types`) and how its deliveries flow.
+fn shape(destination: &DestinationConfig) -> toml::Table {
     let mut table = toml::Table::try_from(destination).unwrap_or_default();
-    for live in ["url", "signing_secret", "sources", "event_types"] {
-        table.remove(live);
+    for secret in ["url", "signing_secret"] {
+        table.remove(secret);
     }
     table
+}
+
+/// Whether the worker's consume loops must be started again to apply `new`: a
+/// destination was added or removed, or one's flow settings changed (its limits,
+/// timeout, breaker, rate limit, ordering). URLs, signing secrets and routing apply
+/// without that.
+pub fn reshapes_workers(old: &Config, new: &Config) -> bool {
+    let flow = |c: &Config| -> Vec<(String, toml::Table)> {
+        c.destinations
+            .iter()
+            .map(|d| {
+                let mut table = shape(d);
+                for routing in ["sources", "event_types"] {
+                    table.remove(routing);
+                }
+                (d.name.clone(), table)
+            })
+            .collect()
+    };
+    flow(old) != flow(new)
 }
 
 fn same_source(a: &crate::config::SourceConfig, b: &crate::config::SourceConfig) -> bool {
@@ -267,31 +291,40 @@ mod tests {
     }
 
     #[test]
+    fn destinations_are_added_removed_and_reshaped_live_and_the_worker_restarts_for_it() {
+        let old = base();
+        let mut new = base();
+        new.destinations[0].max_in_flight = 3;
+        new.destinations.push(DestinationConfig {
+            name: "crm".into(),
+            ..new.destinations[0].clone()
+        });
+        assert_eq!(
+            live_changes(&old, &new).unwrap(),
+            ["destinations.billing.max_in_flight", "destinations.crm (added)"]
+        );
+        assert!(reshapes_workers(&old, &new));
+        let mut removed = base();
+        removed.destinations.clear();
+        assert_eq!(
+            live_changes(&old, &removed).unwrap(),
+            ["destinations.billing (removed)"]
+        );
+        assert!(reshapes_workers(&old, &removed));
+        // Routing, URLs and signing secrets reach the running loops without a restart.
+        let mut rerouted = base();
+        rerouted.destinations[0].event_types = vec!["invoice.*".into()];
+        rerouted.destinations[0].url = Secret::new("http://127.0.0.1:3/c");
+        assert!(!reshapes_workers(&old, &rerouted));
+    }
+
+    #[test]
     fn what_a_running_process_cannot_change_is_named_and_refused() {
         let old = base();
         let mut new = base();
         new.worker.concurrency = 7;
         new.database.url = Secret::new("postgres://postgres:other@127.0.0.1:5432/relayd");
         new.destinations[0].max_in_flight = 3;
-        new.destinations.push(DestinationConfig {
-            name: "crm".into(),
-            ..new.destinations[0].clone()
-        });
-        let refused = live_changes(&old, &new).unwrap_err();
-        assert_eq!(
-            refused,
-            [
-                "worker",
-                "database.url",
-                "destinations (adding \"crm\")",
-                "destinations.billing.max_in_flight",
-            ]
-        );
-        let mut removed = base();
-        removed.destinations.clear();
-        assert_eq!(
-            live_changes(&old, &removed).unwrap_err(),
-            ["destinations (removing \"billing\")"]
-        );
+        assert_eq!(live_changes(&old, &new).unwrap_err(), ["worker", "database.url"]);
     }
 }

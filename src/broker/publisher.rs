@@ -52,6 +52,7 @@ enum Command {
         destinations: Vec<String>,
         reply: oneshot::Sender<Result<HashMap<String, u32>, Error>>,
     },
+    Redeclare(Topology),
 }
 
 /// The async handle of a publisher thread. Cheap to clone; the thread stops when the
@@ -125,6 +126,14 @@ impl Publisher {
         answer
             .await
             .unwrap_or_else(|_| vec![Err(Error::NotConnected); count])
+    }
+
+    /// Declares `topology` (a reload added destinations) now on a fresh channel, and on
+    /// every reconnect from now on. Failing, the session is reopened as after any
+    /// failure; until a destination's queue exists its messages are returned, so their
+    /// rows stay pending and are published again.
+    pub fn redeclare(&self, topology: Topology) {
+        let _ = self.commands.send(Command::Redeclare(topology));
     }
 
     /// The number of ready (not yet delivered) messages in each destination's queue,
@@ -269,6 +278,14 @@ impl PublisherThread {
                 }
                 Ok(Command::ReadyCounts { destinations, reply }) => {
                     let _ = reply.send(self.ready_counts(&destinations));
+                }
+                Ok(Command::Redeclare(topology)) => {
+                    self.topology = topology;
+                    if let Some(session) = &mut self.session {
+                        if let Err(e) = session.reopen_channel(&self.topology) {
+                            self.drop_session(&e);
+                        }
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.check_liveness(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -107,6 +107,9 @@ async fn follow_reloads(state: web::Data<IngestState>, mut live: watch::Receiver
         for source in &config.sources {
             state.ctx.metrics.source_started(&source.name);
         }
+        for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
+            state.ctx.metrics.ordered_destination_started(&destination.name);
+        }
         *state.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(&config));
     }
 }
@@ -148,7 +151,7 @@ pub async fn run(
     for source in &in_force.sources {
         ctx.metrics.source_started(&source.name);
     }
-    for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
+    for destination in in_force.destinations.iter().filter(|d| d.ordering.is_some()) {
         ctx.metrics.ordered_destination_started(&destination.name);
     }
     let state = web::Data::new(IngestState {

@@ -243,10 +243,11 @@ struct DestinationView {
 async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<DestinationView>, ApiError> {
     let mut conn = connection(ctx).await?;
     let overviews = destinations::overview(&mut conn, names).await.map_err(storage)?;
+    let config = ctx.live.current();
     Ok(overviews
         .into_iter()
         .map(|overview| {
-            let config = ctx.config.destinations.iter().find(|d| d.name == overview.name);
+            let config = config.destinations.iter().find(|d| d.name == overview.name);
             DestinationView {
                 in_flight_limit: ctx.metrics.current_in_flight_limit(&overview.name),
                 max_in_flight: config.map_or(0, |d| d.max_in_flight),
@@ -258,14 +259,21 @@ async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<Des
 }
 
 async fn list_destinations(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
-    let names: Vec<String> = ctx.config.destinations.iter().map(|d| d.name.clone()).collect();
+    let names: Vec<String> = ctx
+        .live
+        .current()
+        .destinations
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
     let items = destination_views(&ctx, &names).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
 /// The configured destination `name`, or 404.
 fn configured(ctx: &AppContext, name: &str) -> Result<String, ApiError> {
-    ctx.config
+    ctx.live
+        .current()
         .destinations
         .iter()
         .find(|d| d.name == name)

@@ -29,12 +29,11 @@ use isolate::Isolation;
 
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let topology = Topology::new(
-        &ctx.config.broker,
-        ctx.config.destinations.iter().map(|d| d.name.clone()),
-    );
+    let mut live = ctx.live.subscribe();
+    let topology = topology_of(&live.borrow_and_update());
     let publisher = Publisher::start(&ctx.config.broker, topology, ctx.broker_health.clone())
         .context("starting the publisher")?;
+    let reloads = tokio::spawn(declare_reloaded_destinations(publisher.clone(), live));
     let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
     let listener = tokio::spawn(crate::wake::listen(
         ctx.wake.clone(),
@@ -110,9 +109,34 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
             }
         }
     }
+    // It holds a handle of the publisher, whose thread stops with the last one.
+    reloads.abort();
     let _ = listener.await;
     let _ = pruner.await;
     Ok(())
+}
+
+/// The broker names for the destinations `config` has.
+fn topology_of(config: &crate::config::Config) -> Topology {
+    Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()))
+}
+
+/// Declares the queues of the destinations each reload adds (the worker declares them
+/// too, but it may run in another process, and the relay publishes first); aborted
+/// when the role stops. A removed destination's queue stays in the broker with what
+/// it holds.
+async fn declare_reloaded_destinations(
+    publisher: Publisher,
+    mut live: tokio::sync::watch::Receiver<Arc<crate::config::Config>>,
+) {
+    let mut declared = topology_of(&live.borrow_and_update());
+    while live.changed().await.is_ok() {
+        let topology = topology_of(&live.borrow_and_update());
+        if topology.destinations() != declared.destinations() {
+            publisher.redeclare(topology.clone());
+            declared = topology;
+        }
+    }
 }
 
 /// How often the relay refreshes the outbox gauges (two index-backed queries).

@@ -17,7 +17,9 @@
 //! delivery's end hands its key on in that transaction ([`crate::db::ordering`]). A message
 //! whose outcome could not be recorded is requeued, never acked. On shutdown the
 //! consumers stop taking messages, in-flight deliveries get the grace period to finish
-//! and be recorded, and whatever is left unacked is redelivered by the broker.
+//! and be recorded, and whatever is left unacked is redelivered by the broker. A reload
+//! ([`crate::reload`]) that adds, removes or reshapes destinations stops the consume
+//! loops the same way and starts them again with the new configuration, in place.
 
 mod concurrency;
 mod gate;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broker::{headers, Consumer, IncomingMessage, Topology};
+use crate::config::Config;
 use crate::context::AppContext;
 use crate::db::attempts::NewAttempt;
 use crate::db::batch::{self, BatchError, Batcher};
@@ -45,12 +48,52 @@ use crate::db::destinations::{self, State};
 use concurrency::{AdaptiveLimit, Signal};
 use gate::{Admit, Gate, Intake, Transition, Verdict};
 
-/// Runs the worker until `shutdown` is cancelled.
+/// Runs the worker until `shutdown` is cancelled; when a reload adds, removes or
+/// reshapes destinations ([`crate::reload::reshapes_workers`]), its consume loops are
+/// stopped as on shutdown and started again with the new configuration.
 pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = &ctx.config;
-    // Subscribed before the targets are built, so no reload falls between the two.
     let mut live = ctx.live.subscribe();
-    let targets = targets(&live.borrow_and_update())?;
+    let mut config = live.borrow_and_update().clone();
+    loop {
+        let generation = shutdown.child_token();
+        let mut running = tokio::spawn(run_with(ctx.clone(), config.clone(), generation.clone()));
+        let next = loop {
+            tokio::select! {
+                ended = &mut running => return ended.context("the worker task failed")?,
+                changed = live.changed() => {
+                    if changed.is_err() {
+                        return running.await.context("the worker task failed")?;
+                    }
+                    let next = live.borrow_and_update().clone();
+                    if crate::reload::reshapes_workers(&config, &next) {
+                        break next;
+                    }
+                }
+            }
+        };
+        tracing::info!("destinations changed: restarting the consume loops");
+        generation.cancel();
+        running.await.context("the worker task failed")??;
+        for gone in config
+            .destinations
+            .iter()
+            .filter(|d| !next.destinations.iter().any(|n| n.name == d.name))
+        {
+            ctx.metrics.destination_removed(&gone.name);
+        }
+        config = next;
+    }
+}
+
+/// The worker for one configuration, until `shutdown`.
+async fn run_with(
+    ctx: Arc<AppContext>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = &*config;
+    let live = ctx.live.subscribe();
+    let targets = targets(config)?;
     // The lease of a claim: the longest destination timeout plus `worker.lease_margin`
     // (a row's destination is only known once claimed; the longest is always enough).
     // A crashed worker's delivery is retried once its lease has expired.
@@ -159,7 +202,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
 }
 
 /// Where and how each destination's deliveries are sent, as `config` says.
-fn targets(config: &crate::config::Config) -> anyhow::Result<HashMap<String, Arc<send::Target>>> {
+fn targets(config: &Config) -> anyhow::Result<HashMap<String, Arc<send::Target>>> {
     config
         .destinations
         .iter()
@@ -179,14 +222,19 @@ fn targets(config: &crate::config::Config) -> anyhow::Result<HashMap<String, Arc
 /// Puts the destination URLs and signing secrets of each configuration a reload
 /// publishes in force for the requests that start after it (one in flight ends as it
 /// began); aborted when the role stops.
-async fn follow_reloads(
-    worker: Arc<Worker>,
-    mut live: tokio::sync::watch::Receiver<Arc<crate::config::Config>>,
-) {
+async fn follow_reloads(worker: Arc<Worker>, mut live: tokio::sync::watch::Receiver<Arc<Config>>) {
+    // What changed since this worker's configuration was read, too.
+    live.mark_changed();
     while live.changed().await.is_ok() {
         let config = live.borrow_and_update().clone();
         match targets(&config) {
-            Ok(targets) => *worker.targets.write().unwrap_or_else(|e| e.into_inner()) = targets,
+            // A destination that is gone keeps its target until its loop has stopped
+            // (a restart in place follows): its deliveries in flight are not orphaned.
+            Ok(targets) => worker
+                .targets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(targets),
             // The configuration was validated: this is relayd's own bug, and the
             // targets in force stay.
             Err(e) => tracing::error!(error = %format!("{e:#}"), "reloaded destinations not applied"),
@@ -387,6 +435,8 @@ async fn consume(worker: Arc<Worker>, mut consumer: Consumer, lane: Arc<Lane>, s
     if drained.is_err() {
         tracing::warn!("grace period over: unfinished deliveries stay unacked and will be redelivered");
     }
+    // A loop started again (a reload) beats anew; one whose destination is gone is over.
+    worker.ctx.liveness.forget(&part);
 }
 
 /// The parts of a message a delivery needs.

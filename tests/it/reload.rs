@@ -1,7 +1,8 @@
 //! Reloading the configuration of the real binary (SIGHUP and `POST /admin/api/reload`):
 //! a source's secret rotated, a source added, a destination's URL, signing secret and
-//! routing changed, all for new work while events keep arriving; an invalid file and a
-//! change only a restart can make are refused, and the running configuration stays.
+//! routing changed, destinations added and removed, all for new work while events keep
+//! arriving; an invalid file and a change only a restart can make are refused, and the
+//! running configuration stays.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -357,22 +358,13 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     }
 
     // So is a change only a restart can make, naming it.
-    let added_destination = format!(
-        "[[destinations]]\nname = \"crm\"\nurl = \"{}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\n",
-        first.url
-    );
-    let restart_only = Version {
-        extra: &format!("{gh_source}{added_destination}"),
-        ..rotated
-    };
-    write(&base, &file, &first.url, &restart_only);
+    let restart_only = base.replace("poll_interval = \"200ms\"", "poll_interval = \"300ms\"");
+    assert_ne!(restart_only, base);
+    write(&restart_only, &file, &first.url, &rotated);
     let (status, answer) = reload(&client, &relayd).await;
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["error"], "needs_restart");
-    assert_eq!(
-        answer["keys"],
-        serde_json::json!(["destinations (adding \"crm\")"])
-    );
+    assert_eq!(answer["keys"], serde_json::json!(["relay"]));
 
     // Through both refusals the reloaded configuration kept working.
     assert_eq!(
@@ -400,5 +392,267 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
         400
     );
     wait_for_ids(&second, &["evt_still_running".into()]).await;
+    assert!(relayd.terminate().success());
+}
+
+async fn admin_get(client: &reqwest::Client, relayd: &Process, path: &str) -> serde_json::Value {
+    let answer = client
+        .get(relayd.ops_url(&format!("/admin/api{path}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.json().await.unwrap()
+}
+
+/// The status of `destination`'s delivery of the event whose provider id is `event_id`.
+async fn delivery_status(db: &TestDb, destination: &str, event_id: &str) -> Vec<String> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use relayd::db::schema::{deliveries, events};
+    let mut conn = db.connect().await;
+    deliveries::table
+        .inner_join(events::table)
+        .filter(events::event_id.eq(event_id))
+        .filter(deliveries::destination.eq(destination))
+        .select(deliveries::status)
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn wait_status(db: &TestDb, destination: &str, event_id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = delivery_status(db, destination, event_id).await;
+        if now == [status] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{destination} delivery of {event_id}: {now:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what_is_undelivered() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink", "crm"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let failing = Sink::start(Behaviour::AlwaysFail { status: 503 }).await;
+    let working = Sink::start(Behaviour::Succeed).await;
+    let base = std::fs::read_to_string(&config_file(&db, &broker, &sink).0)
+        .unwrap()
+        .replace(
+            "[ops]\nlisten = \"127.0.0.1:0\"",
+            &format!("[ops]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\""),
+        );
+    let file = support::temp_file(&base);
+    let only_sink = Version {
+        stripe_secrets: &[STRIPE_SECRET],
+        url: &sink.url,
+        signing_secret: DESTINATION_SECRET,
+        event_types: &[],
+        extra: "",
+    };
+    write(&base, &file, &sink.url, &only_sink);
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+    let crm = |url: &str| {
+        format!("[[destinations]]\nname = \"crm\"\nurl = \"{url}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\nevent_types = [\"charge.*\"]\n")
+    };
+    let sender = |prefix: &'static str| {
+        let (client, ingest) = (client.clone(), ingest.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..100 {
+                let id = format!("{prefix}_{i}");
+                assert_eq!(
+                    post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+                    200,
+                    "{id}"
+                );
+                ids.push(id);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ids
+        })
+    };
+
+    // Added while events keep flowing to the other destination: the worker's loops
+    // start again in place, and none of those events is lost.
+    let flowing = sender("evt_while_adding");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let with_crm = crm(&failing.url);
+    write(
+        &base,
+        &file,
+        &sink.url,
+        &Version {
+            extra: &with_crm,
+            ..only_sink
+        },
+    );
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], serde_json::json!(["destinations.crm (added)"]));
+    wait_for_ids(&sink, &flowing.await.unwrap()).await;
+    let listed = admin_get(&client, &relayd, "/destinations").await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "crm"),
+        "{listed}"
+    );
+
+    // Routed to it from now on, sent to it (its queue was declared on reload), and dead
+    // after its retries, since it answers 503.
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            STRIPE_SECRET,
+            "evt_for_crm",
+            "charge.refunded"
+        )
+        .await,
+        200
+    );
+    wait_for_ids(&failing, &["evt_for_crm".into()]).await;
+    wait_status(&db, "crm", "evt_for_crm", "dead").await;
+
+    // Removed while events flow: nothing new is routed to it, and its undelivered
+    // delivery stays visible and replayable.
+    let flowing = sender("evt_while_removing");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write(&base, &file, &sink.url, &only_sink);
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["changed"],
+        serde_json::json!(["destinations.crm (removed)"])
+    );
+    wait_for_ids(&sink, &flowing.await.unwrap()).await;
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            STRIPE_SECRET,
+            "evt_after_crm",
+            "charge.refunded"
+        )
+        .await,
+        200
+    );
+    wait_for_ids(&sink, &["evt_after_crm".into()]).await;
+    assert!(
+        delivery_status(&db, "crm", "evt_after_crm").await.is_empty(),
+        "routed to a removed destination"
+    );
+    let listed = admin_get(&client, &relayd, "/destinations").await;
+    assert!(
+        !listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "crm"),
+        "{listed}"
+    );
+    let dead = admin_get(&client, &relayd, "/deliveries?destination=crm&status=dead").await;
+    assert_eq!(dead["items"].as_array().unwrap().len(), 1, "{dead}");
+    let replayed = client
+        .post(relayd.ops_url("/admin/api/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "destination": "crm" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 200);
+    assert_eq!(replayed.json::<serde_json::Value>().await.unwrap()["replayed"], 1);
+    // Published to its queue, where it waits: no loop consumes a removed destination.
+    wait_status(&db, "crm", "evt_for_crm", "queued").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(delivery_status(&db, "crm", "evt_for_crm").await, ["queued"]);
+
+    // Configured again, at a URL that answers: what waited is delivered.
+    let crm_back = crm(&working.url);
+    write(
+        &base,
+        &file,
+        &sink.url,
+        &Version {
+            extra: &crm_back,
+            ..only_sink
+        },
+    );
+    relayd.signal("HUP");
+    wait_for_ids(&working, &["evt_for_crm".into()]).await;
+    wait_status(&db, "crm", "evt_for_crm", "delivered").await;
+    let health = client.get(relayd.ops_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(relayd.terminate().success());
+}
+
+#[tokio::test]
+async fn a_relay_declares_the_queue_of_a_destination_added_by_reload() {
+    // Without a worker beside it to declare the new queue: the relay's publishes of
+    // the new destination's rows are confirmed only once it has declared it.
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink", "crm"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let base = std::fs::read_to_string(&config_file(&db, &broker, &sink).0).unwrap();
+    let file = support::temp_file(&base);
+    let only_sink = Version {
+        stripe_secrets: &[STRIPE_SECRET],
+        url: &sink.url,
+        signing_secret: DESTINATION_SECRET,
+        event_types: &[],
+        extra: "",
+    };
+    write(&base, &file, &sink.url, &only_sink);
+    let relayd = Process::start(&file, "ingest,relay");
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+    let crm = format!(
+        "[[destinations]]\nname = \"crm\"\nurl = \"{}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\n",
+        sink.url
+    );
+    write(
+        &base,
+        &file,
+        &sink.url,
+        &Version {
+            extra: &crm,
+            ..only_sink
+        },
+    );
+    relayd.signal("HUP");
+    // SIGHUP's reload is done when new events are routed to crm.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut routed = None;
+    for i in 0.. {
+        let id = format!("evt_probe_route_{i}");
+        assert_eq!(
+            post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+            200
+        );
+        if !delivery_status(&db, "crm", &id).await.is_empty() {
+            routed = Some(id);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never routed to crm");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_status(&db, "crm", &routed.unwrap(), "queued").await;
     assert!(relayd.terminate().success());
 }
