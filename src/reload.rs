@@ -120,8 +120,9 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
     // Sections read once at startup (listeners, pools, broker connections, loops).
     let sections = |c: &Config| {
         let mut table = toml::Table::try_from(c).unwrap_or_default();
-        table.remove("sources");
-        table.remove("destinations");
+        for live in ["sources", "destinations", "worker"] {
+            table.remove(live);
+        }
         table
     };
     let (old_sections, new_sections) = (sections(old), sections(new));
@@ -158,6 +159,13 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
     }
 
     let mut changed = Vec::new();
+    let worker = |c: &Config| toml::Table::try_from(&c.worker).unwrap_or_default();
+    let (worker_before, worker_after) = (worker(old), worker(new));
+    for (key, value) in &worker_after {
+        if worker_before.get(key) != Some(value) {
+            changed.push(format!("worker.{key}"));
+        }
+    }
     for destination in &new.destinations {
         let Some(before) = old.destinations.iter().find(|d| d.name == destination.name) else {
             changed.push(format!("destinations.{} (added)", destination.name));
@@ -216,8 +224,8 @@ fn shape(destination: &DestinationConfig) -> toml::Table {
 }
 
 /// Whether the worker's consume loops must be started again to apply `new`: a
-/// destination was added or removed, or one's flow settings changed (its limits,
-/// timeout, breaker, rate limit, ordering). URLs, signing secrets and routing apply
+/// destination was added or removed, one's flow settings changed (its limits,
+/// timeout, breaker, rate limit, ordering), or `[worker]` did. URLs, signing secrets and routing apply
 /// without that.
 pub fn reshapes_workers(old: &Config, new: &Config) -> bool {
     let flow = |c: &Config| -> Vec<(String, toml::Table)> {
@@ -233,6 +241,7 @@ pub fn reshapes_workers(old: &Config, new: &Config) -> bool {
             .collect()
     };
     flow(old) != flow(new)
+        || toml::Table::try_from(&old.worker).ok() != toml::Table::try_from(&new.worker).ok()
 }
 
 fn same_source(a: &crate::config::SourceConfig, b: &crate::config::SourceConfig) -> bool {
@@ -322,9 +331,18 @@ mod tests {
     fn what_a_running_process_cannot_change_is_named_and_refused() {
         let old = base();
         let mut new = base();
-        new.worker.concurrency = 7;
+        new.relay.batch_size = 7;
         new.database.url = Secret::new("postgres://postgres:other@127.0.0.1:5432/relayd");
         new.destinations[0].max_in_flight = 3;
-        assert_eq!(live_changes(&old, &new).unwrap_err(), ["worker", "database.url"]);
+        assert_eq!(live_changes(&old, &new).unwrap_err(), ["relay", "database.url"]);
+    }
+
+    #[test]
+    fn the_worker_section_changes_live_by_restarting_the_consume_loops() {
+        let old = base();
+        let mut new = base();
+        new.worker.concurrency = 7;
+        assert_eq!(live_changes(&old, &new).unwrap(), ["worker.concurrency"]);
+        assert!(reshapes_workers(&old, &new));
     }
 }

@@ -143,6 +143,7 @@ async fn run_with(
         claims,
         records,
         ctx: ctx.clone(),
+        settings: config.worker.clone(),
         client: send::client().context("building the HTTP client")?,
         permits: permits::FairPermits::new(config.worker.concurrency, config.destinations.len()),
         targets: RwLock::new(targets),
@@ -355,6 +356,9 @@ const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Worker {
     ctx: Arc<AppContext>,
+    /// `[worker]` as this run's configuration says (a reload that changes it restarts
+    /// the run).
+    settings: crate::config::WorkerConfig,
     client: reqwest::Client,
     /// `worker.concurrency` across every destination.
     permits: permits::FairPermits,
@@ -575,7 +579,7 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| format!("HTTP {}", status_code.unwrap_or(0))),
         };
-        let retry = &self.ctx.config.worker.retry;
+        let retry = &self.settings.retry;
         let outcome = match verdict {
             Verdict::Healthy => Outcome::Delivered {
                 status_code: status_code.unwrap_or(200),
@@ -675,7 +679,7 @@ impl Worker {
         let hold = self
             .target(&lane.destination)
             .map_or(Duration::ZERO, |t| t.timeout)
-            + self.ctx.config.worker.lease_margin;
+            + self.settings.lease_margin;
         let timeout = self.ctx.config.database.query_timeout;
         let taken = crate::db::with_connection(&self.ctx.pool, timeout, async |conn| {
             destinations::take_probe(conn, &lane.destination, hold).await

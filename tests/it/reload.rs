@@ -597,6 +597,40 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     relayd.signal("HUP");
     wait_for_ids(&working, &["evt_for_crm".into()]).await;
     wait_status(&db, "crm", "evt_for_crm", "delivered").await;
+
+    // `[worker]` too: the loops start again under the new concurrency.
+    let fewer = base.replace("lease_margin = \"1s\"", "lease_margin = \"1s\"\nconcurrency = 2");
+    assert_ne!(fewer, base);
+    write(
+        &fewer,
+        &file,
+        &sink.url,
+        &Version {
+            extra: &crm_back,
+            ..only_sink
+        },
+    );
+    let (status, answer) = reload(&client, &relayd).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], serde_json::json!(["worker.concurrency"]));
+    assert_eq!(
+        post(
+            &client,
+            &ingest,
+            "stripe",
+            STRIPE_SECRET,
+            "evt_fewer",
+            "invoice.paid"
+        )
+        .await,
+        200
+    );
+    wait_for_ids(&sink, &["evt_fewer".into()]).await;
+    let listed = admin_get(&client, &relayd, "/destinations").await;
+    for destination in listed["items"].as_array().unwrap() {
+        assert!(destination["in_flight_limit"].as_i64().unwrap() <= 2, "{listed}");
+    }
+
     let health = client.get(relayd.ops_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert!(relayd.terminate().success());
