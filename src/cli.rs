@@ -49,8 +49,10 @@ pub enum Command {
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
     /// Reset matching dead/delivered/retrying/quarantined/skipped deliveries to pending
-    /// with a fresh attempt budget (like POST /admin/api/replay), for operators with
-    /// database access; an ordered one not its key's turn waits at the end of its key.
+    /// with a fresh attempt budget, as a replay job worked here in pages (like POST
+    /// /admin/api/replays), printing its progress; for operators with database access.
+    /// Stopped, the job stays running and the relays finish it. An ordered delivery
+    /// not its key's turn waits at the end of its key.
     Replay(ReplayArgs),
     /// Skip one delivery (like POST /admin/api/deliveries/{id}/skip): it is never sent
     /// again, and an ordered delivery's key moves on to its next delivery.
@@ -129,6 +131,12 @@ pub struct ReplayArgs {
     /// Replay every replayable delivery (required when no filter is given).
     #[arg(long)]
     pub all: bool,
+    /// Count the matching deliveries and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Deliveries replayed per second at most (the job's pace, shared with the relays).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub max_rate: Option<i32>,
 }
 
 /// A `--role` value: a role, or `all` of them.

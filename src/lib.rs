@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ops;
 pub mod relay;
 pub mod reload;
+pub mod replays;
 pub mod retention;
 pub mod retry;
 pub mod signing;

@@ -597,7 +597,7 @@ macro_rules! replay_reset {
 }
 
 /// What a bulk replay selects. Event fields filter through the event.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReplayFilter {
     pub status: Option<String>,
     pub destination: Option<String>,
@@ -618,11 +618,10 @@ impl ReplayFilter {
     }
 }
 
-/// Resets matching replayable deliveries (`dead`, `delivered`, `retrying`) to `pending`
-/// with a fresh attempt budget, in one statement; their attempts history stays, and so
-/// does their event (and with it the `webhook-id` destinations see). Returns how many;
-/// the caller wakes the relays ([`crate::wake`]) once this is committed.
-pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<usize> {
+/// The ids of the replayable deliveries `filter` selects.
+fn replayable(
+    filter: &ReplayFilter,
+) -> deliveries::BoxedQuery<'static, diesel::pg::Pg, diesel::sql_types::Uuid> {
     use super::models::DeliveryStatus;
     use super::schema::events;
     let mut events_query = events::table.select(events::id).into_boxed();
@@ -656,24 +655,71 @@ pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> Quer
     if by_event {
         target = target.filter(deliveries::event_id.eq_any(events_query));
     }
+    target
+}
+
+/// How many deliveries `filter` would replay now.
+pub async fn count_replayable(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<i64> {
+    replayable(filter).count().get_result(conn).await
+}
+
+/// Resets the deliveries among `target` that are still replayable, handing ordered
+/// ones to the end of their key; returns how many.
+async fn reset(
+    conn: &mut AsyncPgConnection,
+    target: deliveries::BoxedQuery<'static, diesel::pg::Pg, diesel::sql_types::Uuid>,
+) -> QueryResult<usize> {
+    use super::models::DeliveryStatus;
     // Diesel cannot update through a boxed (dynamically filtered) query: select the ids
     // with it instead. The outer status check keeps rows that moved meanwhile out.
+    let replayed: Vec<(uuid::Uuid, bool)> = diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq_any(target))
+            .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
+    )
+    .set(replay_reset!())
+    .returning((deliveries::id, deliveries::ordering_key.is_not_null()))
+    .get_results(conn)
+    .await?;
+    let ordered: Vec<uuid::Uuid> = replayed.iter().filter(|(_, o)| *o).map(|(id, _)| *id).collect();
+    super::ordering::requeue_replayed(conn, &ordered).await?;
+    Ok(replayed.len())
+}
+
+/// Resets matching replayable deliveries (`dead`, `delivered`, `retrying`, …) to
+/// `pending` with a fresh attempt budget, in one statement; their attempts history
+/// stays, and so does their event (and with it the `webhook-id` destinations see).
+/// Returns how many; the caller wakes the relays ([`crate::wake`]) once this is
+/// committed. A large set goes through a replay job instead ([`replay_page`]).
+pub async fn replay(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<usize> {
     use diesel_async::AsyncConnection;
-    conn.transaction(async |conn| {
-        let replayed: Vec<(uuid::Uuid, bool)> = diesel::update(
-            deliveries::table
-                .filter(deliveries::id.eq_any(target))
-                .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE)),
-        )
-        .set(replay_reset!())
-        .returning((deliveries::id, deliveries::ordering_key.is_not_null()))
-        .get_results(conn)
-        .await?;
-        let ordered: Vec<uuid::Uuid> = replayed.iter().filter(|(_, o)| *o).map(|(id, _)| *id).collect();
-        super::ordering::requeue_replayed(conn, &ordered).await?;
-        Ok(replayed.len())
-    })
-    .await
+    let target = replayable(filter);
+    conn.transaction(async |conn| reset(conn, target).await).await
+}
+
+/// One page of a replay job: the first `limit` matching deliveries after `after` (by
+/// id), reset as [`replay`] does, in the caller's transaction. Returns how many were
+/// reset and the last id looked at (`None`: nothing matched after `after`; the job is
+/// done). A delivery reset stays behind the cursor, so a page never meets it again.
+pub async fn replay_page(
+    conn: &mut AsyncPgConnection,
+    filter: &ReplayFilter,
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> QueryResult<(usize, Option<uuid::Uuid>)> {
+    let mut page = replayable(filter).order(deliveries::id).limit(limit);
+    if let Some(after) = after {
+        page = page.filter(deliveries::id.gt(after));
+    }
+    let ids: Vec<uuid::Uuid> = page.load(conn).await?;
+    let Some(last) = ids.last().copied() else {
+        return Ok((0, None));
+    };
+    let target = deliveries::table
+        .select(deliveries::id)
+        .filter(deliveries::id.eq_any(ids))
+        .into_boxed();
+    Ok((reset(conn, target).await?, Some(last)))
 }
 
 /// Replays one delivery (see [`replay`]). `Ok(None)` when it is not replayable now.

@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod models;
 pub mod ordering;
 pub mod prepared;
+pub mod replay_jobs;
 pub mod schema;
 pub mod workers;
 

@@ -69,6 +69,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    replay_jobs (id) {
+        id -> Uuid,
+        filter -> Jsonb,
+        max_rate -> Nullable<Int4>,
+        status -> Text,
+        matching -> Int8,
+        replayed -> Int8,
+        cursor -> Nullable<Uuid>,
+        next_page_at -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     worker_heartbeats (id) {
         id -> Uuid,
         beat_at -> Timestamptz,
@@ -83,5 +99,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     destination_states,
     events,
     ordering_keys,
+    replay_jobs,
     worker_heartbeats,
 );

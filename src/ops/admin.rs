@@ -21,6 +21,7 @@ use crate::db::deliveries::{self, DeliveryFilter, ReplayFilter};
 use crate::db::destinations;
 use crate::db::events::{self, EventFilter};
 use crate::db::models::{Delivery, DeliveryStatus};
+use crate::db::replay_jobs;
 use crate::db::{attempts, PooledConnection};
 use crate::http_error::ApiError;
 use crate::signing::TokenMatcher;
@@ -74,6 +75,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             .route("/deliveries/{id}/replay", web::post().to(replay_one))
             .route("/deliveries/{id}/skip", web::post().to(skip_one))
             .route("/replay", web::post().to(replay_many))
+            .route("/replays", web::post().to(create_replay_job))
+            .route("/replays", web::get().to(list_replay_jobs))
+            .route("/replays/{id}", web::get().to(get_replay_job))
+            .route("/replays/{id}/cancel", web::post().to(cancel_replay_job))
             .route("/destinations", web::get().to(list_destinations))
             .route("/destinations/{name}/pause", web::post().to(pause_destination))
             .route("/destinations/{name}/resume", web::post().to(resume_destination))
@@ -557,4 +562,114 @@ async fn replay_many(
     }
     tracing::info!(replayed, ?filter, "bulk replay by an operator");
     Ok(HttpResponse::Ok().json(json!({ "replayed": replayed })))
+}
+
+// ---- replay jobs -----------------------------------------------------------------
+
+/// Body of `POST /admin/api/replays`: the filter of `POST /replay`, a rate, and
+/// whether only to count.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayJobRequest {
+    pub status: Option<String>,
+    pub destination: Option<String>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub all: bool,
+    /// Deliveries replayed per second at most (1 to 100,000); unset: as fast as pages go.
+    pub max_rate: Option<i32>,
+    /// Count the matching deliveries and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl ReplayJobRequest {
+    /// The filter (see [`ReplayRequest::into_filter`]) and the checked rate.
+    pub fn into_parts(self) -> Result<(ReplayFilter, Option<i32>, bool), String> {
+        if let Some(rate) = self.max_rate {
+            if !(1..=MAX_REPLAY_RATE).contains(&rate) {
+                return Err(format!(
+                    "max_rate must be between 1 and {MAX_REPLAY_RATE} deliveries a second"
+                ));
+            }
+        }
+        let filter = ReplayRequest {
+            status: self.status,
+            destination: self.destination,
+            source: self.source,
+            event_type: self.event_type,
+            since: self.since,
+            until: self.until,
+            all: self.all,
+        }
+        .into_filter()?;
+        Ok((filter, self.max_rate, self.dry_run))
+    }
+}
+
+/// The highest `max_rate` a replay job takes.
+pub const MAX_REPLAY_RATE: i32 = 100_000;
+
+/// A job as the API shows it: its row and its progress.
+fn job_view(job: &replay_jobs::ReplayJob) -> serde_json::Value {
+    let mut view = serde_json::to_value(job).unwrap_or_default();
+    view["progress"] = json!(job.progress());
+    view
+}
+
+/// `POST /admin/api/replays`: `200 {dry_run, matching}` for a dry run, else `202`
+/// with the new job, which the relays work in the background.
+async fn create_replay_job(
+    ctx: web::Data<AppContext>,
+    body: web::Json<ReplayJobRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (filter, max_rate, dry_run) = body.into_inner().into_parts().map_err(ApiError::BadRequest)?;
+    let mut conn = connection(&ctx).await?;
+    if dry_run {
+        let matching = deliveries::count_replayable(&mut conn, &filter)
+            .await
+            .map_err(storage)?;
+        return Ok(HttpResponse::Ok().json(json!({ "dry_run": true, "matching": matching })));
+    }
+    let job = replay_jobs::create(&mut conn, &filter, max_rate)
+        .await
+        .map_err(storage)?;
+    tracing::info!(job = %job.id, matching = job.matching, ?max_rate, ?filter, "replay job created by an operator");
+    Ok(HttpResponse::Accepted().json(job_view(&job)))
+}
+
+async fn list_replay_jobs(ctx: web::Data<AppContext>) -> Result<HttpResponse, ApiError> {
+    let mut conn = connection(&ctx).await?;
+    let jobs = replay_jobs::list(&mut conn, 50).await.map_err(storage)?;
+    Ok(HttpResponse::Ok().json(json!({ "items": jobs.iter().map(job_view).collect::<Vec<_>>() })))
+}
+
+async fn get_replay_job(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id, "replay job id")?;
+    let mut conn = connection(&ctx).await?;
+    match replay_jobs::get(&mut conn, id).await.map_err(storage)? {
+        Some(job) => Ok(HttpResponse::Ok().json(job_view(&job))),
+        None => Err(ApiError::NotFoundDetail(format!("no replay job {id}"))),
+    }
+}
+
+/// `POST /admin/api/replays/{id}/cancel`: the job stops after the page in hand (what
+/// it replayed stays replayed); `409` when it had already ended.
+async fn cancel_replay_job(
+    ctx: web::Data<AppContext>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id, "replay job id")?;
+    let mut conn = connection(&ctx).await?;
+    match replay_jobs::cancel(&mut conn, id).await.map_err(storage)? {
+        None => Err(ApiError::NotFoundDetail(format!("no replay job {id}"))),
+        Some(job) if job.status == replay_jobs::CANCELLED => {
+            tracing::info!(job = %id, replayed = job.replayed, "replay job cancelled by an operator");
+            Ok(HttpResponse::Ok().json(job_view(&job)))
+        }
+        Some(job) => Err(ApiError::Conflict(format!("replay job {id} is {}", job.status))),
+    }
 }

@@ -5,7 +5,8 @@ const SKIPPABLE = ["pending", "queued", "retrying", "waiting", "dead", "quaranti
 const LABELS = { waiting: "waiting for key" };
 const label = s => LABELS[s] ?? s;
 const STATES = ["closed", "open", "half_open", "paused", "disabled"];
-const COLORS = Object.fromEntries([...STATUSES, ...STATES].map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
+const JOB_STATES = ["running", "done", "cancelled"];
+const COLORS = Object.fromEntries([...STATUSES, ...STATES, ...JOB_STATES].map(s => [s, getComputedStyle(document.documentElement).getPropertyValue("--" + s).trim()]));
 const samples = [];      // recent stats samples for the live chart
 let cursor = null, nextCursor = null;
 
@@ -37,7 +38,7 @@ async function start() {
 }
 
 function showTab(name) {
-  for (const tab of ["events", "destinations"]) {
+  for (const tab of ["events", "destinations", "replays"]) {
     $(tab + "-page").style.display = tab === name ? "block" : "none";
     $("tab-" + tab).classList.toggle("active", tab === name);
   }
@@ -63,6 +64,30 @@ async function loadDestinations() {
         flash(`${button.dataset.name} ${action === "pause" ? "paused" : "resumed"}.`);
       } catch (err) { flash(err.message, true); }
       await loadDestinations();
+    };
+  }
+}
+
+// What a replay job's filter says, in short.
+const filterText = f => Object.entries(f).filter(([, v]) => v != null).map(([k, v]) => `${k}=${v}`).join(" ") || "all";
+
+async function loadReplays() {
+  const { items } = await api("/replays");
+  $("replays").innerHTML = items.map(j => {
+    const percent = Math.round(j.progress * 100);
+    return `<tr class="replay-job" data-id="${j.id}"><td>${when(j.created_at)}</td><td class="mono">${esc(filterText(j.filter))}</td>` +
+      `<td>${badge(j.status)}</td>` +
+      `<td><progress max="100" value="${percent}"></progress> <span class="muted">${percent} %</span></td>` +
+      `<td>${j.replayed} <span class="muted">of ${j.matching}</span></td><td>${j.max_rate ? j.max_rate + "/s" : "—"}</td>` +
+      `<td>${j.status === "running" ? `<button class="cancel danger" data-id="${j.id}">Cancel</button>` : ""}</td></tr>`;
+  }).join("") || `<tr><td colspan="7" class="muted">No replay job yet. "Replay all dead of this destination" starts one.</td></tr>`;
+  for (const button of document.querySelectorAll("#replays button.cancel")) {
+    button.onclick = async () => {
+      try {
+        await api(`/replays/${button.dataset.id}/cancel`, { method: "POST" });
+        flash("Replay job cancelled.");
+      } catch (err) { flash(err.message, true); }
+      await loadReplays();
     };
   }
 }
@@ -183,15 +208,22 @@ $("login-form").onsubmit = async ev => {
 $("logout").onclick = () => logout();
 $("tab-events").onclick = () => showTab("events");
 $("tab-destinations").onclick = () => { showTab("destinations"); loadDestinations().catch(err => flash(err.message, true)); };
+$("tab-replays").onclick = () => { showTab("replays"); loadReplays().catch(err => flash(err.message, true)); };
 $("apply").onclick = () => { cursor = null; loadEvents(); };
 $("first").onclick = () => { cursor = null; loadEvents(); };
 $("next").onclick = () => { if (nextCursor) { cursor = nextCursor; loadEvents(); } };
 $("replay-dead").onclick = async () => {
   const destination = $("dead-destination").value;
-  if (!destination || !confirm(`Replay every dead delivery of ${destination}?`)) return;
+  if (!destination) return;
+  const filter = { status: "dead", destination };
   try {
-    const result = await api("/replay", { method: "POST", body: JSON.stringify({ status: "dead", destination }) });
-    flash(`${result.replayed} dead deliveries of ${destination} replayed.`);
+    // Counted first (a dry run), then replayed in the background as a job.
+    const { matching } = await api("/replays", { method: "POST", body: JSON.stringify({ ...filter, dry_run: true }) });
+    if (!confirm(`Replay ${matching} dead deliveries of ${destination}?`)) return;
+    await api("/replays", { method: "POST", body: JSON.stringify(filter) });
+    flash(`Replaying ${matching} dead deliveries of ${destination}; progress under Replays.`);
+    showTab("replays");
+    await loadReplays();
   } catch (err) { flash(err.message, true); }
   await Promise.all([refreshStats(), loadEvents()]);
 };
@@ -199,5 +231,6 @@ setInterval(() => {
   if (!sessionStorage.getItem("relayd-token")) return;
   refreshStats().catch(() => {});
   if ($("destinations-page").style.display !== "none") loadDestinations().catch(() => {});
+  if ($("replays-page").style.display !== "none") loadReplays().catch(() => {});
 }, 3000);
 if (sessionStorage.getItem("relayd-token")) start().catch(() => {});

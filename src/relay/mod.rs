@@ -35,6 +35,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         .context("starting the publisher")?;
     let reloads = tokio::spawn(declare_reloaded_destinations(publisher.clone(), live));
     let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
+    let replays = tokio::spawn(crate::replays::run_periodically(ctx.clone(), shutdown.clone()));
     let listener = tokio::spawn(crate::wake::listen(
         ctx.wake.clone(),
         ctx.config.database.url.expose().to_string(),
@@ -113,6 +114,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     reloads.abort();
     let _ = listener.await;
     let _ = pruner.await;
+    let _ = replays.await;
     Ok(())
 }
 

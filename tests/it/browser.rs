@@ -1,5 +1,5 @@
 //! The dashboard in a real headless Chromium (events, detail, replay; the destinations
-//! page's pause and resume; an ordered key waiting, and skip), driven through chromedriver's WebDriver
+//! page's pause and resume; an ordered key waiting, and skip; replay jobs' progress and cancel), driven through chromedriver's WebDriver
 //! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
 //! `chromium-driver` (`.ci/run` installs them); `RELAYD_SKIP_BROWSER=1` opts out
 //! explicitly on a machine without them.
@@ -454,6 +454,110 @@ async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
         .await;
     let order: Vec<String> = sink.received().iter().map(|r| r.event_id()).collect();
     assert_eq!(order, ["evt_ui_k1", "evt_ui_k1", "evt_ui_k2"]);
+    browser.quit().await;
+    relayd.stop().await.unwrap();
+}
+
+/// Replay jobs on the dashboard: "Replay all dead of this destination" counts first
+/// (a dry run), then starts a job whose progress bar fills to done; a paced job shows
+/// its bar part way, and its Cancel button stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_starts_a_replay_job_shows_its_progress_and_cancels_one() {
+    if std::env::var("RELAYD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("RELAYD_SKIP_BROWSER=1: the dashboard browser test is skipped");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing", "crm"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let relayd = Relayd::start(
+        config(
+            &db,
+            &broker,
+            vec![to_sink("billing", &sink), to_sink("crm", &sink)],
+        ),
+        &[Role::Ingest, Role::Relay, Role::Worker],
+    )
+    .await;
+    db.seed_deliveries(600, "billing", "dead", "0 seconds", None)
+        .await;
+    db.seed_deliveries(4_000, "crm", "dead", "0 seconds", None).await;
+
+    let browser = Browser::start().await;
+    browser.log_in(&relayd).await;
+    browser
+        .wait_until(
+            "billing offered for the replay of its dead",
+            "const s = document.querySelector('#dead-destination'); \
+             if (![...(s?.options || [])].some(o => o.value === 'billing')) return false; \
+             s.value = 'billing'; return true;",
+        )
+        .await;
+    // The page asks before replaying, with the dry run's count.
+    browser
+        .script("window.asked = []; window.confirm = text => { window.asked.push(text); return true; }; return true;")
+        .await;
+    browser.click("#replay-dead").await;
+    browser
+        .wait_until(
+            "the job shown done at 100 %",
+            "const r = document.querySelector('tr.replay-job'); \
+             return !!r && document.querySelector('#replays-page').style.display === 'block' \
+                 && r.innerText.includes('done') && r.innerText.includes('600 of 600') \
+                 && r.querySelector('progress').value === 100;",
+        )
+        .await;
+    assert_eq!(
+        browser.script("return window.asked;").await,
+        json!(["Replay 600 dead deliveries of billing?"])
+    );
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE destination = 'billing' AND status = 'delivered'",
+        600,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // A paced job: its bar part way, then cancelled from the page.
+    let admin = reqwest::Client::new();
+    let answer = admin
+        .post(relayd.ops_url("/admin/api/replays"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"status": "dead", "destination": "crm", "max_rate": 250}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    browser
+        .wait_until(
+            "the paced job shown running part way",
+            "const r = document.querySelector('tr.replay-job'); \
+             const v = r?.querySelector('progress')?.value ?? 0; \
+             return !!r && r.innerText.includes('running') && v >= 12 && v < 100;",
+        )
+        .await;
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-replays.png"))
+        .await;
+    browser.click("tr.replay-job button.cancel").await;
+    browser
+        .wait_until(
+            "the paced job shown cancelled",
+            "const r = document.querySelector('tr.replay-job'); \
+             return !!r && r.innerText.includes('cancelled') && !r.querySelector('button.cancel');",
+        )
+        .await;
+    let replayed = db
+        .count("SELECT replayed FROM replay_jobs WHERE status = 'cancelled'")
+        .await;
+    assert!((500..4_000).contains(&replayed), "{replayed}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        db.count("SELECT replayed FROM replay_jobs WHERE status = 'cancelled'")
+            .await,
+        replayed,
+        "a cancelled job replays no more"
+    );
     browser.quit().await;
     relayd.stop().await.unwrap();
 }

@@ -22,6 +22,7 @@ mod prometheus;
 mod providers;
 mod relay;
 mod reload;
+mod replays;
 mod retention;
 mod sink;
 mod statements;

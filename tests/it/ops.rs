@@ -629,6 +629,20 @@ async fn relayd_replay_on_the_command_line_does_the_same() {
     let refused = run(&[]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--all"));
+    let refused = run(&["--status", "dead", "--max-rate", "0"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-rate"));
+    let dry = run(&["--status", "dead", "--destination", "billing", "--dry-run"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout).trim(),
+        "4 deliveries match; nothing was replayed (dry run)"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM deliveries WHERE status = 'dead'")
+            .await,
+        5
+    );
     let output = run(&["--status", "dead", "--destination", "billing"]);
     assert!(
         output.status.success(),
@@ -638,6 +652,14 @@ async fn relayd_replay_on_the_command_line_does_the_same() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         "replayed 4 deliveries"
+    );
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(progress.contains("4 matching deliveries"), "{progress}");
+    assert!(progress.contains("replayed 4 of 4 (100 %)"), "{progress}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM replay_jobs WHERE status = 'done' AND replayed = 4")
+            .await,
+        1
     );
     assert_eq!(
         db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
