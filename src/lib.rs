@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;
+pub mod operator;
 pub mod ops;
 pub mod relay;
 pub mod reload;

@@ -120,7 +120,7 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
     // Sections read once at startup (listeners, pools, broker connections, loops).
     let sections = |c: &Config| {
         let mut table = toml::Table::try_from(c).unwrap_or_default();
-        for live in ["sources", "destinations", "worker"] {
+        for live in ["sources", "destinations", "worker", "operator", "operator_hooks"] {
             table.remove(live);
         }
         table
@@ -159,12 +159,43 @@ fn live_changes(old: &Config, new: &Config) -> Result<Vec<String>, Vec<String>> 
     }
 
     let mut changed = Vec::new();
-    let worker = |c: &Config| toml::Table::try_from(&c.worker).unwrap_or_default();
-    let (worker_before, worker_after) = (worker(old), worker(new));
-    for (key, value) in &worker_after {
-        if worker_before.get(key) != Some(value) {
-            changed.push(format!("worker.{key}"));
+    let table =
+        |section: &str, c: &Config| match toml::Table::try_from(c).ok().and_then(|mut t| t.remove(section)) {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+    for section in ["worker", "operator"] {
+        let (before, after) = (table(section, old), table(section, new));
+        for (key, value) in &after {
+            if before.get(key) != Some(value) {
+                changed.push(format!("{section}.{key}"));
+            }
         }
+    }
+    for hook in &new.operator_hooks {
+        match old.operator_hooks.iter().find(|h| h.name == hook.name) {
+            None => changed.push(format!("operator_hooks.{} (added)", hook.name)),
+            Some(before) => {
+                let exposed = |h: &crate::config::OperatorHookConfig| {
+                    (
+                        h.url.expose().to_string(),
+                        h.signing_secret.expose().to_string(),
+                        h.events.clone(),
+                        h.timeout,
+                    )
+                };
+                if exposed(before) != exposed(hook) {
+                    changed.push(format!("operator_hooks.{}", hook.name));
+                }
+            }
+        }
+    }
+    for hook in old
+        .operator_hooks
+        .iter()
+        .filter(|h| !new.operator_hooks.iter().any(|n| n.name == h.name))
+    {
+        changed.push(format!("operator_hooks.{} (removed)", hook.name));
     }
     for destination in &new.destinations {
         let Some(before) = old.destinations.iter().find(|d| d.name == destination.name) else {
@@ -229,7 +260,7 @@ fn shape(destination: &DestinationConfig) -> toml::Table {
 /// without that.
 pub fn reshapes_workers(old: &Config, new: &Config) -> bool {
     let flow = |c: &Config| -> Vec<(String, toml::Table)> {
-        c.destinations
+        c.delivered_destinations()
             .iter()
             .map(|d| {
                 let mut table = shape(d);

@@ -50,6 +50,25 @@ pub struct DestinationConfig {
     pub ordering: Option<OrderingConfig>,
 }
 
+impl DestinationConfig {
+    /// A destination of every source and type, with the defaults of the file.
+    pub fn new(name: &str, url: Secret, signing_secret: Secret) -> Self {
+        Self {
+            name: name.to_string(),
+            url,
+            signing_secret,
+            sources: Vec::new(),
+            event_types: Vec::new(),
+            max_in_flight: default_max_in_flight(),
+            min_in_flight: default_min_in_flight(),
+            timeout: default_timeout(),
+            breaker: BreakerOverride::default(),
+            rate_limit: None,
+            ordering: None,
+        }
+    }
+}
+
 /// `ordering = { key = "/data/object/customer" }`, `{ key_header = "X-Shop" }` or
 /// `{ key = "source" }`: what an event's key is for this destination, and what a dead
 /// delivery does to its key.

@@ -67,6 +67,11 @@ impl Config {
                 .resolve(&format!("destinations[{i}].signing_secret"))?;
             destination.url.resolve(&format!("destinations[{i}].url"))?;
         }
+        for (i, hook) in self.operator_hooks.iter_mut().enumerate() {
+            hook.signing_secret
+                .resolve(&format!("operator_hooks[{i}].signing_secret"))?;
+            hook.url.resolve(&format!("operator_hooks[{i}].url"))?;
+        }
         Ok(())
     }
 }

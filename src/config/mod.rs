@@ -16,6 +16,7 @@ mod destinations;
 mod housekeeping;
 mod listeners;
 mod load;
+mod operator;
 mod secret;
 mod services;
 mod sources;
@@ -25,6 +26,7 @@ pub use delivery::{BreakerConfig, BreakerOverride, RelayConfig, RetryConfig, Wor
 pub use destinations::{DestinationConfig, OnDead, OrderingConfig, RateLimit};
 pub use housekeeping::{LogConfig, LogFormat, RetentionConfig, ShutdownConfig};
 pub use listeners::{IngestConfig, OpsConfig};
+pub use operator::{OperatorConfig, OperatorHookConfig, NOTICE_SOURCE, NOTICE_TYPES};
 pub use secret::Secret;
 pub use services::{BrokerConfig, DatabaseConfig, QueueType};
 pub use sources::{SignatureEncoding, SourceConfig, SourceKind};
@@ -74,6 +76,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub sources: Vec<SourceConfig>,
     pub destinations: Vec<DestinationConfig>,
+    pub operator: OperatorConfig,
+    pub operator_hooks: Vec<OperatorHookConfig>,
 }
 
 impl Config {
@@ -89,7 +93,22 @@ impl Config {
         self.log.validate()?;
         self.retention.validate()?;
         let sources = sources::validate_sources(&self.sources)?;
-        destinations::validate_destinations(&self.destinations, &sources, &self.worker.breaker)
+        destinations::validate_destinations(&self.destinations, &sources, &self.worker.breaker)?;
+        self.operator.validate()?;
+        operator::validate_hooks(&self.operator_hooks, &self.destinations)
+    }
+
+    /// Every destination the relay and the worker deliver to: the configured ones,
+    /// then each operator hook as one.
+    pub fn delivered_destinations(&self) -> Vec<DestinationConfig> {
+        let hooks = self.operator_hooks.iter().map(OperatorHookConfig::destination);
+        self.destinations.iter().cloned().chain(hooks).collect()
+    }
+
+    /// Whether `destination` is an operator hook (its own circuit and dead deliveries
+    /// send no notices, which would go to it).
+    pub fn is_operator_hook(&self, destination: &str) -> bool {
+        self.operator_hooks.iter().any(|h| h.name == destination)
     }
 }
 

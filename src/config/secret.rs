@@ -93,10 +93,19 @@ impl Config {
             let urls = self.broker.urls.iter().map(shown).collect();
             broker.insert("urls".into(), toml::Value::Array(urls));
         }
-        if let Some(toml::Value::Array(shown_destinations)) = table.get_mut("destinations") {
-            for (t, destination) in shown_destinations.iter_mut().zip(&self.destinations) {
-                if let toml::Value::Table(t) = t {
-                    t.insert("url".into(), shown(&destination.url));
+        let urls: [(&str, Vec<&Secret>); 2] = [
+            ("destinations", self.destinations.iter().map(|d| &d.url).collect()),
+            (
+                "operator_hooks",
+                self.operator_hooks.iter().map(|h| &h.url).collect(),
+            ),
+        ];
+        for (section, urls) in urls {
+            if let Some(toml::Value::Array(shown_items)) = table.get_mut(section) {
+                for (t, url) in shown_items.iter_mut().zip(urls) {
+                    if let toml::Value::Table(t) = t {
+                        t.insert("url".into(), shown(url));
+                    }
                 }
             }
         }

@@ -237,6 +237,12 @@ pub(super) fn validate_sources(sources: &[SourceConfig]) -> Result<HashSet<&str>
                 format!("duplicate source name {:?}", source.name),
             ));
         }
+        if source.name == super::NOTICE_SOURCE {
+            return Err(invalid(
+                key("name"),
+                format!("{:?} is reserved for relayd's operator notices", source.name),
+            ));
+        }
         validate_source(source, &key)?;
     }
     Ok(names)

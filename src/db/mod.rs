@@ -12,6 +12,7 @@ pub mod destinations;
 pub mod events;
 pub mod migrate;
 pub mod models;
+pub mod notices;
 pub mod ordering;
 pub mod prepared;
 pub mod replay_jobs;

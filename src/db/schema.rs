@@ -59,6 +59,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    operator_watch (key) {
+        key -> Text,
+        state -> Text,
+        seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     ordering_keys (destination, key) {
         destination -> Text,
         key -> Text,
@@ -98,6 +106,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
     destination_states,
     events,
+    operator_watch,
     ordering_keys,
     replay_jobs,
     worker_heartbeats,

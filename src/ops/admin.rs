@@ -248,11 +248,11 @@ struct DestinationView {
 async fn destination_views(ctx: &AppContext, names: &[String]) -> Result<Vec<DestinationView>, ApiError> {
     let mut conn = connection(ctx).await?;
     let overviews = destinations::overview(&mut conn, names).await.map_err(storage)?;
-    let config = ctx.live.current();
+    let delivered = ctx.live.current().delivered_destinations();
     Ok(overviews
         .into_iter()
         .map(|overview| {
-            let config = config.destinations.iter().find(|d| d.name == overview.name);
+            let config = delivered.iter().find(|d| d.name == overview.name);
             DestinationView {
                 in_flight_limit: ctx.metrics.current_in_flight_limit(&overview.name),
                 max_in_flight: config.map_or(0, |d| d.max_in_flight),
@@ -267,9 +267,9 @@ async fn list_destinations(ctx: web::Data<AppContext>) -> Result<HttpResponse, A
     let names: Vec<String> = ctx
         .live
         .current()
-        .destinations
-        .iter()
-        .map(|d| d.name.clone())
+        .delivered_destinations()
+        .into_iter()
+        .map(|d| d.name)
         .collect();
     let items = destination_views(&ctx, &names).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
@@ -279,7 +279,7 @@ async fn list_destinations(ctx: web::Data<AppContext>) -> Result<HttpResponse, A
 fn configured(ctx: &AppContext, name: &str) -> Result<String, ApiError> {
     ctx.live
         .current()
-        .destinations
+        .delivered_destinations()
         .iter()
         .find(|d| d.name == name)
         .map(|d| d.name.clone())

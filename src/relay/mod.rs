@@ -8,8 +8,10 @@
 //! confirmed. It wakes on [`crate::wake`] (from ingest or admin in this process, or
 //! their `NOTIFY` from others) or on `relay.poll_interval`; a full batch is followed at
 //! once by the next. A row that breaks the broker session is found and set aside
-//! ([`isolate`]). On shutdown it finishes (publishes and commits) the batch in hand,
-//! then stops.
+//! ([`isolate`]). Beside it run the role's housekeeping tasks: retention
+//! ([`crate::retention`]), replay jobs ([`crate::replays`]) and operator notices
+//! ([`crate::operator`]). On shutdown it finishes (publishes and commits) the batch in
+//! hand, then stops.
 
 mod isolate;
 
@@ -36,6 +38,7 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let reloads = tokio::spawn(declare_reloaded_destinations(publisher.clone(), live));
     let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
     let replays = tokio::spawn(crate::replays::run_periodically(ctx.clone(), shutdown.clone()));
+    let notices = tokio::spawn(crate::operator::run_periodically(ctx.clone(), shutdown.clone()));
     let listener = tokio::spawn(crate::wake::listen(
         ctx.wake.clone(),
         ctx.config.database.url.expose().to_string(),
@@ -115,12 +118,16 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
     let _ = listener.await;
     let _ = pruner.await;
     let _ = replays.await;
+    let _ = notices.await;
     Ok(())
 }
 
-/// The broker names for the destinations `config` has.
+/// The broker names for the destinations `config` delivers to (operator hooks too).
 fn topology_of(config: &crate::config::Config) -> Topology {
-    Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()))
+    Topology::new(
+        &config.broker,
+        config.delivered_destinations().into_iter().map(|d| d.name),
+    )
 }
 
 /// Declares the queues of the destinations each reload adds (the worker declares them

@@ -92,6 +92,8 @@ async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &*config;
+    // The configured destinations and the operator hooks, delivered alike.
+    let delivered = config.delivered_destinations();
     let live = ctx.live.subscribe();
     let targets = targets(config)?;
     // The lease of a claim: the longest destination timeout plus `worker.lease_margin`
@@ -129,7 +131,7 @@ async fn run_with(
         batch::Options {
             // An ordered outcome's transaction may wait for an ingest commit that holds
             // its key: a second statement in flight keeps the others' outcomes moving.
-            tasks: if config.destinations.iter().any(|d| d.ordering.is_some()) {
+            tasks: if delivered.iter().any(|d| d.ordering.is_some()) {
                 2
             } else {
                 1
@@ -145,14 +147,14 @@ async fn run_with(
         ctx: ctx.clone(),
         settings: config.worker.clone(),
         client: send::client().context("building the HTTP client")?,
-        permits: permits::FairPermits::new(config.worker.concurrency, config.destinations.len()),
+        permits: permits::FairPermits::new(config.worker.concurrency, delivered.len()),
         targets: RwLock::new(targets),
     });
     let reloads = tokio::spawn(follow_reloads(worker.clone(), live));
-    let topology = Topology::new(&config.broker, config.destinations.iter().map(|d| d.name.clone()));
+    let topology = Topology::new(&config.broker, delivered.iter().map(|d| d.name.clone()));
     let mut destinations = JoinSet::new();
     let mut lanes = Vec::new();
-    for (index, destination) in config.destinations.iter().enumerate() {
+    for (index, destination) in delivered.iter().enumerate() {
         let max = destination.max_in_flight.min(config.worker.concurrency);
         let limit = AdaptiveLimit::new(destination.min_in_flight.min(max), max, INITIAL_IN_FLIGHT);
         let consumer = Consumer::start(
@@ -186,7 +188,7 @@ async fn run_with(
         lanes.push(lane.clone());
         destinations.spawn(consume(worker.clone(), consumer, lane, shutdown.clone()));
     }
-    if config.destinations.is_empty() {
+    if delivered.is_empty() {
         tracing::warn!("no destination is configured: the worker has nothing to consume");
     }
     let paced: Vec<Arc<Lane>> = lanes.iter().filter(|l| l.pacer.is_some()).cloned().collect();
@@ -205,7 +207,7 @@ async fn run_with(
 /// Where and how each destination's deliveries are sent, as `config` says.
 fn targets(config: &Config) -> anyhow::Result<HashMap<String, Arc<send::Target>>> {
     config
-        .destinations
+        .delivered_destinations()
         .iter()
         .map(|d| {
             let target = send::Target {

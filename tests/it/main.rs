@@ -12,6 +12,7 @@ mod flow;
 mod hostile;
 mod ingest;
 mod migrations;
+mod notices;
 // Shared with the `faults` binary (the cluster); this one uses a part.
 #[allow(dead_code)]
 mod nodes;

@@ -1,0 +1,2 @@
+DROP INDEX deliveries_dead_updated_idx;
+DROP TABLE operator_watch;
