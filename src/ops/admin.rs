@@ -567,7 +567,9 @@ async fn replay_many(
 // ---- replay jobs -----------------------------------------------------------------
 
 /// Body of `POST /admin/api/replays`: the filter of `POST /replay`, a rate, and
-/// whether only to count.
+/// whether only to count. Its fields are spelled out rather than a flattened
+/// [`ReplayRequest`]: serde does not refuse unknown keys through a flatten, and a
+/// misspelt filter key must not widen a replay.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayJobRequest {

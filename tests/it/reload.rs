@@ -84,6 +84,31 @@ async fn post(
     request.send().await.unwrap().status().as_u16()
 }
 
+/// Posts `count` events signed with the first secret, 10 ms apart, each of which must
+/// be accepted; returns their ids.
+fn send_while(
+    client: &reqwest::Client,
+    ingest: &str,
+    prefix: &'static str,
+    count: usize,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (client, ingest) = (client.clone(), ingest.to_string());
+    tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let id = format!("{prefix}_{i}");
+            assert_eq!(
+                post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+                200,
+                "{id}"
+            );
+            ids.push(id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ids
+    })
+}
+
 async fn reload(client: &reqwest::Client, relayd: &Process) -> (u16, serde_json::Value) {
     let answer = client
         .post(relayd.ops_url("/admin/api/reload"))
@@ -184,23 +209,7 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     // Events keep arriving, signed with the secret both configurations accept, while
     // the new one (rotation overlap, a new source, a new URL, secret and route) is put
     // in force through the admin API.
-    let sender = {
-        let (client, ingest) = (client.clone(), ingest.clone());
-        tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for i in 0..150 {
-                let id = format!("evt_during_{i}");
-                assert_eq!(
-                    post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
-                    200,
-                    "{id}"
-                );
-                ids.push(id);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            ids
-        })
-    };
+    let sender = send_while(&client, &ingest, "evt_during", 150);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let gh_source = "[[sources]]\nname = \"gh\"\nkind = \"github\"\nsecrets = [\"gh-secret\"]\n";
     let overlap = Version {
@@ -466,27 +475,10 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     let crm = |url: &str| {
         format!("[[destinations]]\nname = \"crm\"\nurl = \"{url}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\nevent_types = [\"charge.*\"]\n")
     };
-    let sender = |prefix: &'static str| {
-        let (client, ingest) = (client.clone(), ingest.clone());
-        tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for i in 0..100 {
-                let id = format!("{prefix}_{i}");
-                assert_eq!(
-                    post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
-                    200,
-                    "{id}"
-                );
-                ids.push(id);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            ids
-        })
-    };
 
     // Added while events keep flowing to the other destination: the worker's loops
     // start again in place, and none of those events is lost.
-    let flowing = sender("evt_while_adding");
+    let flowing = send_while(&client, &ingest, "evt_while_adding", 100);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let with_crm = crm(&failing.url);
     write(
@@ -531,7 +523,7 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
 
     // Removed while events flow: nothing new is routed to it, and its undelivered
     // delivery stays visible and replayable.
-    let flowing = sender("evt_while_removing");
+    let flowing = send_while(&client, &ingest, "evt_while_removing", 100);
     tokio::time::sleep(Duration::from_millis(300)).await;
     write(&base, &file, &sink.url, &only_sink);
     let (status, answer) = reload(&client, &relayd).await;

@@ -67,6 +67,10 @@ async fn a_replay_job_runs_in_pages_at_its_rate_survives_a_sigkill_and_can_be_ca
         (serde_json::json!({}), "an empty filter"),
         (serde_json::json!({"status": "dead", "max_rate": 0}), "max_rate"),
         (serde_json::json!({"status": "pending"}), "cannot be replayed"),
+        (
+            serde_json::json!({"status": "dead", "destnation": "sink"}),
+            "unknown field `destnation`",
+        ),
     ] {
         let (status, answer) = admin(&client, &relayd, reqwest::Method::POST, "/replays", Some(body)).await;
         assert_eq!(status, 400, "{answer}");
