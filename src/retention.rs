@@ -4,7 +4,8 @@
 //! `delivered` or `skipped` (or that had none) after `retention.delivered`; events with
 //! a `dead` delivery and nothing in flight after `retention.dead`; attempt rows after
 //! `retention.attempts`; and ordering keys idle (nothing of theirs live or waiting)
-//! since `retention.delivered`, whose numbering starts again with their next event. An event with a delivery `pending`, `queued`, `delivering`,
+//! since `retention.delivered`, whose numbering starts again with their next event, and
+//! replay jobs ended that long ago. An event with a delivery `pending`, `queued`, `delivering`,
 //! `retrying` or `waiting` (for its ordering key's turn) is never pruned, however old,
 //! nor one whose dead delivery holds its key (`ordering.on_dead = "block"`): the key
 //! waits for an operator's replay or skip, and that needs the delivery. Deleting an event deletes its deliveries and
@@ -41,17 +42,20 @@ pub enum Kind {
     /// Idle ordering keys (no delivery live or waiting) unchanged for
     /// `retention.delivered`.
     OrderingKeys,
+    /// Replay jobs that ended (done, cancelled) longer than `retention.delivered` ago.
+    ReplayJobs,
 }
 
 impl Kind {
     /// In pass order. Attempts go first, so their count (and the dry run's) is only what
     /// the attempts rule deletes; attempts of pruned events then go with their event,
     /// uncounted.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Attempts,
         Kind::DeliveredEvents,
         Kind::DeadEvents,
         Kind::OrderingKeys,
+        Kind::ReplayJobs,
     ];
 
     /// The metric label and report name.
@@ -61,12 +65,13 @@ impl Kind {
             Kind::DeadEvents => "dead_events",
             Kind::Attempts => "attempts",
             Kind::OrderingKeys => "ordering_keys",
+            Kind::ReplayJobs => "replay_jobs",
         }
     }
 
     fn horizon(self, config: &RetentionConfig) -> Duration {
         match self {
-            Kind::DeliveredEvents | Kind::OrderingKeys => config.delivered,
+            Kind::DeliveredEvents | Kind::OrderingKeys | Kind::ReplayJobs => config.delivered,
             Kind::DeadEvents => config.dead,
             Kind::Attempts => config.attempts,
         }
@@ -104,6 +109,11 @@ impl Kind {
                  WHERE k.head IS NULL AND k.changed_at < now() - make_interval(secs => $1) \
                  ORDER BY k.changed_at"
             }
+            Kind::ReplayJobs => {
+                "SELECT j.id FROM replay_jobs j \
+                 WHERE j.status <> 'running' AND j.finished_at < now() - make_interval(secs => $1) \
+                 ORDER BY j.finished_at"
+            }
         }
     }
 
@@ -122,6 +132,10 @@ impl Kind {
             ),
             Kind::Attempts => format!(
                 "WITH gone AS (DELETE FROM delivery_attempts WHERE id IN ({candidates} LIMIT $2) RETURNING id) \
+                 SELECT count(*) AS n FROM gone"
+            ),
+            Kind::ReplayJobs => format!(
+                "WITH gone AS (DELETE FROM replay_jobs WHERE id IN ({candidates} LIMIT $2) RETURNING id) \
                  SELECT count(*) AS n FROM gone"
             ),
             // Re-checked on the row itself: a key that an ingest made live meanwhile stays.

@@ -167,6 +167,39 @@ async fn idle_ordering_keys_are_pruned_and_a_replay_starts_their_numbering_again
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn replay_jobs_that_ended_long_ago_are_pruned_and_running_ones_never() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    diesel::sql_query(
+        "INSERT INTO replay_jobs (id, filter, status, matching, created_at, finished_at) VALUES \
+           (gen_random_uuid(), '{}', 'done', 1, now() - interval '400 days', now() - interval '400 days'), \
+           (gen_random_uuid(), '{}', 'cancelled', 1, now() - interval '400 days', now() - interval '399 days'), \
+           (gen_random_uuid(), '{}', 'running', 1, now() - interval '400 days', NULL), \
+           (gen_random_uuid(), '{}', 'done', 1, now() - interval '2 days', now() - interval '1 day')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let report = retention::prune(
+        &db.url,
+        &RetentionConfig::default(),
+        &never_cancelled(),
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+    .expect("the only pruner leads");
+    assert!(report.deleted.contains(&(Kind::ReplayJobs, 2)), "{report:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM replay_jobs WHERE status = 'running'")
+            .await,
+        1,
+        "a running job stays, however old"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM replay_jobs").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_flight() {
     let db = TestDb::migrated().await;
     let delivered_old = event(&db, 31, &["delivered", "delivered"], 31).await;
@@ -205,7 +238,8 @@ async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_f
             (Kind::Attempts, 5),
             (Kind::DeliveredEvents, 2),
             (Kind::DeadEvents, 1),
-            (Kind::OrderingKeys, 0)
+            (Kind::OrderingKeys, 0),
+            (Kind::ReplayJobs, 0)
         ],
         "attempts older than 30 days: 2 + 2 of the old events, 1 of the kept dead one"
     );
