@@ -124,13 +124,13 @@ impl Notify<'_> {
 
     async fn destinations(&self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
         let rows = destinations::load(conn).await?;
+        let seen = notices::seen_under(conn, "destination:").await?;
         let mut stored = 0;
         for destination in &self.config.destinations {
             let row = rows.iter().find(|r| r.destination == destination.name);
             let now = row.map_or("closed", |r| circuit(r.state()));
             let key = format!("destination:{}", destination.name);
-            let before = notices::seen(conn, &key).await?.map(|(state, _)| state);
-            let before = before.as_deref().unwrap_or("closed");
+            let before = seen.get(&key).map_or("closed", String::as_str);
             if before == now {
                 continue;
             }

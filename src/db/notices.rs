@@ -39,6 +39,21 @@ pub async fn seen(
         .optional()
 }
 
+/// What the watcher last saw under every key that starts with `prefix`, in one query.
+pub async fn seen_under(
+    conn: &mut AsyncPgConnection,
+    prefix: &str,
+) -> diesel::QueryResult<std::collections::HashMap<String, String>> {
+    use super::schema::operator_watch::dsl;
+    use diesel::{QueryDsl, TextExpressionMethods};
+    let rows: Vec<(String, String)> = dsl::operator_watch
+        .filter(dsl::key.like(format!("{prefix}%")))
+        .select((dsl::key, dsl::state))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Records what the watcher sees under `key` now (`at`: when, for cursors).
 pub async fn see(
     conn: &mut AsyncPgConnection,

@@ -119,7 +119,10 @@ async fn readiness(ctx: &AppContext) -> Readiness {
     // broker threads have registered, the broker counts as not connected: readiness must
     // not race the roles' startup.
     let needs_broker = ctx.roles.contains(&Role::Relay)
-        || (ctx.roles.contains(&Role::Worker) && !ctx.live.current().delivered_destinations().is_empty());
+        || (ctx.roles.contains(&Role::Worker) && {
+            let config = ctx.live.current();
+            !(config.destinations.is_empty() && config.operator_hooks.is_empty())
+        });
     match ctx.broker_health.status() {
         None if needs_broker => {
             ready = false;

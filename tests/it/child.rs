@@ -58,6 +58,15 @@ timeout = "2s"
     ))
 }
 
+/// [`config_file`]'s text with `ops.admin_token` set, for tests that call the admin API
+/// of a child (and may rewrite the file to reload it).
+pub fn config_with_admin_token(db: &TestDb, broker: &TestBroker, sink: &Sink, token: &str) -> String {
+    let text = std::fs::read_to_string(&config_file(db, broker, sink).0).unwrap();
+    let ops = "[ops]\nlisten = \"127.0.0.1:0\"";
+    assert!(text.contains(ops));
+    text.replace(ops, &format!("{ops}\nadmin_token = \"{token}\""))
+}
+
 /// A loopback address with a port that was free a moment ago, for a listener that must
 /// keep its address across restarts.
 pub fn free_address() -> String {

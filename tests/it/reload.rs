@@ -154,13 +154,8 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     let broker = TestBroker::new(&["sink"]);
     let first = Sink::start(Behaviour::Succeed).await;
     let second = Sink::start(Behaviour::Succeed).await;
-    let base = std::fs::read_to_string(&config_file(&db, &broker, &first).0)
-        .unwrap()
-        .replace("relayd::cmd=info", "relayd::cmd=info,relayd::reload=info")
-        .replace(
-            "[ops]\nlisten = \"127.0.0.1:0\"",
-            &format!("[ops]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\""),
-        );
+    let base = crate::child::config_with_admin_token(&db, &broker, &first, ADMIN_TOKEN)
+        .replace("relayd::cmd=info", "relayd::cmd=info,relayd::reload=info");
     assert!(base.contains(ADMIN_TOKEN));
     let file = support::temp_file(&base);
     let before = Version {
@@ -453,12 +448,7 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     let sink = Sink::start(Behaviour::Succeed).await;
     let failing = Sink::start(Behaviour::AlwaysFail { status: 503 }).await;
     let working = Sink::start(Behaviour::Succeed).await;
-    let base = std::fs::read_to_string(&config_file(&db, &broker, &sink).0)
-        .unwrap()
-        .replace(
-            "[ops]\nlisten = \"127.0.0.1:0\"",
-            &format!("[ops]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\""),
-        );
+    let base = crate::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
     let file = support::temp_file(&base);
     let only_sink = Version {
         stripe_secrets: &[STRIPE_SECRET],

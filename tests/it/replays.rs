@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::child::{config_file, Process};
+use crate::child::Process;
 use crate::sink::{Behaviour, Sink};
 use crate::support::{self, TestBroker, TestDb};
 
@@ -46,12 +46,7 @@ async fn a_replay_job_runs_in_pages_at_its_rate_survives_a_sigkill_and_can_be_ca
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
-    let base = std::fs::read_to_string(&config_file(&db, &broker, &sink).0)
-        .unwrap()
-        .replace(
-            "[ops]\nlisten = \"127.0.0.1:0\"",
-            &format!("[ops]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\""),
-        );
+    let base = crate::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
     let file = support::temp_file(&base);
     // Ops on a fixed address, so the API stays where it was across the restart.
     let ops = crate::child::free_address();
