@@ -61,6 +61,8 @@ pub struct OutgoingMessage {
     pub attempt: i32,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// The W3C trace context of this publish ([`headers::TRACEPARENT`]), when traced.
+    pub traceparent: Option<String>,
 }
 
 /// The most bytes of properties and headers a message may carry: they travel in one
@@ -82,6 +84,7 @@ impl OutgoingMessage {
             + self.source.len()
             + self.event_type.len()
             + self.destination.len()
+            + self.traceparent.as_ref().map_or(0, String::len)
             + 256;
         (properties > MAX_PROPERTY_BYTES).then(|| {
             format!("{properties} bytes of message properties (at most {MAX_PROPERTY_BYTES} fit a frame)")
@@ -89,7 +92,8 @@ impl OutgoingMessage {
     }
 }
 
-/// Header names carried by every published message.
+/// Header names carried by published messages (all but [`headers::TRACEPARENT`] by
+/// every one).
 pub mod headers {
     pub const EVENT_UUID: &str = "x-relayd-event";
     pub const EVENT_ID: &str = "x-relayd-event-id";
@@ -97,6 +101,8 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "x-relayd-event-type";
     pub const DESTINATION: &str = "x-relayd-destination";
     pub const ATTEMPT: &str = "x-relayd-attempt";
+    /// The publishing span's W3C trace context, which the worker's delivery continues.
+    pub const TRACEPARENT: &str = crate::telemetry::context::TRACEPARENT;
 }
 
 /// Connection state of this process's broker threads, for `/readyz` and metrics.

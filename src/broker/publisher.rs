@@ -516,6 +516,9 @@ fn properties(message: &OutgoingMessage) -> AmqpProperties {
     table.insert(headers::EVENT_TYPE.into(), text(&message.event_type));
     table.insert(headers::DESTINATION.into(), text(&message.destination));
     table.insert(headers::ATTEMPT.into(), AmqpValue::LongInt(message.attempt));
+    if let Some(traceparent) = &message.traceparent {
+        table.insert(headers::TRACEPARENT.into(), text(traceparent));
+    }
     AmqpProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type(message.content_type.clone())

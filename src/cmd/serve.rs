@@ -1,6 +1,7 @@
 //! The daemon: `relayd [--role ROLES]`. Applies pending migrations, starts the chosen
 //! roles, reloads the configuration on SIGHUP ([`crate::reload`]), and on
-//! SIGTERM/SIGINT stops them gracefully and exits 0.
+//! SIGTERM/SIGINT stops them gracefully, flushes the traces still queued
+//! ([`crate::telemetry::traces`]) and exits 0.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -11,13 +12,18 @@ use crate::context::AppContext;
 use crate::db::migrate;
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
-    let config = super::load_config_and_init_logging(cli)?;
+    let config = super::load_config(cli)?;
+    let traces = crate::telemetry::init_with_traces(
+        cli.log_format.unwrap_or(config.log.format),
+        &config.log.level,
+        &config.telemetry,
+    )?;
     let roles = select_roles(&cli.role).map_err(anyhow::Error::msg)?;
     // What check-config warns of, once at startup too (a development secret in use, …).
     for warning in config.warnings() {
         tracing::warn!(%warning, "configuration");
     }
-    super::runtime()?.block_on(async {
+    let served = super::runtime()?.block_on(async {
         let url = config.database.url.expose();
         migrate::ensure_database(url).await?;
         let applied = migrate::run_pending(url).await?;
@@ -42,7 +48,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         daemon.wait().await?;
         tracing::info!("relayd stopped");
         Ok(())
-    })
+    });
+    // Outside the runtime: flushing blocks on the exporter's thread.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    served
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal arriving right after

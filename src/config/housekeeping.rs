@@ -1,11 +1,11 @@
-//! The process around the roles: `[log]`, `[shutdown]` and `[retention]`, with their
-//! defaults and their checks.
+//! The process around the roles: `[log]`, `[telemetry]`, `[shutdown]` and
+//! `[retention]`, with their defaults and their checks.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, Error};
+use super::{check_url, invalid, Error};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +20,25 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+        }
+    }
+}
+
+/// OpenTelemetry traces ([`crate::telemetry::traces`]): off unless a collector is named
+/// here or by the standard `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it
+    /// (`http://otel-collector:4318`): spans are posted as JSON to `/v1/traces` under it.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryConfig {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        match &self.otlp_endpoint {
+            Some(url) => check_url("telemetry.otlp_endpoint", url, &["http", "https"]),
+            None => Ok(()),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! One file per concern: `load` (layering), `secret` (secrets and redaction),
 //! `warnings`, and the sections with their defaults and their own short check —
 //! `services` (database, broker), `listeners` (ingest, ops), `delivery` (relay,
-//! worker), `housekeeping` (log, shutdown, retention), `sources`, `destinations`.
+//! worker), `housekeeping` (log, telemetry, shutdown, retention), `sources`, `destinations`.
 
 mod delivery;
 mod destinations;
@@ -24,7 +24,7 @@ mod warnings;
 
 pub use delivery::{BreakerConfig, BreakerOverride, RelayConfig, RetryConfig, WorkerConfig};
 pub use destinations::{DestinationConfig, OnDead, OrderingConfig, RateLimit};
-pub use housekeeping::{LogConfig, LogFormat, RetentionConfig, ShutdownConfig};
+pub use housekeeping::{LogConfig, LogFormat, RetentionConfig, ShutdownConfig, TelemetryConfig};
 pub use listeners::{IngestConfig, OpsConfig};
 pub use operator::{OperatorConfig, OperatorHookConfig, NOTICE_SOURCE, NOTICE_TYPES};
 pub use secret::Secret;
@@ -72,6 +72,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
     pub retention: RetentionConfig,
     pub sources: Vec<SourceConfig>,
@@ -91,6 +92,7 @@ impl Config {
         self.relay.validate()?;
         self.worker.validate()?;
         self.log.validate()?;
+        self.telemetry.validate()?;
         self.retention.validate()?;
         let sources = sources::validate_sources(&self.sources)?;
         destinations::validate_destinations(&self.destinations, &sources, &self.worker.breaker)?;

@@ -29,6 +29,8 @@ pub struct DueDelivery {
     pub content_type: String,
     #[diesel(sql_type = diesel::sql_types::Bytea)]
     pub payload: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// What [`claim_due`] runs first in its transaction (see there why).
@@ -44,7 +46,7 @@ pub const CLAIM_DUE_SQL: &str = "WITH due AS ( \
              LIMIT $1 \
              FOR UPDATE SKIP LOCKED) \
          SELECT d.id, d.event_id AS event_uuid, d.destination, d.status, d.attempts, \
-                e.event_id, e.source, e.event_type, e.content_type, e.payload \
+                e.event_id, e.source, e.event_type, e.content_type, e.payload, e.traceparent \
          FROM due d JOIN events e ON e.id = d.event_id \
          ORDER BY d.next_attempt_at";
 

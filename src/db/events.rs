@@ -16,6 +16,9 @@ pub struct BatchEvent {
     pub payload: Vec<u8>,
     pub content_type: String,
     pub headers: serde_json::Value,
+    /// The ingest request's W3C trace context, continued by the relay and the worker
+    /// ([`crate::telemetry::context`]); `None` when traces are off.
+    pub traceparent: Option<String>,
     /// One new delivery per destination.
     pub deliveries: Vec<NewDelivery>,
 }
@@ -72,6 +75,9 @@ pub async fn insert_batch_with_outbox(
         .bind::<Array<Bytea>, _>(batch.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(batch.iter().map(|e| e.content_type.as_str()).collect::<Vec<_>>())
         .bind::<Array<Jsonb>, _>(batch.iter().map(|e| &e.headers).collect::<Vec<_>>())
+        .bind::<Array<diesel::sql_types::Nullable<Text>>, _>(
+            batch.iter().map(|e| e.traceparent.as_deref()).collect::<Vec<_>>(),
+        )
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(event, _)| *event).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(
@@ -100,17 +106,17 @@ pub async fn insert_batch_with_outbox(
 }
 
 /// The statement of [`INSERT_SQL`] and [`INSERT_ORDERED_SQL`] around their `outbox`
-/// part: the events stored (`$1`–`$7` their columns) first, then `middle`, then the
+/// part: the events stored (`$1`–`$8` their columns) first, then `middle`, then the
 /// deliveries counted per stored event.
 macro_rules! insert_events_and {
     ($middle:literal) => {
         concat!(
             "WITH input AS ( \
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[]) \
-                     AS t(id, source, event_id, event_type, payload, content_type, headers)), \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[], $8::text[]) \
+                     AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent)), \
              event AS ( \
-                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers) \
-                 SELECT id, source, event_id, event_type, payload, content_type, headers FROM input \
+                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent) \
+                 SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent FROM input \
                  ORDER BY source, event_id \
                  ON CONFLICT (source, event_id) DO NOTHING \
                  RETURNING id), ",
@@ -121,17 +127,17 @@ macro_rules! insert_events_and {
     };
 }
 
-/// The events and their rows: `$8`–`$10` the deliveries' id, event and destination.
+/// The events and their rows: `$9`–`$11` the deliveries' id, event and destination.
 const INSERT_SQL: &str = insert_events_and!(
     "outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status) \
          SELECT d.id, d.event_uuid, d.destination, 'pending' \
-         FROM unnest($8::uuid[], $9::uuid[], $10::text[]) AS d(id, event_uuid, destination) \
+         FROM unnest($9::uuid[], $10::uuid[], $11::text[]) AS d(id, event_uuid, destination) \
          JOIN event ON event.id = d.event_uuid \
          RETURNING event_id)"
 );
 
-/// [`INSERT_SQL`] with `$11`, the deliveries' ordering keys (NULL: unordered). Only
+/// [`INSERT_SQL`] with `$12`, the deliveries' ordering keys (NULL: unordered). Only
 /// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
 /// rows are upserted in key order (after every event row, since the count needs them
 /// all), so concurrent batches queue on them in one order.
@@ -139,7 +145,7 @@ const INSERT_ORDERED_SQL: &str = insert_events_and!(
     "wanted AS ( \
          SELECT d.id, d.event_uuid, d.destination, d.key, \
                 row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
-         FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[]) WITH ORDINALITY \
+         FROM unnest($9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
              AS d(id, event_uuid, destination, key, n) \
          JOIN event ON event.id = d.event_uuid), \
      counted AS ( \

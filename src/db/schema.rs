@@ -55,6 +55,7 @@ diesel::table! {
         content_type -> Text,
         headers -> Jsonb,
         received_at -> Timestamptz,
+        traceparent -> Nullable<Text>,
     }
 }
 

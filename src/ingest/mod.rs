@@ -229,12 +229,22 @@ async fn receive_for(
         let escaped = format!("{:?}", source_name.chars().take(64).collect::<String>());
         escaped.trim_matches('"').to_string()
     };
+    // The trace of this event starts here, inside the provider's when it sent one.
     let span = tracing::info_span!(
         "webhook",
+        otel.name = "POST /webhooks/{source}",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         source = %shown,
         event.id = tracing::field::Empty,
         event.r#type = tracing::field::Empty,
     );
+    crate::telemetry::context::continue_from(
+        &span,
+        &crate::telemetry::context::RequestHeaders(request.headers()),
+    );
+    let traced = span.clone();
     let started = std::time::Instant::now();
     let state_for_metrics = state.clone();
     let source_label = if known {
@@ -286,6 +296,7 @@ async fn receive_for(
             payload: body.to_vec(),
             content_type: checked.content_type,
             headers: checked.headers,
+            traceparent: crate::telemetry::context::traceparent(&tracing::Span::current()),
             deliveries,
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
@@ -318,6 +329,15 @@ async fn receive_for(
     }
     .instrument(span)
     .await;
+    let status = match &result {
+        Ok(_) => actix_web::http::StatusCode::OK,
+        Err(e) => actix_web::ResponseError::status_code(e),
+    };
+    traced.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        traced.record("otel.status_code", "error");
+    }
+    drop(traced);
     let outcome = match &result {
         Ok((status, _)) => status,
         Err(ApiError::PayloadTooLarge { .. }) => "too_large",

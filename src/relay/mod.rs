@@ -217,8 +217,17 @@ impl Relay {
         watchdog.arm(self.ctx.config.broker.confirm_timeout + query_timeout);
         let (to_publish, to_postpone) = self.split_lost_from_waiting(due).await;
         let ids: Vec<uuid::Uuid> = to_publish.iter().map(|d| d.id).collect();
-        let messages: Vec<OutgoingMessage> = to_publish.into_iter().map(outgoing).collect();
+        let (messages, spans): (Vec<OutgoingMessage>, Vec<Option<tracing::Span>>) =
+            to_publish.into_iter().map(outgoing).unzip();
         let results = self.publisher.publish_batch(messages, pace).await;
+        for (span, result) in spans.iter().zip(&results) {
+            if let (Some(span), Err(e)) = (span, result) {
+                span.record("otel.status_code", "error");
+                span.record("error", tracing::field::display(e));
+            }
+        }
+        // Each publish span ends with the broker's answer.
+        drop(spans);
         let published_in = started.elapsed();
         watchdog.arm(query_timeout);
 
@@ -317,8 +326,30 @@ impl Relay {
     }
 }
 
-fn outgoing(row: DueDelivery) -> OutgoingMessage {
-    OutgoingMessage {
+/// The message for a due row, with the span of its publish when its event is traced (a
+/// child of the ingest request's span; the worker continues it). A process that does
+/// not trace itself passes the stored context on unchanged.
+fn outgoing(row: DueDelivery) -> (OutgoingMessage, Option<tracing::Span>) {
+    let span = row.traceparent.as_deref().map(|stored| {
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = %format!("publish {}", row.destination),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %row.destination,
+            delivery.id = %row.id,
+        );
+        crate::telemetry::context::continue_from_traceparent(&span, stored);
+        span
+    });
+    let traceparent = span
+        .as_ref()
+        .and_then(crate::telemetry::context::traceparent)
+        .or(row.traceparent);
+    let message = OutgoingMessage {
         delivery_id: row.id,
         destination: row.destination,
         event_uuid: row.event_uuid,
@@ -328,5 +359,7 @@ fn outgoing(row: DueDelivery) -> OutgoingMessage {
         attempt: row.attempts + 1,
         content_type: row.content_type,
         body: row.payload,
-    }
+        traceparent,
+    };
+    (message, span)
 }

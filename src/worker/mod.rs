@@ -452,6 +452,8 @@ struct Envelope {
     source: String,
     event_type: String,
     content_type: String,
+    /// The publish's trace context, passed on as it is when this process does not trace.
+    traceparent: Option<String>,
 }
 
 fn envelope(message: &IncomingMessage) -> Result<Envelope, String> {
@@ -477,6 +479,7 @@ fn envelope(message: &IncomingMessage) -> Result<Envelope, String> {
             .content_type
             .clone()
             .unwrap_or_else(|| "application/json".into()),
+        traceparent: message.headers.get(headers::TRACEPARENT).cloned(),
     })
 }
 
@@ -490,13 +493,17 @@ impl Worker {
                 return;
             }
         };
+        // The event's trace goes on here, under the relay's publish.
         let span = tracing::info_span!(
             "delivery",
+            otel.name = %format!("deliver {}", lane.destination),
+            otel.kind = "consumer",
             delivery.id = %envelope.delivery_id,
             event.id = %envelope.event_uuid,
             destination = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
+        crate::telemetry::context::continue_from(&span, &message.headers);
         self.deliver(envelope, message, lane).instrument(span).await;
     }
 
@@ -546,6 +553,18 @@ impl Worker {
         // One of `worker.concurrency` only now: a delivery waiting for a slow
         // destination's limit holds none of the shared permits.
         let permit = self.permits.acquire(lane.index).await;
+        let attempt = tracing::info_span!(
+            "attempt",
+            otel.name = "POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty,
+            server.address = target.url.host_str().unwrap_or_default(),
+            error = tracing::field::Empty,
+        );
+        // The destination's own trace joins the event's under this attempt.
+        let traceparent = crate::telemetry::context::traceparent(&attempt).or(envelope.traceparent.clone());
         let response = send::send(
             &self.client,
             &target,
@@ -556,11 +575,23 @@ impl Worker {
                 event_type: &envelope.event_type,
                 attempt: claimed.attempts,
                 content_type: &envelope.content_type,
+                traceparent: traceparent.as_deref(),
                 body,
             },
         )
+        .instrument(attempt.clone())
         .await;
         drop(permit);
+        if let Some(code) = response.status_code {
+            attempt.record("http.response.status_code", code);
+        }
+        if !response.is_success() {
+            attempt.record("otel.status_code", "error");
+        }
+        if let Some(error) = &response.error {
+            attempt.record("error", error.as_str());
+        }
+        drop(attempt);
         // The gate learns of the answer before the slot is given back: a delivery
         // waiting for the slot must see a circuit this answer opened.
         let verdict = Verdict::of(

@@ -3,7 +3,7 @@
 //! The body is the raw event payload, unchanged. Headers follow Standard Webhooks
 //! (`webhook-id` = relayd's event id, stable across retries and replays;
 //! `webhook-timestamp`; `webhook-signature` with the destination's `whsec_` key) plus
-//! `x-relayd-*` context. Redirects are not followed; the request (body included) is
+//! `x-relayd-*` context and the attempt's `traceparent`. Redirects are not followed; the request (body included) is
 //! bounded by the destination's timeout. Errors never carry the destination URL, which
 //! may hold credentials.
 
@@ -32,6 +32,8 @@ pub struct Request<'a> {
     pub event_type: &'a str,
     pub attempt: i32,
     pub content_type: &'a str,
+    /// The attempt's W3C trace context, sent as `traceparent`.
+    pub traceparent: Option<&'a str>,
     pub body: Vec<u8>,
 }
 
@@ -90,6 +92,9 @@ pub async fn send(client: &reqwest::Client, target: &Target, request: Request<'_
     put("x-relayd-event-type", request.event_type);
     put("x-relayd-delivery", request.delivery_id);
     put("x-relayd-attempt", &request.attempt.to_string());
+    if let Some(traceparent) = request.traceparent {
+        put("traceparent", traceparent);
+    }
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_str(request.content_type).unwrap_or(HeaderValue::from_static("application/json")),

@@ -45,6 +45,7 @@ fn event(event_id: &str) -> BatchEvent {
         payload: format!("{{\"id\":\"{event_id}\"}}").into_bytes(),
         content_type: "application/json".into(),
         headers: serde_json::json!({}),
+        traceparent: None,
         deliveries: vec![NewDelivery {
             id: Uuid::now_v7(),
             destination: "billing".into(),

@@ -29,4 +29,5 @@ mod sink;
 mod statements;
 mod support;
 mod tls;
+mod traces;
 mod worker;

@@ -330,6 +330,7 @@ async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again()
                 attempt: 1,
                 content_type: d.content_type.clone(),
                 body: d.payload.clone(),
+                traceparent: None,
             })
             .collect();
         let results = publisher

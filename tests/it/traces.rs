@@ -1,0 +1,325 @@
+//! OpenTelemetry traces from the real binary (`--role all`) to a real OTLP/HTTP
+//! receiver in this file: one event is one trace, ingest → publish → delivery →
+//! attempt, inside the provider's trace when it sent a `traceparent`, and the receiving
+//! sink gets the attempt's `traceparent`. A collector that is away costs no delivery;
+//! with traces off nothing is stored or sent.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::Value;
+
+use crate::child::{config_file, Process};
+use crate::sink::{Behaviour, Received, Sink};
+use crate::support::{self, stripe_event, TestBroker, TestDb, STRIPE_SECRET};
+
+/// A collector's OTLP/HTTP traces endpoint: keeps every span it is sent, with its
+/// resource's attributes.
+struct Collector {
+    base: String,
+    spans: Arc<Mutex<Vec<Span>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+#[derive(Debug, Clone)]
+struct Span {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    /// OTLP's `SpanKind` number: 2 server, 3 client, 4 producer, 5 consumer.
+    kind: i64,
+    attributes: HashMap<String, Value>,
+    resource: HashMap<String, Value>,
+}
+
+/// OTLP/JSON `KeyValue`s as a map of their plain values.
+fn attributes(list: &Value) -> HashMap<String, Value> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| {
+            let value = kv["value"].as_object()?.values().next()?.clone();
+            Some((kv["key"].as_str()?.to_string(), value))
+        })
+        .collect()
+}
+
+fn kind(value: &Value) -> i64 {
+    value.as_i64().unwrap_or(match value.as_str() {
+        Some("SPAN_KIND_SERVER") => 2,
+        Some("SPAN_KIND_CLIENT") => 3,
+        Some("SPAN_KIND_PRODUCER") => 4,
+        Some("SPAN_KIND_CONSUMER") => 5,
+        _ => 0,
+    })
+}
+
+async fn export(spans: web::Data<Mutex<Vec<Span>>>, body: web::Bytes) -> HttpResponse {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let mut kept = spans.lock().unwrap();
+    for resource_spans in request["resourceSpans"].as_array().into_iter().flatten() {
+        let resource = attributes(&resource_spans["resource"]["attributes"]);
+        for scope in resource_spans["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let text = |key: &str| span[key].as_str().unwrap_or_default().to_string();
+                kept.push(Span {
+                    trace_id: text("traceId"),
+                    span_id: text("spanId"),
+                    parent_span_id: text("parentSpanId"),
+                    name: text("name"),
+                    kind: kind(&span["kind"]),
+                    attributes: attributes(&span["attributes"]),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    HttpResponse::Ok().json(serde_json::json!({}))
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let data = web::Data::from(spans.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/v1/traces", web::post().to(export))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { base, spans, handle }
+    }
+
+    /// Waits until the trace holds its four spans (ingest, publish, delivery, attempt).
+    async fn trace(&self, trace_id: &str) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .cloned()
+                .collect();
+            if spans.len() >= 4 {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} has {} spans: {spans:#?}",
+                spans.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `traceparent`'s trace id and parent span id.
+fn parse_traceparent(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "not a traceparent: {value:?}");
+    assert_eq!(parts[0], "00");
+    assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{value:?}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+async fn post(client: &reqwest::Client, ingest: &str, id: &str, traceparent: Option<&str>) {
+    let body = stripe_event(id, "invoice.paid");
+    let mut request = client
+        .post(format!("http://{ingest}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header(
+            "stripe-signature",
+            support::stripe_signature(STRIPE_SECRET, support::now(), &body),
+        )
+        .body(body);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "{id}: {}", response.text().await.unwrap());
+}
+
+fn received<'a>(sink: &'a [Received], event_id: &str) -> &'a Received {
+    sink.iter()
+        .find(|r| r.event_id() == event_id)
+        .unwrap_or_else(|| panic!("{event_id} was not delivered"))
+}
+
+/// The one span of `kind` in `spans`.
+fn one(spans: &[Span], kind: i64) -> &Span {
+    let found: Vec<&Span> = spans.iter().filter(|s| s.kind == kind).collect();
+    assert_eq!(found.len(), 1, "spans of kind {kind}: {spans:#?}");
+    found[0]
+}
+
+/// The event's trace as the collector got it: ingest (server) → publish (producer) →
+/// delivery (consumer) → attempt (client), each the child of the one before, the
+/// attempt the parent the sink was told of; returns the ingest span's parent.
+async fn assert_one_trace(collector: &Collector, delivered: &Received) -> String {
+    let (trace_id, parent) = parse_traceparent(delivered.header("traceparent").expect("a traceparent"));
+    let spans = collector.trace(&trace_id).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let ingest = one(&spans, 2);
+    let publish = one(&spans, 4);
+    let delivery = one(&spans, 5);
+    let attempt = one(&spans, 3);
+    assert_eq!(ingest.name, "POST /webhooks/{source}");
+    assert_eq!(ingest.attributes["source"], "stripe");
+    assert_eq!(ingest.attributes["event.id"], delivered.event_id().as_str());
+    assert_eq!(publish.name, "publish sink");
+    assert_eq!(publish.parent_span_id, ingest.span_id);
+    assert_eq!(publish.attributes["messaging.system"], "rabbitmq");
+    assert_eq!(delivery.name, "deliver sink");
+    assert_eq!(delivery.parent_span_id, publish.span_id);
+    assert_eq!(attempt.parent_span_id, delivery.span_id);
+    assert_eq!(attempt.span_id, parent, "the sink's parent is the attempt");
+    let status = &attempt.attributes["http.response.status_code"];
+    assert_eq!(
+        status.as_i64().or_else(|| status.as_str()?.parse().ok()),
+        Some(200)
+    );
+    for span in &spans {
+        assert_eq!(span.resource["service.name"], "relayd");
+        assert_eq!(span.resource["deployment.environment.name"], "it");
+    }
+    ingest.parent_span_id.clone()
+}
+
+fn traced_config(db: &TestDb, broker: &TestBroker, sink: &Sink, endpoint: &str) -> support::TempFile {
+    let base = std::fs::read_to_string(&config_file(db, broker, sink).0).unwrap();
+    support::temp_file(&format!("{base}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n"))
+}
+
+#[tokio::test]
+async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let collector = Collector::start().await;
+    let config = traced_config(&db, &broker, &sink, &collector.base);
+    // Standard OTEL_* variables reach the SDK: a short export delay, a resource attribute.
+    let relayd = Process::start_with(
+        &config,
+        "all",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=it"),
+        ],
+    );
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+
+    // The provider's trace: relayd's ingest span is the child of its span.
+    let provider_trace = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
+    let provider_span = "00f067aa0ba902b7";
+    post(
+        &client,
+        &ingest,
+        "evt_traced",
+        Some(&format!("00-{provider_trace}-{provider_span}-01")),
+    )
+    .await;
+    post(&client, &ingest, "evt_untraced", None).await;
+    // Malformed or invalid contexts are ignored: the event starts a trace of its own.
+    post(&client, &ingest, "evt_garbled", Some("00-zzzz-not-a-trace-01")).await;
+    post(
+        &client,
+        &ingest,
+        "evt_zero",
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    )
+    .await;
+
+    let delivered = sink.wait_for(4, Duration::from_secs(30)).await;
+    let traced = received(&delivered, "evt_traced");
+    assert_eq!(
+        parse_traceparent(traced.header("traceparent").unwrap()).0,
+        provider_trace,
+        "the receiver is in the provider's trace"
+    );
+    assert_eq!(assert_one_trace(&collector, traced).await, provider_span);
+
+    let mut traces = HashSet::from([provider_trace]);
+    for id in ["evt_untraced", "evt_garbled", "evt_zero"] {
+        let delivered = received(&delivered, id);
+        assert_eq!(
+            assert_one_trace(&collector, delivered).await,
+            "",
+            "{id} starts a trace"
+        );
+        let (trace_id, _) = parse_traceparent(delivered.header("traceparent").unwrap());
+        assert_ne!(trace_id, "0".repeat(32));
+        assert!(traces.insert(trace_id), "{id} has a trace of its own");
+    }
+    // The context was stored with each event (the relay read it from the outbox).
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")
+            .await,
+        4
+    );
+    assert!(relayd.terminate().success());
+    collector.handle.stop(false).await;
+}
+
+#[tokio::test]
+async fn a_collector_that_is_away_costs_no_delivery() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    // Nothing listens there: every export fails.
+    let away = format!("http://{}", crate::child::free_address());
+    let config = traced_config(&db, &broker, &sink, &away);
+    let relayd = Process::start_with(&config, "all", &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+    for i in 0..50 {
+        post(&client, &ingest, &format!("evt_away_{i}"), None).await;
+    }
+    let delivered = sink.wait_for(50, Duration::from_secs(30)).await;
+    let events: HashSet<String> = delivered.iter().map(Received::event_id).collect();
+    assert_eq!(events.len(), 50);
+    // Traced all the same: the context travels whether or not spans can be exported.
+    assert!(delivered.iter().all(|r| r.header("traceparent").is_some()));
+    relayd.wait_ready().await;
+    assert!(relayd.terminate().success(), "SIGTERM with spans unexported");
+}
+
+#[tokio::test]
+async fn with_traces_off_no_context_is_stored_or_sent() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let relayd = Process::start(&config_file(&db, &broker, &sink), "all");
+    relayd.wait_ready().await;
+    let ingest = relayd.ingest.clone().unwrap();
+    let client = reqwest::Client::new();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    post(&client, &ingest, "evt_off", Some(traceparent)).await;
+    let delivered = sink.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(delivered[0].header("traceparent"), None);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")
+            .await,
+        0
+    );
+    assert!(relayd.terminate().success());
+}
