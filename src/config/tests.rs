@@ -138,3 +138,20 @@ fn ordering_takes_one_pointer_header_or_the_source() {
         assert!(error.contains(says), "{bad}: {error}");
     }
 }
+
+#[test]
+fn the_otlp_endpoint_is_an_http_url_and_off_by_default() {
+    assert_eq!(Config::default().telemetry.otlp_endpoint, None);
+    let on = load_toml("[telemetry]\notlp_endpoint = \"http://collector:4318\"\n").unwrap();
+    assert_eq!(
+        on.telemetry.otlp_endpoint.as_deref(),
+        Some("http://collector:4318")
+    );
+    for bad in ["grpc://collector:4317", "collector:4318", "http://"] {
+        let refused = load_toml(&format!("[telemetry]\notlp_endpoint = \"{bad}\"\n"));
+        assert!(
+            matches!(&refused, Err(Error::Invalid { key, .. }) if key == "telemetry.otlp_endpoint"),
+            "{bad}: {refused:?}"
+        );
+    }
+}

@@ -287,6 +287,7 @@ pub struct Event {
     pub content_type: String,
     pub headers: serde_json::Value,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    pub traceparent: Option<String>,
 }
 
 /// Filters of the event list; every field optional.

@@ -422,6 +422,7 @@ async fn get_event(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<
         "received_at": event.received_at,
         "content_type": event.content_type,
         "headers": event.headers,
+        "trace_id": event.traceparent.as_deref().and_then(crate::telemetry::context::trace_id),
         "payload": payload,
         "payload_encoding": encoding,
         "deliveries": deliveries,

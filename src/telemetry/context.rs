@@ -45,6 +45,11 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// The trace id a `traceparent` names (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| id.len() == 32)
+}
+
 /// The request headers of an incoming webhook.
 pub struct RequestHeaders<'a>(pub &'a actix_web::http::header::HeaderMap);
 

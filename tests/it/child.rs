@@ -166,11 +166,13 @@ impl Process {
 
     /// The log lines with this message so far (JSON, fields at the top level).
     pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logged_where(|line| line["message"] == message)
+    }
+
+    /// The log lines so far that `matches` picks.
+    pub fn logged_where(&self, matches: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
         let logs = self.logs.lock().unwrap();
-        logs.iter()
-            .filter(|line| line["message"] == message)
-            .cloned()
-            .collect()
+        logs.iter().filter(|line| matches(line)).cloned().collect()
     }
 
     pub fn ops_url(&self, path: &str) -> String {

@@ -32,6 +32,9 @@ struct Span {
     name: String,
     /// OTLP's `SpanKind` number: 2 server, 3 client, 4 producer, 5 consumer.
     kind: i64,
+    /// Unix nanoseconds.
+    start: u64,
+    end: u64,
     attributes: HashMap<String, Value>,
     resource: HashMap<String, Value>,
 }
@@ -68,12 +71,21 @@ async fn export(spans: web::Data<Mutex<Vec<Span>>>, body: web::Bytes) -> HttpRes
         for scope in resource_spans["scopeSpans"].as_array().into_iter().flatten() {
             for span in scope["spans"].as_array().into_iter().flatten() {
                 let text = |key: &str| span[key].as_str().unwrap_or_default().to_string();
+                // OTLP/JSON writes 64-bit integers as strings; accept numbers too.
+                let nanos = |key: &str| {
+                    span[key]
+                        .as_u64()
+                        .or_else(|| span[key].as_str()?.parse().ok())
+                        .unwrap_or(0)
+                };
                 kept.push(Span {
                     trace_id: text("traceId"),
                     span_id: text("spanId"),
                     parent_span_id: text("parentSpanId"),
                     name: text("name"),
                     kind: kind(&span["kind"]),
+                    start: nanos("startTimeUnixNano"),
+                    end: nanos("endTimeUnixNano"),
                     attributes: attributes(&span["attributes"]),
                     resource: resource.clone(),
                 });
@@ -139,7 +151,8 @@ fn parse_traceparent(value: &str) -> (String, String) {
     (parts[1].to_string(), parts[2].to_string())
 }
 
-async fn post(client: &reqwest::Client, ingest: &str, id: &str, traceparent: Option<&str>) {
+/// Posts a signed Stripe event; returns the stored event's id.
+async fn post(client: &reqwest::Client, ingest: &str, id: &str, traceparent: Option<&str>) -> String {
     let body = stripe_event(id, "invoice.paid");
     let mut request = client
         .post(format!("http://{ingest}/webhooks/stripe"))
@@ -153,7 +166,9 @@ async fn post(client: &reqwest::Client, ingest: &str, id: &str, traceparent: Opt
         request = request.header("traceparent", traceparent);
     }
     let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "{id}: {}", response.text().await.unwrap());
+    assert_eq!(response.status(), 200, "{id}");
+    let answer: Value = response.json().await.unwrap();
+    answer["id"].as_str().unwrap().to_string()
 }
 
 fn received<'a>(sink: &'a [Received], event_id: &str) -> &'a Received {
@@ -196,14 +211,17 @@ async fn assert_one_trace(collector: &Collector, delivered: &Received) -> String
         Some(200)
     );
     for span in &spans {
+        assert!(span.start > 0 && span.end >= span.start, "{span:?}");
         assert_eq!(span.resource["service.name"], "relayd");
         assert_eq!(span.resource["deployment.environment.name"], "it");
     }
     ingest.parent_span_id.clone()
 }
 
+const ADMIN_TOKEN: &str = "trace-admin-token";
+
 fn traced_config(db: &TestDb, broker: &TestBroker, sink: &Sink, endpoint: &str) -> support::TempFile {
-    let base = std::fs::read_to_string(&config_file(db, broker, sink).0).unwrap();
+    let base = crate::child::config_with_admin_token(db, broker, sink, ADMIN_TOKEN);
     support::temp_file(&format!("{base}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n"))
 }
 
@@ -230,7 +248,7 @@ async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
     // The provider's trace: relayd's ingest span is the child of its span.
     let provider_trace = format!("{:032x}", uuid::Uuid::now_v7().as_u128());
     let provider_span = "00f067aa0ba902b7";
-    post(
+    let stored = post(
         &client,
         &ingest,
         "evt_traced",
@@ -256,8 +274,15 @@ async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
         "the receiver is in the provider's trace"
     );
     assert_eq!(assert_one_trace(&collector, traced).await, provider_span);
+    // The README's picture of a trace is this one.
+    let spans = collector.trace(&provider_trace).await;
+    std::fs::write(
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("trace.svg"),
+        waterfall(&spans, provider_span, traced.header("traceparent").unwrap()),
+    )
+    .unwrap();
 
-    let mut traces = HashSet::from([provider_trace]);
+    let mut traces = HashSet::from([provider_trace.clone()]);
     for id in ["evt_untraced", "evt_garbled", "evt_zero"] {
         let delivered = received(&delivered, id);
         assert_eq!(
@@ -269,6 +294,17 @@ async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
         assert_ne!(trace_id, "0".repeat(32));
         assert!(traces.insert(trace_id), "{id} has a trace of its own");
     }
+    // An operator finds the trace from the event.
+    let event: Value = client
+        .get(relayd.ops_url(&format!("/admin/api/events/{stored}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["trace_id"], provider_trace.as_str());
     // The context was stored with each event (the relay read it from the outbox).
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")
@@ -300,6 +336,23 @@ async fn a_collector_that_is_away_costs_no_delivery() {
     // Traced all the same: the context travels whether or not spans can be exported.
     assert!(delivered.iter().all(|r| r.header("traceparent").is_some()));
     relayd.wait_ready().await;
+    // The operator is told that spans cannot be exported.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let failed = relayd.logged_where(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("opentelemetry"))
+        });
+        if failed
+            .iter()
+            .any(|l| l["name"] == "BatchSpanProcessor.ExportError")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no export error logged: {failed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(relayd.terminate().success(), "SIGTERM with spans unexported");
 }
 
@@ -322,4 +375,60 @@ async fn with_traces_off_no_context_is_stored_or_sent() {
         0
     );
     assert!(relayd.terminate().success());
+}
+
+/// The trace as a waterfall (SVG): one row per span, in start order, each bar placed by
+/// its start and end.
+fn waterfall(spans: &[Span], provider_span: &str, sent: &str) -> String {
+    let mut spans = spans.to_vec();
+    spans.sort_by_key(|s| s.start);
+    let t0 = spans.iter().map(|s| s.start).min().unwrap_or(0);
+    let t1 = spans.iter().map(|s| s.end).max().unwrap_or(t0).max(t0 + 1);
+    let (left, width, row) = (260.0, 560.0, 34.0);
+    let x = |t: u64| left + width * (t - t0) as f64 / (t1 - t0) as f64;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let colour = |kind: i64| match kind {
+        2 => "#4e79a7",
+        4 => "#f28e2b",
+        5 => "#59a14f",
+        _ => "#b07aa1",
+    };
+    let role = |kind: i64| match kind {
+        2 => "ingest · server",
+        4 => "relay · producer",
+        5 => "worker · consumer",
+        _ => "worker · client",
+    };
+    let height = 70.0 + row * spans.len() as f64 + 40.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"12\" y=\"24\" font-size=\"15\" font-weight=\"bold\">trace {} — one Stripe event through relayd --role all ({:.1} ms)</text>\n\
+         <text x=\"12\" y=\"46\" fill=\"#555\">inside the provider's span {provider_span}; service.name = relayd</text>\n",
+        spans[0].trace_id,
+        ms(t1 - t0)
+    );
+    for (i, span) in spans.iter().enumerate() {
+        let y = 62.0 + row * i as f64;
+        let (start, end) = (x(span.start), x(span.end));
+        svg.push_str(&format!(
+            "<text x=\"12\" y=\"{ty}\">{name}</text>\n\
+             <text x=\"12\" y=\"{sy}\" font-size=\"11\" fill=\"#777\">{role}</text>\n\
+             <rect x=\"{start:.1}\" y=\"{y}\" width=\"{w:.1}\" height=\"22\" rx=\"3\" fill=\"{c}\"/>\n\
+             <text x=\"{tx:.1}\" y=\"{ty}\" fill=\"#333\">{d:.2} ms</text>\n",
+            ty = y + 12.0,
+            sy = y + 25.0,
+            name = span.name.replace('&', "&amp;").replace('<', "&lt;"),
+            role = role(span.kind),
+            w = (end - start).max(2.0),
+            c = colour(span.kind),
+            tx = end.max(start + 2.0) + 6.0,
+            d = ms(span.end - span.start),
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"12\" y=\"{}\" fill=\"#555\">the receiver got traceparent: {sent}</text>\n</svg>\n",
+        height - 14.0
+    ));
+    svg
 }
