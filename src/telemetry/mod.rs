@@ -38,10 +38,16 @@ pub fn init_with_traces(
         init(format, level);
         return Ok(None);
     };
+    // Lean spans: no source location, thread, target or busy/idle times, and nothing done
+    // on each poll of an instrumented future (relayd reads a span's context from the
+    // span, never from OpenTelemetry's current context).
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(traces::spans_filter());
     let _ = tracing_subscriber::registry()
         .with(logs(format, level))

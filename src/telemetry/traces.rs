@@ -1,5 +1,6 @@
-//! OpenTelemetry traces: relayd's own spans, exported over OTLP/HTTP (JSON bodies) by
-//! the SDK's batch exporter on a thread of its own.
+//! OpenTelemetry traces: relayd's own spans, exported over OTLP/HTTP (protobuf, or JSON
+//! with `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) by the SDK's batch exporter on a thread
+//! of its own.
 //!
 //! Off unless `telemetry.otlp_endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT` /
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names a collector; `OTEL_SDK_DISABLED=true` or
@@ -60,7 +61,9 @@ pub fn start(config: &TelemetryConfig) -> anyhow::Result<Option<(Traces, SdkTrac
     }
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_protocol(Protocol::HttpJson);
+        .with_protocol(protocol(
+            env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")),
+        )?);
     let collector = match &config.otlp_endpoint {
         Some(base) => {
             let endpoint = traces_endpoint(base);
@@ -86,6 +89,18 @@ pub fn start(config: &TelemetryConfig) -> anyhow::Result<Option<(Traces, SdkTrac
 /// `log.level` says.
 pub fn spans_filter() -> Targets {
     Targets::new().with_target("relayd", tracing::Level::INFO)
+}
+
+/// The encoding `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` asks for: OTLP/HTTP's own
+/// default, protobuf, unless it says JSON; relayd has no gRPC exporter.
+fn protocol(asked: Option<String>) -> anyhow::Result<Protocol> {
+    match asked.as_deref().map(str::trim) {
+        None | Some("http/protobuf") => Ok(Protocol::HttpBinary),
+        Some("http/json") => Ok(Protocol::HttpJson),
+        Some(other) => anyhow::bail!(
+            "telemetry: OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported: relayd exports over OTLP/HTTP, \"http/protobuf\" (the default) or \"http/json\""
+        ),
+    }
 }
 
 /// `base` as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it, with the traces path appended
@@ -142,6 +157,18 @@ mod tests {
             "http://c:4318/v1/traces"
         );
         assert_eq!(traces_endpoint("https://c/otlp"), "https://c/otlp/v1/traces");
+    }
+
+    #[test]
+    fn protobuf_unless_json_is_asked_for_and_grpc_is_refused() {
+        assert_eq!(protocol(None).unwrap(), Protocol::HttpBinary);
+        assert_eq!(
+            protocol(Some("http/protobuf".into())).unwrap(),
+            Protocol::HttpBinary
+        );
+        assert_eq!(protocol(Some("http/json".into())).unwrap(), Protocol::HttpJson);
+        let refused = protocol(Some("grpc".into())).unwrap_err().to_string();
+        assert!(refused.contains("\"grpc\" is not supported"), "{refused}");
     }
 
     #[test]

@@ -17,11 +17,18 @@ use crate::sink::{Behaviour, Received, Sink};
 use crate::support::{self, stripe_event, TestBroker, TestDb, STRIPE_SECRET};
 
 /// A collector's OTLP/HTTP traces endpoint: keeps every span it is sent, with its
-/// resource's attributes.
+/// resource's attributes, from protobuf or JSON exports.
 struct Collector {
     base: String,
-    spans: Arc<Mutex<Vec<Span>>>,
+    got: Arc<Got>,
     handle: actix_web::dev::ServerHandle,
+}
+
+#[derive(Default)]
+struct Got {
+    spans: Mutex<Vec<Span>>,
+    /// The content type of each export.
+    encodings: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,11 +68,67 @@ fn kind(value: &Value) -> i64 {
     })
 }
 
-async fn export(spans: web::Data<Mutex<Vec<Span>>>, body: web::Bytes) -> HttpResponse {
+/// An OTLP/protobuf export as the spans it holds.
+fn decode_protobuf(body: &[u8]) -> Option<Vec<Span>> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+    use prost::Message;
+    let plain = |list: &[KeyValue]| -> HashMap<String, Value> {
+        list.iter()
+            .filter_map(|kv| {
+                let value = match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Value::from(s.as_str()),
+                    any_value::Value::IntValue(i) => Value::from(*i),
+                    any_value::Value::BoolValue(b) => Value::from(*b),
+                    any_value::Value::DoubleValue(d) => Value::from(*d),
+                    _ => return None,
+                };
+                Some((kv.key.clone(), value))
+            })
+            .collect()
+    };
+    let request = ExportTraceServiceRequest::decode(body).ok()?;
+    let mut spans = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = plain(&resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
+        for scope in resource_spans.scope_spans {
+            for span in scope.spans {
+                spans.push(Span {
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent_span_id: hex::encode(&span.parent_span_id),
+                    name: span.name,
+                    kind: i64::from(span.kind),
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    attributes: plain(&span.attributes),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    Some(spans)
+}
+
+async fn export(got: web::Data<Got>, request: actix_web::HttpRequest, body: web::Bytes) -> HttpResponse {
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    got.encodings.lock().unwrap().insert(content_type.clone());
+    if content_type == "application/x-protobuf" {
+        let Some(decoded) = decode_protobuf(&body) else {
+            return HttpResponse::BadRequest().finish();
+        };
+        got.spans.lock().unwrap().extend(decoded);
+        return HttpResponse::Ok().content_type("application/x-protobuf").finish();
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return HttpResponse::BadRequest().finish();
     };
-    let mut kept = spans.lock().unwrap();
+    let mut kept = got.spans.lock().unwrap();
     for resource_spans in request["resourceSpans"].as_array().into_iter().flatten() {
         let resource = attributes(&resource_spans["resource"]["attributes"]);
         for scope in resource_spans["scopeSpans"].as_array().into_iter().flatten() {
@@ -99,8 +162,8 @@ impl Collector {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let data = web::Data::from(spans.clone());
+        let got = Arc::new(Got::default());
+        let data = web::Data::from(got.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -114,7 +177,7 @@ impl Collector {
         .run();
         let handle = server.handle();
         tokio::spawn(server);
-        Self { base, spans, handle }
+        Self { base, got, handle }
     }
 
     /// Waits until the trace holds its four spans (ingest, publish, delivery, attempt).
@@ -122,6 +185,7 @@ impl Collector {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let spans: Vec<Span> = self
+                .got
                 .spans
                 .lock()
                 .unwrap()
@@ -227,20 +291,24 @@ fn traced_config(db: &TestDb, broker: &TestBroker, sink: &Sink, endpoint: &str) 
 
 #[tokio::test]
 async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
+    // OTLP/HTTP's default encoding, then the one OTEL_EXPORTER_OTLP_PROTOCOL picks.
+    one_trace_per_event(None).await;
+    one_trace_per_event(Some("http/json")).await;
+}
+
+async fn one_trace_per_event(protocol: Option<&str>) {
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
     let collector = Collector::start().await;
     let config = traced_config(&db, &broker, &sink, &collector.base);
     // Standard OTEL_* variables reach the SDK: a short export delay, a resource attribute.
-    let relayd = Process::start_with(
-        &config,
-        "all",
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=it"),
-        ],
-    );
+    let mut env = vec![
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=it"),
+    ];
+    env.extend(protocol.map(|p| ("OTEL_EXPORTER_OTLP_PROTOCOL", p)));
+    let relayd = Process::start_with(&config, "all", &env);
     relayd.wait_ready().await;
     let ingest = relayd.ingest.clone().unwrap();
     let client = reqwest::Client::new();
@@ -305,6 +373,14 @@ async fn one_event_is_one_trace_from_the_providers_request_to_the_receivers() {
         .await
         .unwrap();
     assert_eq!(event["trace_id"], provider_trace.as_str());
+    let encoding = match protocol {
+        Some("http/json") => "application/json",
+        _ => "application/x-protobuf",
+    };
+    assert_eq!(
+        *collector.got.encodings.lock().unwrap(),
+        HashSet::from([encoding.to_string()])
+    );
     // The context was stored with each event (the relay read it from the outbox).
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")

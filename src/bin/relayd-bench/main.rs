@@ -9,6 +9,7 @@
 //!
 //!     cargo build --release --bins && target/release/relayd-bench --out docs/bench
 
+mod collector;
 mod flow;
 mod load;
 mod ordered;
@@ -35,6 +36,9 @@ enum Scenario {
     Ceiling,
     /// Every role: throughput and end-to-end latency, losses, duplicates.
     E2e,
+    /// `e2e` with OpenTelemetry traces exported to a collector embedded in the bench
+    /// (which counts the spans it gets): what tracing every event costs.
+    Traced,
     /// N deliveries stored with relay and worker stopped, then the time to drain them.
     Backlog,
     /// End to end at increasing rates until p99 breaks the bound.
@@ -65,7 +69,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,e2e,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered"
+        default_value = "raw,ingest,ceiling,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -141,6 +145,9 @@ struct Args {
     /// Events carry `data.object.customer = "cus_{index % keys}"` (0: no customer).
     #[arg(skip)]
     keys: u64,
+    /// relayd's `telemetry.otlp_endpoint` (the `traced` scenario's collector).
+    #[arg(skip)]
+    otlp_endpoint: Option<String>,
     /// The relayd binary to measure (default: the one built next to this one), e.g. an
     /// older build for before/after figures. Flow-control keys it does not know are
     /// left out with `--without-flow-keys`.
@@ -180,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
                 rows.push(ingest(&args, "ingest at 1.1× raw", rate).await?);
             }
             Scenario::E2e => rows.push(end_to_end(&args, "e2e", args.e2e_rate).await?),
+            Scenario::Traced => rows.push(traced(&args).await?),
             Scenario::Backlog => rows.push(backlog(&args).await?),
             Scenario::Defaults => {
                 let shipped = Args {
@@ -328,11 +336,15 @@ fn write_config_with(
             )
         })
         .collect();
+    let telemetry = args.otlp_endpoint.as_ref().map_or(String::new(), |url| {
+        format!("[telemetry]\notlp_endpoint = \"{url}\"\n")
+    });
     let text = format!(
         "[database]\nurl = \"{database_url}\"\n{tuned_pool}\
          [broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
          [ingest]\nlisten = \"{ingest}\"\n[ops]\nlisten = \"{ops}\"\n\
          [log]\nlevel = \"warn\"\n\
+         {telemetry}\
          {tuned_roles}\
          [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{destination}",
         args.broker_url,
@@ -408,6 +420,24 @@ async fn end_to_end(args: &Args, name: &str, rate: f64) -> anyhow::Result<Row> {
     let sink = sink::Sink::start(SIGNING_SECRET)?;
     let row = end_to_end_with(args, name, rate, &[Destination::sink(&sink.url)], &sink).await?;
     sink.stop().await;
+    Ok(row)
+}
+
+/// `e2e` with every span exported to an embedded collector; the notes say how many
+/// spans (four per event: ingest, publish, delivery, attempt) and bytes it got.
+async fn traced(args: &Args) -> anyhow::Result<Row> {
+    let collector = collector::Collector::start()?;
+    let mut traced = args.clone();
+    traced.otlp_endpoint = Some(collector.url.clone());
+    let mut row = end_to_end(&traced, "traced", args.e2e_rate).await?;
+    // relayd flushed its last spans when it stopped.
+    let (spans, bytes, exports) = collector.counts.read();
+    row.notes = Some(format!(
+        "{spans} spans exported ({:.1} per request) in {exports} OTLP/protobuf posts, {:.1} MB",
+        spans as f64 / row.requests.max(1) as f64,
+        bytes as f64 / 1e6
+    ));
+    collector.stop().await;
     Ok(row)
 }
 
