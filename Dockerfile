@@ -30,16 +30,18 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin relayd
+ && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin relayd
 COPY --from=build /src/target/release/relayd /usr/local/bin/relayd
 # The example downstream service, for the compose demo (`--entrypoint relayd-example-receiver`).
 COPY --from=build /src/target/release/examples/receiver /usr/local/bin/relayd-example-receiver
-COPY config/relayd.toml /etc/relayd/relayd.toml
-# The shipped config, overridable by mounting another file here or by RELAYD__… variables.
-# In a container the ops port must be reachable by probes and scrapers.
-ENV RELAYD_CONFIG=/etc/relayd/relayd.toml \
-    RELAYD__OPS__LISTEN=0.0.0.0:9090
+# The image's own configuration: every URL and secret from the environment (the file
+# lists them), listeners on all interfaces. Mount another file here, or set
+# RELAYD_CONFIG, for your sources and destinations.
+COPY deploy/image/relayd.toml /etc/relayd/relayd.toml
+ENV RELAYD_CONFIG=/etc/relayd/relayd.toml
 USER 10001:10001
 EXPOSE 3000 9090
+# Alive: the ops listener answers /healthz (the image has no curl).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["relayd", "health"]
 ENTRYPOINT ["relayd"]
 CMD ["--role", "all"]

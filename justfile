@@ -18,6 +18,16 @@ bench *ARGS:
     cargo build --release --bins
     target/release/relayd-bench --out docs/bench {{ARGS}}
 
+# Build the container image from the real Dockerfile without Docker (buildah; base
+# images made from Debian packages once). Needs root, buildah, podman, debootstrap.
+image TAG="relayd:local":
+    deploy/image/build-local.sh {{TAG}}
+
+# Build the image, then run it against the local PostgreSQL and RabbitMQ (migrate, serve,
+# health check, one delivered event, SIGTERM → exit 0), as CI does.
+image-check TAG="relayd:local": (image TAG)
+    deploy/image/smoke-test.sh {{TAG}}
+
 # Formatting and lints, as CI runs them.
 lint:
     cargo fmt --check

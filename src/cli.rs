@@ -70,6 +70,14 @@ pub enum Command {
     /// post it to the running ingest, and print the answer: accepted or duplicate, and
     /// the event id.
     SendTestEvent(SendTestEventArgs),
+    /// Ask the relayd running on this machine (its `ops.listen`) whether it is alive, or
+    /// with `--ready` ready: exit 0 when it answers 200, 1 otherwise. The image's
+    /// health check; a container has no curl.
+    Health {
+        /// Ask `/readyz` (dependencies reachable) instead of `/healthz` (alive).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Run one full retention pass now (as the relay does every `retention.interval`).
     Prune {
         /// Print what would be deleted now, and delete nothing.

@@ -2,7 +2,6 @@
 //! sign it (its first configured secret, any kind), posted to a running ingest, and its
 //! answer printed. Signing lives with each verifier (`ingest::verify`); this only sends.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -100,14 +99,7 @@ pub fn run(cli: &Cli, args: &SendTestEventArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `http://HOST:PORT` of the configured ingest listener, a wildcard address read as
-/// this machine's loopback.
+/// `http://HOST:PORT` of the configured ingest listener.
 fn ingest_base(config: &Config) -> String {
-    let listen = config.ingest.listen;
-    let ip = match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+    super::local_base(config.ingest.listen)
 }

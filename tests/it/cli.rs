@@ -521,3 +521,47 @@ kind = "none"
         "{stderr}"
     );
 }
+
+/// The image's health check: `relayd health` asks the ops listener the configuration
+/// names; 0 while it answers 200, 1 (with the reason) when nothing answers.
+#[tokio::test]
+async fn health_asks_the_local_ops_listener_and_fails_when_nothing_answers() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let config = crate::child::config_file(&db, &broker, &sink);
+    // A wildcard address, as in the image: the check goes to loopback.
+    let port = crate::child::free_address()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let ops = format!("0.0.0.0:{port}");
+    let health = |args: &[&str]| {
+        Command::new(support::relayd_binary())
+            .arg("health")
+            .args(args)
+            .arg("--config")
+            .arg(&config.0)
+            .env("RELAYD__OPS__LISTEN", &ops)
+            .output()
+            .expect("run relayd health")
+    };
+    let down = health(&[]);
+    assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains("is relayd running?"), "{said}");
+
+    let relayd = crate::child::Process::start_with(&config, "all", &[("RELAYD__OPS__LISTEN", &ops)]);
+    relayd.wait_ready().await;
+    let alive = health(&[]);
+    assert!(alive.status.success(), "{alive:?}");
+    assert!(String::from_utf8_lossy(&alive.stdout).contains("ok"), "{alive:?}");
+    let ready = health(&["--ready"]);
+    assert!(ready.status.success(), "{ready:?}");
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("database"),
+        "{ready:?}"
+    );
+    assert!(relayd.terminate().success());
+}

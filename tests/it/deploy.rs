@@ -115,6 +115,10 @@ fn compose_runs_migrate_first_and_every_relayd_layout_on_its_config() {
         services["receiver"]["entrypoint"],
         serde_json::json!(["relayd-example-receiver"])
     );
+    // The image's HEALTHCHECK asks a running relayd: not there in these two.
+    for name in ["receiver", "migrate"] {
+        assert_eq!(services[name]["healthcheck"]["disable"], true, "{name}");
+    }
 
     let config = std::fs::read_to_string(root().join("deploy/compose/relayd.toml")).unwrap();
     let output = check_config(&config);
@@ -316,7 +320,45 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     assert!(dockerfile.contains("EXPOSE 3000 9090"));
     assert!(dockerfile.contains(r#"ENTRYPOINT ["relayd"]"#));
     assert!(dockerfile.contains(r#"CMD ["--role", "all"]"#));
-    assert!(dockerfile.contains("COPY config/relayd.toml /etc/relayd/relayd.toml"));
+    assert!(dockerfile.contains(r#"HEALTHCHECK"#) && dockerfile.contains(r#"CMD ["relayd", "health"]"#));
+    // The image's own configuration, not the development one with its written secrets.
+    assert!(dockerfile.contains("COPY deploy/image/relayd.toml /etc/relayd/relayd.toml"));
+}
+
+/// The image's default configuration reads every URL and secret from the environment:
+/// it validates once they are set, writes none itself, and names what is missing.
+#[test]
+fn the_images_configuration_takes_every_secret_from_the_environment() {
+    let config = std::fs::read_to_string(root().join("deploy/image/relayd.toml")).unwrap();
+    let set = [
+        ("RELAYD_DESTINATION_URL", "http://billing.internal:8080/hooks"),
+        (
+            "RELAYD_DESTINATION_SIGNING_SECRET",
+            "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        ),
+    ];
+    let output = check_config_with(&config, &set);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(!shown.contains("whsec_"), "{shown}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("development secret"), "{stderr}");
+    for key in ["url", "signing_secret", "secrets"] {
+        for line in config.lines().filter(|l| l.starts_with(&format!("{key} ="))) {
+            assert!(line.contains("env:"), "written in the image's config: {line}");
+        }
+    }
+    let missing = check_config_with(&config, &set[..1]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("RELAYD_DESTINATION_SIGNING_SECRET"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }
 
 /// The README's first command is `cargo run -- --role all`: with more than one binary in
