@@ -345,10 +345,10 @@ fn outgoing(row: DueDelivery) -> (OutgoingMessage, Option<tracing::Span>) {
         crate::telemetry::context::continue_from_traceparent(&span, stored);
         span
     });
-    let traceparent = span
-        .as_ref()
-        .and_then(crate::telemetry::context::traceparent)
-        .or(row.traceparent);
+    let traceparent = match &span {
+        Some(span) => crate::telemetry::context::passed_on(span, row.traceparent.as_deref()),
+        None => None,
+    };
     let message = OutgoingMessage {
         delivery_id: row.id,
         destination: row.destination,

@@ -45,6 +45,12 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// The context to send on from `span`: its own, or — when this process does not trace
+/// (a role-split deployment tracing only some roles) — the one it `received`, unchanged.
+pub fn passed_on(span: &tracing::Span, received: Option<&str>) -> Option<String> {
+    traceparent(span).or_else(|| received.map(String::from))
+}
+
 /// The trace id a `traceparent` names (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     traceparent.split('-').nth(1).filter(|id| id.len() == 32)

@@ -173,6 +173,7 @@ async fn run_with(
             index,
             destination: destination.name.clone(),
             part: format!("worker:{}", destination.name),
+            span_name: format!("deliver {}", destination.name),
             limit: Mutex::new(limit),
             gate: Gate::new(destination.breaker.over(&config.worker.breaker)),
             pacer: destination
@@ -267,6 +268,8 @@ struct Lane {
     index: usize,
     destination: String,
     part: String,
+    /// Its deliveries' span name (`deliver <destination>`), made once.
+    span_name: String,
     limit: Mutex<AdaptiveLimit>,
     gate: Gate,
     /// This worker's share of the destination's `rate_limit`, if it has one.
@@ -496,7 +499,7 @@ impl Worker {
         // The event's trace goes on here, under the relay's publish.
         let span = tracing::info_span!(
             "delivery",
-            otel.name = %format!("deliver {}", lane.destination),
+            otel.name = lane.span_name.as_str(),
             otel.kind = "consumer",
             delivery.id = %envelope.delivery_id,
             event.id = %envelope.event_uuid,
@@ -564,7 +567,7 @@ impl Worker {
             error = tracing::field::Empty,
         );
         // The destination's own trace joins the event's under this attempt.
-        let traceparent = crate::telemetry::context::traceparent(&attempt).or(envelope.traceparent.clone());
+        let traceparent = crate::telemetry::context::passed_on(&attempt, envelope.traceparent.as_deref());
         let response = send::send(
             &self.client,
             &target,
