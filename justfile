@@ -8,9 +8,10 @@ run *ARGS:
 migrate:
     cargo run -- migrate
 
-# The whole test suite (needs PostgreSQL and RabbitMQ on localhost).
-test:
-    cargo test
+# The whole test suite (needs PostgreSQL and RabbitMQ on localhost; installs the
+# browser and Prometheus it runs when they are missing).
+test *ARGS:
+    scripts/test {{ARGS}}
 
 # The standard benchmark set (about nine minutes; needs PostgreSQL and RabbitMQ): writes
 # docs/bench/results.md, results.json and latency.svg.

@@ -384,3 +384,28 @@ fn cargo_run_as_the_readme_says_runs_relayd() {
         "{bins} binaries and default-run = {default_run:?}"
     );
 }
+
+/// The README's second command is `scripts/test`, and CI runs exactly that command: a
+/// suite that needs a tool must have it installed by the script, not by CI alone (four
+/// tests failed on a fresh machine when only `.ci/run` installed Chromium and
+/// Prometheus).
+#[test]
+fn the_readme_test_command_is_what_ci_runs_and_it_provisions_the_tools() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains("\nscripts/test\n"), "the README's test command changed");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|line| line == "scripts/test"),
+        ".ci/run must run the README's test command as it is"
+    );
+    let script = std::fs::read_to_string(root().join("scripts/test")).unwrap();
+    assert!(script.contains("scripts/provision-test-tools"));
+    assert!(script.contains("exec cargo test \"$@\""));
+    let provision = std::fs::read_to_string(root().join("scripts/provision-test-tools")).unwrap();
+    for tool in ["chromium", "chromedriver", "prometheus", "promtool"] {
+        assert!(
+            provision.contains(&format!("command -v {tool}")),
+            "{tool} is not provisioned"
+        );
+    }
+}
