@@ -53,7 +53,7 @@ pub enum Command {
     /// /admin/api/replays), printing its progress; for operators with database access.
     /// Stopped, the job stays running and the relays finish it. An ordered delivery
     /// not its key's turn waits at the end of its key.
-    Replay(ReplayArgs),
+    Replay(crate::replay::Request),
     /// Skip one delivery (like POST /admin/api/deliveries/{id}/skip): it is never sent
     /// again, and an ordered delivery's key moves on to its next delivery.
     Skip {
@@ -113,38 +113,6 @@ pub struct SendTestEventArgs {
     /// is a wildcard address, `/webhooks/SOURCE`).
     #[arg(long)]
     pub url: Option<String>,
-}
-
-/// Which deliveries `relayd replay` resets. At least one filter, or `--all`.
-#[derive(Debug, clap::Args)]
-pub struct ReplayArgs {
-    /// Only deliveries in this state: dead, delivered, retrying, quarantined or skipped.
-    #[arg(long)]
-    pub status: Option<String>,
-    /// Only deliveries to this destination.
-    #[arg(long)]
-    pub destination: Option<String>,
-    /// Only events from this source.
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Only events of this type.
-    #[arg(long)]
-    pub event_type: Option<String>,
-    /// Only events received at or after this time (RFC 3339).
-    #[arg(long)]
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only events received before this time (RFC 3339).
-    #[arg(long)]
-    pub until: Option<chrono::DateTime<chrono::Utc>>,
-    /// Replay every replayable delivery (required when no filter is given).
-    #[arg(long)]
-    pub all: bool,
-    /// Count the matching deliveries and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Deliveries replayed per second at most (the job's pace, shared with the relays).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
-    pub max_rate: Option<i32>,
 }
 
 /// A `--role` value: a role, or `all` of them.

@@ -69,6 +69,20 @@ impl ApiError {
     }
 }
 
+/// A failed query: the database cannot take the request now (the cause is logged).
+impl From<diesel::result::Error> for ApiError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Unavailable(anyhow::Error::new(error).context("database query"))
+    }
+}
+
+/// No pooled connection in time: as a failed query.
+impl From<crate::db::PoolError> for ApiError {
+    fn from(error: crate::db::PoolError) -> Self {
+        Self::Unavailable(anyhow::Error::new(error).context("getting a database connection"))
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

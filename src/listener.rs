@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by the ingest and ops listeners: serving until shutdown, and the
-//! JSON answers every listener gives for liveness and for paths it does not serve.
+//! JSON answers they give for paths they do not serve; and [`LocalServer`], the small
+//! loopback server that relayd-bench and the tests receive deliveries and traces on.
 
 use actix_web::HttpResponse;
 use anyhow::Context;
@@ -24,8 +25,9 @@ pub async fn serve_until_cancelled(
     result
 }
 
-/// `GET /healthz` on every listener: the process is alive and serving.
-pub async fn healthz() -> HttpResponse {
+/// `GET /healthz` on the ingest listener: it is up and serving. (The process's health,
+/// with its roles' progress, is the ops listener's `/healthz`.)
+pub async fn alive() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
@@ -37,4 +39,44 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 /// The JSON 405 for a served path asked with the wrong method.
 pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
+}
+
+/// An HTTP server on a free loopback port, serving `routes` on the calling tokio runtime
+/// until [`LocalServer::stop`] (or the runtime ends): the embedded receivers of
+/// relayd-bench and of the tests (destinations that record what they get, an OTLP
+/// collector). No signal handling, no graceful wait on stop.
+pub struct LocalServer {
+    /// Where it listens (`127.0.0.1:<port>`).
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl LocalServer {
+    /// Binds `127.0.0.1:0` and starts `workers` threads serving what `routes` mounts.
+    pub fn start<F>(workers: usize, routes: F) -> std::io::Result<Self>
+    where
+        F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(routes.clone()))
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(0)
+            .listen(listener)?
+            .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self { addr, handle })
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops it; open connections are dropped.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
 }

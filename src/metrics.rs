@@ -345,7 +345,7 @@ impl Metrics {
         self.ready.set(i64::from(ready));
     }
 
-    /// A destination is now in `state` (one of [`DESTINATION_STATES`]): 1 there, 0 in
+    /// A destination is now in `state` (one of `DESTINATION_STATES`): 1 there, 0 in
     /// the others.
     pub fn destination_state(&self, destination: &str, state: &'static str) {
         for known in DESTINATION_STATES {

@@ -143,7 +143,7 @@ pub async fn listen_on(
     while !shutdown.is_cancelled() {
         let connected = tokio::time::timeout(connect_timeout, connect(&url, channel))
             .await
-            .unwrap_or_else(|_| Err(format!("no connection within {connect_timeout:?}")));
+            .unwrap_or(Err(ListenError::ConnectTimedOut(connect_timeout)));
         match connected {
             Ok(mut conn) => {
                 tracing::debug!(channel, "listening for notifications");
@@ -170,6 +170,23 @@ pub async fn listen_on(
     }
 }
 
+/// Why a `LISTEN` connection could not be opened, or was given up.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("no connection within {0:?}")]
+    ConnectTimedOut(Duration),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    #[error("the connection closed")]
+    Closed,
+    #[error("the server became read-only; the writable one is elsewhere")]
+    ReadOnly,
+    #[error("no answer to a ping within {0:?}")]
+    PingTimedOut(Duration),
+}
+
 /// Forwards notifications until the connection fails (returns why) or `shutdown`
 /// (returns `None`), pinging it every [`LISTEN_PING`].
 async fn forward(
@@ -177,7 +194,7 @@ async fn forward(
     wake: &impl Fn(),
     timeout: Duration,
     shutdown: &CancellationToken,
-) -> Option<String> {
+) -> Option<ListenError> {
     loop {
         {
             // Notifications arrive on the connection's own queue: none is lost while
@@ -190,8 +207,8 @@ async fn forward(
                 tokio::select! {
                     item = notifications.next() => match item {
                         Some(Ok(_)) => wake(),
-                        Some(Err(e)) => return Some(e.to_string()),
-                        None => return Some("the connection closed".into()),
+                        Some(Err(e)) => return Some(e.into()),
+                        None => return Some(ListenError::Closed),
                     },
                     _ = &mut quiet => break,
                     _ = shutdown.cancelled() => return None,
@@ -204,19 +221,18 @@ async fn forward(
         let ping = diesel::sql_query("SELECT 1 WHERE current_setting('transaction_read_only') = 'off'");
         match tokio::time::timeout(timeout, ping.execute(conn)).await {
             Ok(Ok(1)) => {}
-            Ok(Ok(_)) => return Some("the server became read-only; the writable one is elsewhere".into()),
-            Ok(Err(e)) => return Some(e.to_string()),
-            Err(_) => return Some(format!("no answer to a ping within {timeout:?}")),
+            Ok(Ok(_)) => return Some(ListenError::ReadOnly),
+            Ok(Err(e)) => return Some(e.into()),
+            Err(_) => return Some(ListenError::PingTimedOut(timeout)),
         }
     }
 }
 
-async fn connect(url: &str, channel: &str) -> Result<AsyncPgConnection, String> {
-    let mut conn = db::connect(url).await.map_err(|e| e.to_string())?;
+async fn connect(url: &str, channel: &str) -> Result<AsyncPgConnection, ListenError> {
+    let mut conn = db::connect(url).await?;
     diesel::sql_query(format!("LISTEN {channel}"))
         .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(conn)
 }
 

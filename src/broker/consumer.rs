@@ -18,7 +18,8 @@ use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::{select, Receiver, Sender};
 use tokio::sync::mpsc;
 
-use super::{session, Health, Topology};
+use super::session::{self, SessionError};
+use super::{Health, Topology};
 use crate::config::BrokerConfig;
 
 /// A message taken from a destination queue, not yet settled.
@@ -209,12 +210,14 @@ impl ConsumerThread {
     }
 
     /// One connection's life: connect, consume until lost or stopped, close.
-    fn consume_once(&mut self, reconnect: &mut session::Reconnect) -> Result<Ended, String> {
+    fn consume_once(&mut self, reconnect: &mut session::Reconnect) -> Result<Ended, SessionError> {
         let (mut connection, node) = self.nodes.connect()?;
-        let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
-        self.topology
-            .declare(&mut connection, &channel)
-            .map_err(|e| e.to_string())?;
+        let amqp = |source| SessionError::Amqp {
+            at: node.clone(),
+            source: Box::new(source),
+        };
+        let channel = connection.open_channel(None).map_err(amqp)?;
+        self.topology.declare(&mut connection, &channel).map_err(amqp)?;
         self.generation += 1;
         reconnect.connected();
         self.health.connected(&self.component, &node);

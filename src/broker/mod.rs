@@ -2,12 +2,15 @@
 //!
 //! amiquip is a blocking client: every amiquip connection and channel lives on an OS
 //! thread this module owns, and no amiquip type leaves it. The rest of relayd sees a
-//! [`Publisher`] (confirmed batch publishing) and the topology names. Threads
+//! [`Publisher`] (confirmed batch publishing), a [`Consumer`] per queue, the message
+//! types at both ends ([`OutgoingMessage`] as the relay publishes it, [`Envelope`] as
+//! the worker reads it back) and the topology names. Threads
 //! reconnect on their own with exponential backoff and jitter, redeclare the topology,
 //! and report their state in [`Health`]. A connection is only ever closed on its own
 //! thread (closing joins amiquip's I/O thread, which must not block a tokio worker).
 
 mod consumer;
+mod message;
 mod publisher;
 mod session;
 mod topology;
@@ -17,9 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
-
 pub use consumer::{Acker, Consumer, IncomingMessage};
+pub use message::{headers, Envelope, Malformed, OutgoingMessage};
 pub use publisher::{Pace, Publisher};
 pub use topology::Topology;
 
@@ -42,67 +44,6 @@ pub enum Error {
     /// session for every message behind it).
     #[error("cannot be published: {0}")]
     Unpublishable(String),
-}
-
-/// One delivery to publish: the raw payload plus what a worker needs to find its row.
-#[derive(Debug, Clone)]
-pub struct OutgoingMessage {
-    /// `message_id`: the delivery row's id.
-    pub delivery_id: Uuid,
-    /// The routing key, and the name of the destination queue's suffix.
-    pub destination: String,
-    /// The stored event's id (relayd's uuid).
-    pub event_uuid: Uuid,
-    /// The provider's event id.
-    pub event_id: String,
-    pub source: String,
-    pub event_type: String,
-    /// The number of the attempt this message will lead to (1 for the first).
-    pub attempt: i32,
-    pub content_type: String,
-    pub body: Vec<u8>,
-    /// The W3C trace context of this publish ([`headers::TRACEPARENT`]), when traced.
-    pub traceparent: Option<String>,
-}
-
-/// The most bytes of properties and headers a message may carry: they travel in one
-/// content-header frame, which must fit the broker's `frame_max` (128 KiB by default).
-const MAX_PROPERTY_BYTES: usize = 64 * 1024;
-
-impl OutgoingMessage {
-    /// Why no AMQP message can carry this one, if so: a `content_type` is a short string
-    /// (at most 255 bytes), and the properties must fit one frame.
-    pub fn unpublishable(&self) -> Option<String> {
-        if self.content_type.len() > 255 {
-            return Some(format!(
-                "content type of {} bytes (an AMQP short string holds 255)",
-                self.content_type.len()
-            ));
-        }
-        let properties = self.content_type.len()
-            + self.event_id.len()
-            + self.source.len()
-            + self.event_type.len()
-            + self.destination.len()
-            + self.traceparent.as_ref().map_or(0, String::len)
-            + 256;
-        (properties > MAX_PROPERTY_BYTES).then(|| {
-            format!("{properties} bytes of message properties (at most {MAX_PROPERTY_BYTES} fit a frame)")
-        })
-    }
-}
-
-/// Header names carried by published messages (all but [`headers::TRACEPARENT`] by
-/// every one).
-pub mod headers {
-    pub const EVENT_UUID: &str = "x-relayd-event";
-    pub const EVENT_ID: &str = "x-relayd-event-id";
-    pub const SOURCE: &str = "x-relayd-source";
-    pub const EVENT_TYPE: &str = "x-relayd-event-type";
-    pub const DESTINATION: &str = "x-relayd-destination";
-    pub const ATTEMPT: &str = "x-relayd-attempt";
-    /// The publishing span's W3C trace context, which the worker's delivery continues.
-    pub const TRACEPARENT: &str = crate::telemetry::context::TRACEPARENT;
 }
 
 /// Connection state of this process's broker threads, for `/readyz` and metrics.

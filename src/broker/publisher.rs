@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use amiquip::{AmqpProperties, AmqpValue, Channel, Confirm, Connection, FieldTable, Publish, Return};
 use tokio::sync::oneshot;
 
-use super::{headers, session, Error, Health, OutgoingMessage, Topology};
+use super::session::{self, SessionError};
+use super::{headers, Error, Health, OutgoingMessage, Topology};
 use crate::config::BrokerConfig;
 
 /// The `Health` component name of publishers.
@@ -160,11 +161,14 @@ struct Session {
 
 impl Session {
     /// Opens a session on the next node that answers; returns it with that node.
-    fn open(nodes: &mut session::Nodes, topology: &Topology) -> Result<(Self, String), String> {
+    fn open(nodes: &mut session::Nodes, topology: &Topology) -> Result<(Self, String), SessionError> {
         let (mut connection, node) = nodes.connect()?;
-        let (channel, confirms, returns) = confirm_channel(&mut connection, topology).map_err(|e| {
+        let (channel, confirms, returns) = confirm_channel(&mut connection, topology).map_err(|source| {
             nodes.lost();
-            format!("{node}: {e}")
+            SessionError::Amqp {
+                at: node.clone(),
+                source: Box::new(source),
+            }
         })?;
         Ok((
             Self {
@@ -182,7 +186,7 @@ impl Session {
     /// a queue's refusal (`reject-publish`) per channel and goes on nacking on that
     /// channel for tens of seconds after the queue has room again; a new channel asks
     /// the queue afresh.
-    fn reopen_channel(&mut self, topology: &Topology) -> Result<(), String> {
+    fn reopen_channel(&mut self, topology: &Topology) -> amiquip::Result<()> {
         let (channel, confirms, returns) = confirm_channel(&mut self.connection, topology)?;
         let old = std::mem::replace(&mut self.channel, channel);
         let _ = old.close();
@@ -213,18 +217,14 @@ fn confirm_channel(
         crossbeam_channel::Receiver<Confirm>,
         crossbeam_channel::Receiver<Return>,
     ),
-    String,
+    amiquip::Error,
 > {
-    let channel = connection.open_channel(None).map_err(|e| e.to_string())?;
-    topology
-        .declare(connection, &channel)
-        .map_err(|e| e.to_string())?;
+    let channel = connection.open_channel(None)?;
+    topology.declare(connection, &channel)?;
     // amiquip requires listening before confirm mode is enabled.
-    let confirms = channel
-        .listen_for_publisher_confirms()
-        .map_err(|e| e.to_string())?;
-    let returns = channel.listen_for_returns().map_err(|e| e.to_string())?;
-    channel.enable_publisher_confirms().map_err(|e| e.to_string())?;
+    let confirms = channel.listen_for_publisher_confirms()?;
+    let returns = channel.listen_for_returns()?;
+    channel.enable_publisher_confirms()?;
     Ok((channel, confirms, returns))
 }
 
@@ -283,7 +283,7 @@ impl PublisherThread {
                     self.topology = topology;
                     if let Some(session) = &mut self.session {
                         if let Err(e) = session.reopen_channel(&self.topology) {
-                            self.drop_session(&e);
+                            self.drop_session(&e.to_string());
                         }
                     }
                 }
@@ -355,7 +355,7 @@ impl PublisherThread {
             self.drop_session(&reason);
         } else if outcome.nacked {
             if let Err(e) = session.reopen_channel(&self.topology) {
-                self.drop_session(&e);
+                self.drop_session(&e.to_string());
             }
         }
         outcome.results

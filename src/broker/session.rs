@@ -1,12 +1,45 @@
-//! Opening amiquip connections, and the reconnect schedule (tokio-retry's exponential
-//! backoff with jitter, used as a plain iterator of delays on a blocking thread).
+//! Opening amiquip connections (typed [`SessionError`]s), and the reconnect schedule
+//! ([`crate::retry`]'s backoff, used as a plain iterator of delays on a blocking thread).
 
 use std::time::{Duration, Instant};
 
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
-use tokio_retry::strategy::ExponentialBackoff;
 
 use crate::config::BrokerConfig;
+
+/// Why a broker connection could not be opened or set up. Its text never holds the URL
+/// (it may hold a password): only `host:port`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    #[error("broker.url is not a valid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("broker.url scheme must be amqp or amqps, not {0:?}")]
+    Scheme(String),
+    #[error("cannot resolve {at}: {source}")]
+    Resolve { at: String, source: std::io::Error },
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    #[error("cannot connect to {at}: {source}")]
+    Connect { at: String, source: std::io::Error },
+    #[error("socket setup for {at}: {source}")]
+    Socket { at: String, source: std::io::Error },
+    #[error("reading cacertfile {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    #[error("cacertfile {path} is not a PEM certificate: {source}")]
+    CaPem { path: String, source: native_tls::Error },
+    #[error("TLS setup: {0}")]
+    Tls(native_tls::Error),
+    /// The AMQP handshake, a channel or the topology failed on that node.
+    #[error("{at}: {source}")]
+    Amqp {
+        at: String,
+        // Boxed: amiquip's error is large, and every connect returns this.
+        source: Box<amiquip::Error>,
+    },
+    /// Every node was tried; each one's error.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    AllNodes(Vec<SessionError>),
+}
 
 /// How long a TCP connect plus AMQP handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +81,7 @@ impl Nodes {
 
     /// Connects to the first node that answers, starting from the next in turn.
     /// Returns the connection and the node's `host:port` (never credentials).
-    pub(super) fn connect(&mut self) -> Result<(Connection, String), String> {
+    pub(super) fn connect(&mut self) -> Result<(Connection, String), SessionError> {
         let mut errors = Vec::new();
         for step in 0..self.urls.len() {
             let i = (self.next + step) % self.urls.len();
@@ -65,7 +98,7 @@ impl Nodes {
         }
         // Next time, start past the first node tried now.
         self.next = (self.next + 1) % self.urls.len().max(1);
-        Err(errors.join("; "))
+        Err(SessionError::AllNodes(errors))
     }
 
     /// The connection was lost: the next try starts at the node after it.
@@ -93,13 +126,12 @@ struct Target {
 impl Target {
     /// Parses the URL as amiquip would (RabbitMQ's URI spec; guest/guest and vhost `/`
     /// by default), plus `heartbeat` from the query or the configuration.
-    fn parse(url: &str, heartbeat: Duration) -> Result<Self, String> {
-        // Messages never include the URL: it may hold a password.
-        let parsed = url::Url::parse(url).map_err(|e| format!("broker.url is not a valid URL: {e}"))?;
+    fn parse(url: &str, heartbeat: Duration) -> Result<Self, SessionError> {
+        let parsed = url::Url::parse(url)?;
         let tls = match parsed.scheme() {
             "amqp" => false,
             "amqps" => true,
-            other => return Err(format!("broker.url scheme must be amqp or amqps, not {other:?}")),
+            other => return Err(SessionError::Scheme(other.to_string())),
         };
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
@@ -146,7 +178,7 @@ impl Target {
     /// amiquip. `amqps://` URLs use TLS and need a hostname; the server's certificate is
     /// checked against the system's roots, or against the CA in the URL's `cacertfile`
     /// (as in RabbitMQ's URI spec).
-    fn open(&self) -> Result<Connection, String> {
+    fn open(&self) -> Result<Connection, SessionError> {
         let stream = self.tcp_stream()?;
         let options = ConnectionOptions::default()
             .auth(Auth::Plain {
@@ -159,12 +191,17 @@ impl Target {
         let connection = if self.tls {
             let mut connector = native_tls::TlsConnector::builder();
             if let Some(path) = &self.ca_file {
-                let pem = std::fs::read(path).map_err(|e| format!("reading cacertfile {path}: {e}"))?;
-                let ca = native_tls::Certificate::from_pem(&pem)
-                    .map_err(|e| format!("cacertfile {path} is not a PEM certificate: {e}"))?;
+                let pem = std::fs::read(path).map_err(|source| SessionError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let ca = native_tls::Certificate::from_pem(&pem).map_err(|source| SessionError::CaPem {
+                    path: path.clone(),
+                    source,
+                })?;
                 connector.add_root_certificate(ca);
             }
-            let connector = connector.build().map_err(|e| format!("TLS setup: {e}"))?;
+            let connector = connector.build().map_err(SessionError::Tls)?;
             Connection::open_tls_stream(
                 connector,
                 &self.host,
@@ -175,28 +212,41 @@ impl Target {
         } else {
             Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
         };
-        let at = format!("{}:{}", self.host, self.port);
-        connection.map_err(|e| format!("{at}: {e}"))
+        connection.map_err(|source| SessionError::Amqp {
+            at: format!("{}:{}", self.host, self.port),
+            source: Box::new(source),
+        })
     }
 
     /// A connected, non-blocking socket with TCP_NODELAY, as amiquip's I/O loop wants it.
-    fn tcp_stream(&self) -> Result<mio::net::TcpStream, String> {
+    fn tcp_stream(&self) -> Result<mio::net::TcpStream, SessionError> {
         use std::net::ToSocketAddrs;
         let at = format!("{}:{}", self.host, self.port);
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         let addrs = (host, self.port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {at}: {e}"))?;
-        let mut last_error = format!("{at} resolves to no address");
+            .map_err(|source| SessionError::Resolve {
+                at: at.clone(),
+                source,
+            })?;
+        let mut last_error = SessionError::NoAddress(at.clone());
         for addr in addrs {
             match std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                 Ok(stream) => {
-                    let setup = |e: std::io::Error| format!("socket setup for {at}: {e}");
+                    let setup = |source| SessionError::Socket {
+                        at: at.clone(),
+                        source,
+                    };
                     stream.set_nodelay(true).map_err(setup)?;
                     stream.set_nonblocking(true).map_err(setup)?;
                     return mio::net::TcpStream::from_stream(stream).map_err(setup);
                 }
-                Err(e) => last_error = format!("cannot connect to {at}: {e}"),
+                Err(source) => {
+                    last_error = SessionError::Connect {
+                        at: at.clone(),
+                        source,
+                    }
+                }
             }
         }
         Err(last_error)
@@ -212,13 +262,9 @@ pub(super) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Delays between reconnect attempts: 200 ms doubling up to [`MAX_RECONNECT_DELAY`],
-/// each with "equal jitter" (half fixed, half random) so replicas do not reconnect in
-/// lockstep.
+/// each with "equal jitter" ([`crate::retry::backoff_with_floor`]).
 pub(super) fn reconnect_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBackoff::from_millis(2)
-        .factor(100)
-        .max_delay(MAX_RECONNECT_DELAY)
-        .map(|delay| delay / 2 + tokio_retry::strategy::jitter(delay / 2))
+    crate::retry::backoff_with_floor(Duration::from_millis(200), MAX_RECONNECT_DELAY)
 }
 
 /// When a broker thread should next try to connect: immediately after a loss is

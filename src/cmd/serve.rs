@@ -6,9 +6,9 @@
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Daemon;
 use crate::cli::{select_roles, Cli};
 use crate::context::AppContext;
+use crate::daemon::Daemon;
 use crate::db::migrate;
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ pub fn run(cli: &Cli, id: uuid::Uuid) -> anyhow::Result<()> {
                 None => format!("no delivery {id}"),
                 Some(status) => format!(
                     "delivery {id} is {status}; only {} deliveries are skipped",
-                    crate::db::models::DeliveryStatus::SKIPPABLE.join(", ")
+                    crate::db::deliveries::DeliveryStatus::SKIPPABLE.join(", ")
                 ),
             });
         };

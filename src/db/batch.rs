@@ -25,12 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::AsyncPgConnection;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use super::DbPool;
 
 /// Why an item got no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +72,18 @@ impl BatchError {
     }
 }
 
+/// A statement's unit of work ([`super::with_connection`]) that failed: no connection
+/// or no answer in time is [`BatchError::Unavailable`], the statement's own error as
+/// [`BatchError::from_query`] classifies it. So `?` in a [`Statement::run`] answers right.
+impl From<super::Error> for BatchError {
+    fn from(error: super::Error) -> Self {
+        match error {
+            super::Error::Query(e) => Self::from_query(&e),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// One statement run for many items.
 pub trait Statement: Send + Sync + 'static {
     type Item: Send + Sync + 'static;
@@ -87,25 +96,6 @@ pub trait Statement: Send + Sync + 'static {
     /// item, in order.
     fn run(&self, items: &[Self::Item])
         -> impl Future<Output = Result<Vec<Self::Output>, BatchError>> + Send;
-}
-
-/// Runs `work` on a connection of `pool` under [`super::bounded`], classifying every
-/// failure: no connection or no answer in time is [`BatchError::Unavailable`], the
-/// statement's own error per [`BatchError::from_query`]. The usual body of
-/// [`Statement::run`].
-pub async fn on_connection<T>(
-    pool: &DbPool,
-    timeout: Duration,
-    work: impl AsyncFnOnce(&mut AsyncPgConnection) -> diesel::QueryResult<T>,
-) -> Result<T, BatchError> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| BatchError::Unavailable(format!("getting a database connection: {e}")))?;
-    super::bounded(conn, timeout, work)
-        .await
-        .map_err(|e| BatchError::Unavailable(e.to_string()))?
-        .map_err(|e| BatchError::from_query(&e))
 }
 
 /// How a batcher works.

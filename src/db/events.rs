@@ -112,7 +112,8 @@ macro_rules! insert_events_and {
     ($middle:literal) => {
         concat!(
             "WITH input AS ( \
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::jsonb[], $8::text[]) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
+                                      $6::text[], $7::jsonb[], $8::text[]) \
                      AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent)), \
              event AS ( \
                  INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent) \
@@ -200,7 +201,7 @@ impl super::batch::Statement for StoreEvents {
     const WHAT: &'static str = "storing events";
 
     async fn run(&self, events: &[BatchEvent]) -> Result<Vec<Stored>, super::batch::BatchError> {
-        super::batch::on_connection(&self.pool, self.timeout, async |conn| store(conn, events).await).await
+        Ok(super::with_connection(&self.pool, self.timeout, async |conn| store(conn, events).await).await?)
     }
 }
 

@@ -11,7 +11,6 @@ pub mod deliveries;
 pub mod destinations;
 pub mod events;
 pub mod migrate;
-pub mod models;
 pub mod notices;
 pub mod ordering;
 pub mod prepared;
@@ -29,10 +28,54 @@ use futures_util::FutureExt;
 use crate::config::DatabaseConfig;
 pub use connect::{check_url, connect};
 
+/// A state column's enum, stored as its text (`as_str`/`parse`): read and written by
+/// diesel as `Text`, shown by serde and `Display` as that text. An unknown text in the
+/// database is a deserialization error naming it.
+macro_rules! stored_as_text {
+    ($ty:ty) => {
+        impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for $ty {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+            ) -> diesel::serialize::Result {
+                <str as diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg>>::to_sql(
+                    self.as_str(),
+                    out,
+                )
+            }
+        }
+
+        impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for $ty {
+            fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                let text = <String as diesel::deserialize::FromSql<
+                    diesel::sql_types::Text,
+                    diesel::pg::Pg,
+                >>::from_sql(bytes)?;
+                Self::parse(&text).ok_or_else(|| format!("unknown {} {text:?}", stringify!($ty)).into())
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use stored_as_text;
+
 /// The pool every role of a process shares.
 pub type DbPool = Pool<AsyncPgConnection>;
 /// A connection checked out of [`DbPool`].
 pub type PooledConnection = Object<AsyncPgConnection>;
+/// Why [`DbPool`] gave no connection.
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 
 /// How a pool's transactions commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,21 +153,18 @@ pub fn build_pool(
     Ok(pool)
 }
 
-/// True when the database answers a trivial query within `timeout`.
-pub async fn ping(pool: &DbPool, timeout: Duration) -> Result<(), String> {
+/// Whether the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &DbPool, timeout: Duration) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let conn = tokio::time::timeout(timeout, pool.get())
         .await
-        .map_err(|_| format!("no connection within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| TimedOut(timeout))??;
     let left = timeout.saturating_sub(started.elapsed());
     bounded(conn, left, async |conn| {
         diesel::sql_query("SELECT 1").execute(conn).await
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    .await??;
+    Ok(())
 }
 
 /// A unit of database work that got no answer in time.
@@ -181,22 +221,30 @@ impl<T> Discards for anyhow::Result<T> {
     }
 }
 
+/// Why a piece of database work under [`with_connection`] did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection from the pool in time (the database is down or every connection
+    /// is busy).
+    #[error("getting a database connection: {0}")]
+    Pool(#[from] PoolError),
+    /// The work got no answer in time; its connection was closed.
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
+    /// The work's own error.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
 /// Checks a connection out of `pool` and runs `work` on it under [`bounded`]: the
-/// usual shape of one short piece of database work. Every failure (no connection, no
-/// answer in time, the work's own error) comes back as its message.
+/// usual shape of one short piece of database work, for every role.
 pub async fn with_connection<T>(
     pool: &DbPool,
     timeout: Duration,
     work: impl AsyncFnOnce(&mut AsyncPgConnection) -> diesel::QueryResult<T>,
-) -> Result<T, String> {
-    let conn = pool
-        .get()
-        .await
-        .map_err(|e| format!("getting a database connection: {e}"))?;
-    bounded(conn, timeout, work)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+) -> Result<T, Error> {
+    let conn = pool.get().await?;
+    Ok(bounded(conn, timeout, work).await??)
 }
 
 /// The deadline of the phase that work under [`watched`] is in.

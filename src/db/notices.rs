@@ -1,8 +1,8 @@
 //! Operator notices in the outbox: each one is an event of source
-//! [`NOTICE_SOURCE`](crate::config::NOTICE_SOURCE) with one `pending` delivery per
+//! [`crate::config::NOTICE_SOURCE`] with one `pending` delivery per
 //! subscribed operator hook, stored under an id that names the change it tells of, so
 //! the same change is stored once however often it is seen. `operator_watch` keeps
-//! what the watcher ([`crate::operator`]) last saw.
+//! what the watcher ([`crate::notices`]) last saw.
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, Bytea, Integer, Nullable, Text, Timestamptz, Uuid};

@@ -11,10 +11,34 @@ use super::deliveries::{self, ReplayFilter};
 use super::schema::replay_jobs;
 
 /// A job's states: `running` until its cursor has passed every match (`done`) or an
-/// operator stops it (`cancelled`).
-pub const RUNNING: &str = "running";
-pub const DONE: &str = "done";
-pub const CANCELLED: &str = "cancelled";
+/// operator stops it (`cancelled`). Stored as text with a CHECK constraint.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum JobStatus {
+    Running,
+    Done,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 3] = [Self::Running, Self::Done, Self::Cancelled];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+super::stored_as_text!(JobStatus);
 
 /// A replay job as stored and as the admin API shows it.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -24,7 +48,7 @@ pub struct ReplayJob {
     pub filter: serde_json::Value,
     /// Deliveries replayed per second at most; `None`: as fast as pages go.
     pub max_rate: Option<i32>,
-    pub status: String,
+    pub status: JobStatus,
     /// The matching deliveries counted when the job was created.
     pub matching: i64,
     pub replayed: i64,
@@ -42,7 +66,7 @@ impl ReplayJob {
     /// How far it has come, 0 to 1: `replayed` of `matching`, and 1 once done (the
     /// matches were counted at creation, so `replayed` may end a little short of them).
     pub fn progress(&self) -> f64 {
-        if self.status == DONE {
+        if self.status == JobStatus::Done {
             return 1.0;
         }
         if self.matching <= 0 {
@@ -64,7 +88,7 @@ pub async fn create(
             replay_jobs::id.eq(uuid::Uuid::now_v7()),
             replay_jobs::filter.eq(serde_json::to_value(filter).unwrap_or_default()),
             replay_jobs::max_rate.eq(max_rate),
-            replay_jobs::status.eq(RUNNING),
+            replay_jobs::status.eq(JobStatus::Running),
             replay_jobs::matching.eq(matching),
         ))
         .returning(ReplayJob::as_returning())
@@ -94,7 +118,7 @@ pub async fn list(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<R
 /// The running jobs with their `max_rate`, oldest first.
 pub async fn running(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(uuid::Uuid, Option<i32>)>> {
     replay_jobs::table
-        .filter(replay_jobs::status.eq(RUNNING))
+        .filter(replay_jobs::status.eq(JobStatus::Running))
         .order(replay_jobs::created_at)
         .select((replay_jobs::id, replay_jobs::max_rate))
         .load(conn)
@@ -107,10 +131,10 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> QueryResult
     let cancelled: Option<ReplayJob> = diesel::update(
         replay_jobs::table
             .filter(replay_jobs::id.eq(id))
-            .filter(replay_jobs::status.eq(RUNNING)),
+            .filter(replay_jobs::status.eq(JobStatus::Running)),
     )
     .set((
-        replay_jobs::status.eq(CANCELLED),
+        replay_jobs::status.eq(JobStatus::Cancelled),
         replay_jobs::updated_at.eq(diesel::dsl::now),
         replay_jobs::finished_at.eq(database_now()),
     ))
@@ -154,7 +178,7 @@ pub async fn work_page(
     conn.transaction(async |conn| {
         let job: Option<ReplayJob> = replay_jobs::table
             .find(id)
-            .filter(replay_jobs::status.eq(RUNNING))
+            .filter(replay_jobs::status.eq(JobStatus::Running))
             .filter(replay_jobs::next_page_at.le(diesel::dsl::now))
             .select(ReplayJob::as_select())
             .for_update()
@@ -169,7 +193,7 @@ pub async fn work_page(
         let Some(last) = last else {
             diesel::update(replay_jobs::table.find(id))
                 .set((
-                    replay_jobs::status.eq(DONE),
+                    replay_jobs::status.eq(JobStatus::Done),
                     replay_jobs::updated_at.eq(diesel::dsl::now),
                     replay_jobs::finished_at.eq(database_now()),
                 ))

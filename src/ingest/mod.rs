@@ -1,10 +1,10 @@
 //! The ingest role: the public webhook listener.
 //!
 //! `POST /webhooks/{source}` reads the raw body (bounded in size, time and total
-//! memory: [`body`]),
+//! memory: `body`),
 //! verifies it with the source's verifier (the sources and routing in force: a reload
 //! replaces them whole for the requests that start after it, [`crate::reload`]), finds its ordering key for each ordered
-//! destination ([`ordering`]), and in one transaction stores the event
+//! destination (`ordering`), and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
 //! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
 //! answers only after the commit, so a 200 means the event is durable. Requests that
@@ -94,7 +94,8 @@ struct IngestState {
 }
 
 impl IngestState {
-    fn routes(&self) -> Arc<Routes> {
+    /// The sources and routing in force now.
+    fn in_force(&self) -> Arc<Routes> {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -162,7 +163,7 @@ pub async fn run(
     });
     let reloads = tokio::spawn(follow_reloads(state.clone(), live));
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(mount))
         .workers(workers)
         .max_connections(config.ingest.max_connections.div_ceil(workers))
         .client_request_timeout(config.ingest.header_timeout)
@@ -180,8 +181,9 @@ pub async fn run(
     served
 }
 
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(crate::listener::healthz))
+/// The ingest listener's paths.
+fn mount(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(crate::listener::alive))
         .service(
             web::resource("/webhooks/{source}")
                 .route(web::post().to(receive))
@@ -219,7 +221,7 @@ async fn receive_for(
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let routes = state.routes();
+    let routes = state.in_force();
     let known = routes.sources.contains_key(&source_name);
     // The path segment is the sender's: an unknown one reaches logs and answers cut
     // short, with control characters escaped.

@@ -5,8 +5,6 @@
 
 mod admin;
 
-pub use admin::ReplayRequest;
-
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +110,7 @@ async fn readiness(ctx: &AppContext) -> Readiness {
         }
         Err(reason) => {
             ready = false;
-            checks.insert("database".into(), reason.into());
+            checks.insert("database".into(), reason.to_string().into());
         }
     }
     // A relay always publishes; a worker consumes when it has destinations. Until their

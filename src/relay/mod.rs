@@ -8,9 +8,9 @@
 //! confirmed. It wakes on [`crate::wake`] (from ingest or admin in this process, or
 //! their `NOTIFY` from others) or on `relay.poll_interval`; a full batch is followed at
 //! once by the next. A row that breaks the broker session is found and set aside
-//! ([`isolate`]). Beside it run the role's housekeeping tasks: retention
-//! ([`crate::retention`]), replay jobs ([`crate::replays`]) and operator notices
-//! ([`crate::operator`]). On shutdown it finishes (publishes and commits) the batch in
+//! (`isolate`). Beside it run the role's housekeeping tasks: retention
+//! ([`crate::retention`]), replay jobs ([`crate::replay::jobs`]) and operator notices
+//! ([`crate::notices`]). On shutdown it finishes (publishes and commits) the batch in
 //! hand, then stops.
 
 mod isolate;
@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{OutgoingMessage, Publisher, Topology};
 use crate::context::AppContext;
+use crate::db::deliveries::DeliveryStatus;
 use crate::db::deliveries::{self, DueDelivery};
-use crate::db::models::DeliveryStatus;
 use isolate::Isolation;
 
 /// Runs the relay until `shutdown` is cancelled.
@@ -37,8 +37,11 @@ pub async fn run(ctx: Arc<AppContext>, shutdown: CancellationToken) -> anyhow::R
         .context("starting the publisher")?;
     let reloads = tokio::spawn(declare_reloaded_destinations(publisher.clone(), live));
     let pruner = tokio::spawn(crate::retention::run_periodically(ctx.clone(), shutdown.clone()));
-    let replays = tokio::spawn(crate::replays::run_periodically(ctx.clone(), shutdown.clone()));
-    let notices = tokio::spawn(crate::operator::run_periodically(ctx.clone(), shutdown.clone()));
+    let replays = tokio::spawn(crate::replay::jobs::run_periodically(
+        ctx.clone(),
+        shutdown.clone(),
+    ));
+    let notices = tokio::spawn(crate::notices::run_periodically(ctx.clone(), shutdown.clone()));
     let listener = tokio::spawn(crate::wake::listen(
         ctx.wake.clone(),
         ctx.config.database.url.expose().to_string(),
@@ -297,7 +300,7 @@ impl Relay {
     /// destination queue is empty (the broker lost it); behind a backlog it is only
     /// waiting, and re-publishing it would make the backlog feed itself.
     async fn split_lost_from_waiting(&self, due: Vec<DueDelivery>) -> (Vec<DueDelivery>, Vec<uuid::Uuid>) {
-        let queued = DeliveryStatus::Queued.as_str();
+        let queued = DeliveryStatus::Queued;
         let destinations: BTreeSet<String> = due
             .iter()
             .filter(|d| d.status == queued)

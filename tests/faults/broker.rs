@@ -9,7 +9,7 @@ use relayd::context::Role;
 use crate::harness::{self, report, settle, statuses, under_load, Load};
 use crate::proxy::{Faults, Proxy};
 use crate::services::{self, blocking, Services};
-use crate::sink::{Behaviour, Sink};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{Relayd, TestBroker, TestDb};
 
 /// The fault of stopping the broker's app for `down`, then starting it.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use relayd::config::Secret;
 
 use crate::harness::under_load;
-use crate::nodes::RabbitCluster;
 use crate::services::{blocking, Services};
+use crate::support::nodes::RabbitCluster;
 use crate::support::TestDb;
 
 /// How long the lost node stays away while the load goes on.

@@ -11,7 +11,7 @@ use relayd::context::Role;
 use crate::harness::{self, report, settle, statuses, under_load, Answer, Load, Run, RATE};
 use crate::proxy::Proxy;
 use crate::services::{self, blocking, Services};
-use crate::sink::{Behaviour, Sink};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{self, Relayd, TestBroker, TestDb};
 
 /// Every accepted event is stored once, and every delivery of it ended delivered.
@@ -202,10 +202,10 @@ async fn split_relay_fault(
     front.stop().await.unwrap();
 }
 
-/// A primary with a synchronous standby ([`crate::nodes::PgPair`]) and the multi-host
+/// A primary with a synchronous standby ([`crate::support::nodes::PgPair`]) and the multi-host
 /// URL of a database on it, migrated through that URL as `relayd migrate` would.
-async fn failover_pair() -> (std::sync::Arc<crate::nodes::PgPair>, String) {
-    let pair = std::sync::Arc::new(blocking(crate::nodes::PgPair::start).await);
+async fn failover_pair() -> (std::sync::Arc<crate::support::nodes::PgPair>, String) {
+    let pair = std::sync::Arc::new(blocking(crate::support::nodes::PgPair::start).await);
     pair.primary.psql("CREATE DATABASE relayd");
     let url = pair.url("relayd");
     relayd::db::migrate::run_pending(&url)
@@ -217,7 +217,7 @@ async fn failover_pair() -> (std::sync::Arc<crate::nodes::PgPair>, String) {
 /// A switchover that fences the old primary instead of stopping it: it turns read-only
 /// (`default_transaction_read_only = on`, reloaded, so open sessions turn read-only
 /// too) and the standby is promoted.
-async fn fence_and_promote(pair: &std::sync::Arc<crate::nodes::PgPair>) {
+async fn fence_and_promote(pair: &std::sync::Arc<crate::support::nodes::PgPair>) {
     let pair = pair.clone();
     blocking(move || {
         pair.primary

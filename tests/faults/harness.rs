@@ -14,8 +14,8 @@ use relayd::context::Role;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::Behaviour;
-use crate::sink::{Received, Sink};
+use crate::support::sink::Behaviour;
+use crate::support::sink::{Received, Sink};
 use crate::support::{self, stripe_event, stripe_signature, Relayd, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Events per second that every fault test offers while the fault happens.

@@ -8,18 +8,8 @@
 //! [`services::Services`], and the services are restored when each test ends, also on
 //! failure. `cargo test --test faults -- --nocapture` prints the fault report.
 
-// Shared with the `it` binary, which uses all of it; this one uses a part.
-#[allow(dead_code)]
-#[path = "../it/child.rs"]
-mod child;
-#[allow(dead_code)]
-#[path = "../it/nodes.rs"]
-mod nodes;
-#[allow(dead_code)]
-#[path = "../it/sink.rs"]
-mod sink;
-#[allow(dead_code)]
-#[path = "../it/support.rs"]
+#[path = "../support/mod.rs"]
+#[expect(dead_code, reason = "shared with the it binary: each binary uses a part")]
 mod support;
 
 mod broker;

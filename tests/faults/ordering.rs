@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::child::{config_file, free_address, Process};
 use crate::services::{self, blocking, Services};
-use crate::sink::{Answer, Behaviour, Sink};
+use crate::support::child::{config_file, free_address, Process};
+use crate::support::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, TestBroker, TestDb};
 
 /// The processes of [`ordered_under_fault`], in this order.

@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::child::{config_file, free_address, Process};
 use crate::harness::{assert_probes, report, settle, statuses, Load, Probe, RATE};
 use crate::services::Services;
-use crate::sink::{Behaviour, Sink};
+use crate::support::child::{config_file, free_address, Process};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{TestBroker, TestDb};
 
 /// Runs one relayd child process per entry of `layout` (its `--role` list; exactly one
@@ -145,7 +145,7 @@ async fn a_worker_stopped_beyond_its_lease_is_covered_by_the_other_and_recovers(
 /// request.)
 #[tokio::test(flavor = "multi_thread")]
 async fn the_probe_holder_sigkilled_mid_probe_is_replaced_by_the_other_worker() {
-    use crate::sink::Answer;
+    use crate::support::sink::Answer;
     use std::sync::atomic::{AtomicU8, Ordering};
     use std::sync::Arc;
     let _services = Services::exclusive().await;

@@ -89,8 +89,8 @@ async fn group_commit_stores_every_valid_event_beside_ones_the_database_refuses(
             );
         }
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 40);
-    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 40);
+    db.assert_count("SELECT count(*) FROM events", 40, "").await;
+    db.assert_count("SELECT count(*) FROM deliveries", 40, "").await;
 
     // The same events again: every valid one is a duplicate of itself, stored once.
     let again = join_all(events.iter().cloned().map(|e| batcher.submit(e))).await;
@@ -99,7 +99,7 @@ async fn group_commit_stores_every_valid_event_beside_ones_the_database_refuses(
             assert_eq!(result, &Ok(Stored::Duplicate { id: Some(event.id) }));
         }
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 40);
+    db.assert_count("SELECT count(*) FROM events", 40, "").await;
     stop.cancel();
     join_all(tasks).await;
 }
@@ -167,18 +167,21 @@ async fn one_unstorable_outcome_does_not_unsettle_the_others_recorded_with_it() 
             assert_eq!(result, &Ok(true), "record {i}");
         }
     }
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
-            .await,
-        11
-    );
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        11,
+        "",
+    )
+    .await;
     assert_eq!(records.submit(records_in[7].without_details()).await, Ok(true));
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
-            .await,
-        12
-    );
-    assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 12);
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        12,
+        "",
+    )
+    .await;
+    db.assert_count("SELECT count(*) FROM delivery_attempts", 12, "")
+        .await;
     stop.cancel();
     join_all(tasks).await;
 }

@@ -12,7 +12,7 @@ use relayd::context::Role;
 use serde_json::{json, Value};
 
 use crate::ops::{config, to_sink, TOKEN};
-use crate::sink::{Behaviour, Sink};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{post_stripe, stripe_event, Relayd, TestBroker, TestDb};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -379,12 +379,12 @@ async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
     let broker = TestBroker::new(&["ledger"]);
     let sink = Sink::start(Behaviour::planned(|received, _| {
         if received.event_id() == "evt_ui_k1" {
-            crate::sink::Answer::Whole {
+            crate::support::sink::Answer::Whole {
                 status: 500,
                 body: b"no".to_vec(),
             }
         } else {
-            crate::sink::Answer::ok()
+            crate::support::sink::Answer::ok()
         }
     }))
     .await;

@@ -192,9 +192,11 @@ fn an_unknown_role_is_refused_naming_the_valid_ones() {
     );
 }
 
-/// Starts the real daemon, waits for it to serve, sends SIGTERM and expects exit 0.
+/// The real daemon with `--role all` and `log.format = "json"` from the file: every role
+/// runs, every line is JSON, the database is migrated at startup. (What SIGTERM does is
+/// `process::sigterm_during_deliveries_exits_zero_and_leaves_nothing_delivering`'s.)
 #[tokio::test(flavor = "multi_thread")]
-async fn daemon_stops_gracefully_on_sigterm_with_exit_code_zero() {
+async fn the_daemon_runs_every_role_logs_json_from_the_file_and_migrates_at_startup() {
     let db = TestDb::create().await;
     let broker = TestBroker::new(&[]);
     let config = format!(
@@ -250,17 +252,10 @@ secrets = ["whsec_x"]
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "--log-format json from the config gives JSON lines: {lines:#?}"
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(
-        db.count("SELECT count(*) FROM events").await,
-        0,
-        "migrated at startup"
-    );
+    db.assert_count("SELECT count(*) FROM events", 0, "migrated at startup")
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -411,8 +406,8 @@ async fn the_shipped_config_runs_as_it_is_and_warns_of_its_development_secrets()
 async fn send_test_event_signs_for_every_kind_and_each_event_is_delivered() {
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
-    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
-    let base = std::fs::read_to_string(&crate::child::config_file(&db, &broker, &sink).0).unwrap();
+    let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
+    let base = std::fs::read_to_string(&crate::support::child::config_file(&db, &broker, &sink).0).unwrap();
     let sources = r#"
 [[sources]]
 name = "gh"
@@ -448,9 +443,9 @@ kind = "none"
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
     let config = support::temp_file(&format!("{head}{sources}{destinations}"));
-    let listen = crate::child::free_address();
+    let listen = crate::support::child::free_address();
     let env = [("RELAYD__INGEST__LISTEN", listen.as_str())];
-    let _relayd = crate::child::Process::start_with(&config, "all", &env);
+    let _relayd = crate::support::child::Process::start_with(&config, "all", &env);
 
     let send = |config: &support::TempFile, args: &[&str]| {
         let output = Command::new(support::relayd_binary())
@@ -510,7 +505,7 @@ kind = "none"
         "{stderr}"
     );
 
-    let closed = crate::child::free_address();
+    let closed = crate::support::child::free_address();
     let (code, _, stderr) = send(
         &config,
         &["stripe", "--url", &format!("http://{closed}/webhooks/stripe")],
@@ -528,10 +523,10 @@ kind = "none"
 async fn health_asks_the_local_ops_listener_and_fails_when_nothing_answers() {
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
-    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
-    let config = crate::child::config_file(&db, &broker, &sink);
+    let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
+    let config = crate::support::child::config_file(&db, &broker, &sink);
     // A wildcard address, as in the image: the check goes to loopback.
-    let port = crate::child::free_address()
+    let port = crate::support::child::free_address()
         .rsplit(':')
         .next()
         .unwrap()
@@ -552,7 +547,7 @@ async fn health_asks_the_local_ops_listener_and_fails_when_nothing_answers() {
     let said = String::from_utf8_lossy(&down.stderr);
     assert!(said.contains("is relayd running?"), "{said}");
 
-    let relayd = crate::child::Process::start_with(&config, "all", &[("RELAYD__OPS__LISTEN", &ops)]);
+    let relayd = crate::support::child::Process::start_with(&config, "all", &[("RELAYD__OPS__LISTEN", &ops)]);
     relayd.wait_ready().await;
     let alive = health(&[]);
     assert!(alive.status.success(), "{alive:?}");

@@ -392,7 +392,10 @@ fn cargo_run_as_the_readme_says_runs_relayd() {
 #[test]
 fn the_readme_test_command_is_what_ci_runs_and_it_provisions_the_tools() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    assert!(readme.contains("\nscripts/test\n"), "the README's test command changed");
+    assert!(
+        readme.contains("\nscripts/test\n"),
+        "the README's test command changed"
+    );
     let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
     assert!(
         ci.lines().any(|line| line == "scripts/test"),

@@ -13,7 +13,7 @@ use relayd::config::{BreakerOverride, Config, DestinationConfig};
 use relayd::context::Role;
 
 use crate::ops::{self, Admin};
-use crate::sink::{Answer, Behaviour, Sink};
+use crate::support::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, post_stripe, stripe_event, Relayd, TestBroker, TestDb};
 
 const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
@@ -118,12 +118,12 @@ async fn retry_after_pauses_the_destination_and_the_resend_spends_no_try() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(
-        db.count("SELECT count(*) FROM delivery_attempts WHERE throttled AND status_code = 429")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM delivery_attempts WHERE throttled AND status_code = 429",
         1,
-        "the throttled attempt is recorded as such"
-    );
+        "the throttled attempt is recorded as such",
+    )
+    .await;
     assert_eq!(
         crate::worker::metric_now(
             &relayd,
@@ -213,11 +213,8 @@ async fn consecutive_failures_open_the_circuit_and_a_good_probe_closes_it() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(
-        db.count("SELECT coalesce(sum(attempts), 0) FROM deliveries")
-            .await,
-        15
-    );
+    db.assert_count("SELECT coalesce(sum(attempts), 0) FROM deliveries", 15, "")
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.received().len(), 15, "each event delivered once");
     assert_eq!(state_of(&db, "flaky").await, "closed");
@@ -254,12 +251,12 @@ async fn two_worker_replicas_send_one_probe_per_interval_between_them() {
         (3..=7).contains(&probes),
         "{probes} probes in 6 s at a 1 s interval between two replicas"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status IN ('delivered', 'dead')")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status IN ('delivered', 'dead')",
         0,
-        "every event is still waiting"
-    );
+        "every event is still waiting",
+    )
+    .await;
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 }
@@ -385,7 +382,7 @@ async fn the_cli_pauses_lists_and_resumes_a_destination() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
-    let file = crate::child::config_file(&db, &broker, &sink);
+    let file = crate::support::child::config_file(&db, &broker, &sink);
     let run = |args: &[&str]| {
         let output = Command::new(support::relayd_binary())
             .arg("--config")
@@ -453,12 +450,12 @@ async fn a_rate_limit_holds_across_two_worker_replicas() {
     eprintln!("rate limit 30/s, two workers: {sent} deliveries in 10 s");
     assert!((270..=330).contains(&sent), "{sent} deliveries in 10 s at 30/s");
     assert!(sink.received().len() < 800, "the backlog lasted the whole window");
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE attempts > 1")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE attempts > 1",
         0,
-        "a wait for the limit is not an attempt"
-    );
+        "a wait for the limit is not an attempt",
+    )
+    .await;
     let waits = crate::worker::metric_now(
         &first,
         "relayd_destination_rate_limit_waits_total{destination=\"limited\"}",

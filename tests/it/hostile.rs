@@ -22,7 +22,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use relayd::context::Role;
 
-use crate::sink::{Answer, Behaviour, Sink};
+use crate::support::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, stripe_event, stripe_signature, Relayd, TestBroker, TestDb, STRIPE_SECRET};
 
 #[derive(Debug, Clone)]

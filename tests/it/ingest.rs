@@ -40,12 +40,12 @@ async fn accepted_event_is_stored_byte_for_byte_with_one_pending_row_per_destina
         ))
         .await;
     assert_eq!(stored_equal, 1, "the raw body is stored unchanged");
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE headers ? 'stripe-signature'")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE headers ? 'stripe-signature'",
         0,
-        "signature headers are not kept"
-    );
+        "signature headers are not kept",
+    )
+    .await;
     assert_eq!(
         db.count(&format!(
             "SELECT count(*) FROM deliveries WHERE event_id = '{id}' AND status = 'pending' AND attempts = 0 \
@@ -72,8 +72,8 @@ async fn repeated_event_is_answered_duplicate_and_stored_once() {
     assert_eq!(status, 200);
     assert_eq!(second["status"], "duplicate");
     assert_eq!(second["id"], first["id"], "a duplicate names the stored event");
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
-    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 1);
+    db.assert_count("SELECT count(*) FROM events", 1, "").await;
+    db.assert_count("SELECT count(*) FROM deliveries", 1, "").await;
     relayd.stop().await.unwrap();
 }
 
@@ -110,12 +110,9 @@ async fn duplicate_event_is_stored_once_under_concurrency() {
     }
     assert_eq!(accepted, 1, "exactly one request stores the event");
     assert_eq!(ids.len(), 1, "every answer names the same stored event");
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries").await,
-        2,
-        "one set of deliveries"
-    );
+    db.assert_count("SELECT count(*) FROM events", 1, "").await;
+    db.assert_count("SELECT count(*) FROM deliveries", 2, "one set of deliveries")
+        .await;
     relayd.stop().await.unwrap();
 }
 
@@ -168,8 +165,8 @@ async fn bad_signatures_are_refused_and_nothing_is_stored() {
         .unwrap();
     assert_eq!(response.status(), 400);
 
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
-    assert_eq!(db.count("SELECT count(*) FROM deliveries").await, 0);
+    db.assert_count("SELECT count(*) FROM events", 0, "").await;
+    db.assert_count("SELECT count(*) FROM deliveries", 0, "").await;
     relayd.stop().await.unwrap();
 }
 
@@ -208,7 +205,7 @@ async fn signed_body_that_is_not_a_stripe_event_is_an_invalid_payload() {
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"], "invalid_payload");
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    db.assert_count("SELECT count(*) FROM events", 0, "").await;
     relayd.stop().await.unwrap();
 }
 
@@ -238,7 +235,7 @@ async fn unknown_source_is_404_and_unknown_paths_are_json_404s() {
         (status, answer["error"].as_str()),
         (405, Some("method_not_allowed"))
     );
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    db.assert_count("SELECT count(*) FROM events", 0, "").await;
     relayd.stop().await.unwrap();
 }
 
@@ -266,11 +263,8 @@ async fn body_over_the_limit_is_413_and_not_stored() {
     let (status, _) =
         json(post_stripe(&client, &relayd.url("/webhooks/stripe"), fitting.as_bytes()).await).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE event_id = 'evt_big'")
-            .await,
-        0
-    );
+    db.assert_count("SELECT count(*) FROM events WHERE event_id = 'evt_big'", 0, "")
+        .await;
     relayd.stop().await.unwrap();
 }
 
@@ -351,11 +345,8 @@ async fn events_route_to_matching_destinations_only() {
         got.sort();
         assert_eq!(got, expected, "{source} {event_type}");
     }
-    assert_eq!(
-        db.count("SELECT count(*) FROM events").await,
-        5,
-        "unrouted events are stored too"
-    );
+    db.assert_count("SELECT count(*) FROM events", 5, "unrouted events are stored too")
+        .await;
     relayd.stop().await.unwrap();
 }
 
@@ -407,11 +398,12 @@ async fn in_flight_request_finishes_during_graceful_stop() {
     let response = request.await.unwrap().expect("in-flight request is answered");
     assert_eq!(response.status(), 200);
     stopping.await.unwrap().expect("clean stop");
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE event_id = 'evt_graceful'")
-            .await,
-        1
-    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_id = 'evt_graceful'",
+        1,
+        "",
+    )
+    .await;
 }
 
 /// Group commit: concurrent requests share statements, but each is answered for its
@@ -467,12 +459,13 @@ async fn concurrent_distinct_and_repeated_events_are_each_answered_for_themselve
             1
         );
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 150);
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries").await,
+    db.assert_count("SELECT count(*) FROM events", 150, "").await;
+    db.assert_count(
+        "SELECT count(*) FROM deliveries",
         75,
-        "only invoice.* events are routed"
-    );
+        "only invoice.* events are routed",
+    )
+    .await;
     relayd.stop().await.unwrap();
 }
 
@@ -568,7 +561,8 @@ async fn fields_that_cannot_be_stored_or_published_are_refused_with_400_and_noth
             "{case}: {answer}"
         );
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0, "nothing stored");
+    db.assert_count("SELECT count(*) FROM events", 0, "nothing stored")
+        .await;
 
     // The limits themselves are accepted.
     let longest = stripe_event(&"b".repeat(255), &"c".repeat(255));
@@ -612,7 +606,7 @@ async fn valid_events_beside_bad_ones_in_the_same_instant_are_all_accepted() {
             assert_eq!(status, if bad { 400 } else { 200 }, "round {round}, bad = {bad}");
         }
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 120);
+    db.assert_count("SELECT count(*) FROM events", 120, "").await;
     relayd.stop().await.unwrap();
 }
 
@@ -703,6 +697,6 @@ async fn connections_beyond_max_connections_wait_until_others_close() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 1);
+    db.assert_count("SELECT count(*) FROM events", 1, "").await;
     relayd.stop().await.unwrap();
 }

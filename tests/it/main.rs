@@ -1,11 +1,12 @@
 //! relayd's integration tests, one binary: real PostgreSQL (a fresh database per test),
 //! relayd started in-process on `127.0.0.1:0` or as the real binary.
 
+#[path = "../support/mod.rs"]
+#[expect(dead_code, reason = "shared with the faults binary: each binary uses a part")]
+mod support;
+
 mod batches;
 mod browser;
-// Shared with the `faults` binary, which kills, stops and restarts children.
-#[allow(dead_code)]
-mod child;
 mod cli;
 mod deploy;
 mod flow;
@@ -13,9 +14,6 @@ mod hostile;
 mod ingest;
 mod migrations;
 mod notices;
-// Shared with the `faults` binary (the cluster); this one uses a part.
-#[allow(dead_code)]
-mod nodes;
 mod ops;
 mod ordering;
 mod process;
@@ -25,9 +23,7 @@ mod relay;
 mod reload;
 mod replays;
 mod retention;
-mod sink;
 mod statements;
-mod support;
 mod tls;
 mod traces;
 mod worker;

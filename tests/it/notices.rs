@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use relayd::config::{OperatorHookConfig, Secret};
 
-use crate::child::{config_file, Process};
-use crate::sink::{Answer, Behaviour, Received, Sink};
+use crate::support::child::{config_file, Process};
+use crate::support::sink::{Answer, Behaviour, Received, Sink};
 use crate::support::{self, post_stripe, stripe_event, TestBroker, TestDb};
 
 const HOOK_SECRET: &str = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
@@ -135,7 +135,7 @@ async fn the_watcher_stores_a_stall_its_recovery_and_each_dead_delivery_once() {
     config.validate().unwrap();
     let mut conn = db.connect().await;
     let pass = async |conn: &mut diesel_async::AsyncPgConnection| {
-        relayd::operator::watch_once(conn, &config).await.unwrap()
+        relayd::notices::watch_once(conn, &config).await.unwrap()
     };
     let notices = |notice: &str| {
         format!("SELECT count(*) FROM events e JOIN deliveries d ON d.event_id = e.id WHERE e.source = 'relayd' AND e.event_type = '{notice}' AND d.destination = 'pager' AND d.status = 'pending'")
@@ -185,9 +185,10 @@ async fn the_watcher_stores_a_stall_its_recovery_and_each_dead_delivery_once() {
     exec(&mut conn, "UPDATE deliveries SET updated_at = now() - interval '15 seconds' WHERE id = (SELECT id FROM deliveries WHERE destination = 'billing' AND status = 'dead' LIMIT 1)").await;
     assert_eq!(pass(&mut conn).await, 1);
     // The notices were filtered by the hook's `events`: no destination notices here.
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE source = 'relayd' AND event_type LIKE 'destination.%'")
-            .await,
-        0
-    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE source = 'relayd' AND event_type LIKE 'destination.%'",
+        0,
+        "",
+    )
+    .await;
 }

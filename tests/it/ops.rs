@@ -8,7 +8,7 @@ use relayd::config::{Config, DestinationConfig, Secret};
 use relayd::context::Role;
 use serde_json::Value;
 
-use crate::sink::{Behaviour, Sink};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{self, post_stripe, stripe_event, Relayd, TestBroker, TestDb};
 
 const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
@@ -581,11 +581,8 @@ async fn bulk_replay_counts_refuses_an_empty_filter_and_in_flight_rows() {
         )
         .await;
     assert_eq!((status, body["replayed"].as_i64()), (200, Some(3)));
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
-            .await,
-        3
-    );
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'pending'", 3, "")
+        .await;
     let (status, body) = admin
         .post(&format!("/deliveries/{}/replay", in_flight[0]), None)
         .await;
@@ -603,11 +600,8 @@ async fn bulk_replay_counts_refuses_an_empty_filter_and_in_flight_rows() {
         .post("/replay", Some(serde_json::json!({"all": true})))
         .await;
     assert_eq!(body["replayed"], 2, "the remaining dead ones");
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'queued'")
-            .await,
-        2
-    );
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'queued'", 2, "")
+        .await;
     relayd.stop().await.unwrap();
 }
 
@@ -638,11 +632,8 @@ async fn relayd_replay_on_the_command_line_does_the_same() {
         String::from_utf8_lossy(&dry.stdout).trim(),
         "4 deliveries match; nothing was replayed (dry run)"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'dead'")
-            .await,
-        5
-    );
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'dead'", 5, "")
+        .await;
     let output = run(&["--status", "dead", "--destination", "billing"]);
     assert!(
         output.status.success(),
@@ -656,21 +647,16 @@ async fn relayd_replay_on_the_command_line_does_the_same() {
     let progress = String::from_utf8_lossy(&output.stderr);
     assert!(progress.contains("4 matching deliveries"), "{progress}");
     assert!(progress.contains("replayed 4 of 4 (100 %)"), "{progress}");
-    assert_eq!(
-        db.count("SELECT count(*) FROM replay_jobs WHERE status = 'done' AND replayed = 4")
-            .await,
-        1
-    );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
-            .await,
-        4
-    );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'dead'")
-            .await,
-        1
-    );
+    db.assert_count(
+        "SELECT count(*) FROM replay_jobs WHERE status = 'done' AND replayed = 4",
+        1,
+        "",
+    )
+    .await;
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'pending'", 4, "")
+        .await;
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'dead'", 1, "")
+        .await;
 }
 
 /// Regression: `/readyz` answered 200 for a relay or worker process whose broker threads

@@ -16,7 +16,7 @@ use relayd::context::Role;
 use serde_json::Value;
 
 use crate::ops::{self, Admin};
-use crate::sink::{Answer, Behaviour, Received, Sink};
+use crate::support::sink::{Answer, Behaviour, Received, Sink};
 use crate::support::{self, keyed_event, post_stripe, Relayd, TestBroker, TestDb};
 
 const ALL: &[Role] = &[Role::Ingest, Role::Relay, Role::Worker];
@@ -135,12 +135,12 @@ async fn each_key_arrives_in_order_and_one_at_a_time_under_5xx_and_timeouts_acro
         sink.take_peak_active() > 1,
         "unrelated keys must be delivered in parallel"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM ordering_keys WHERE head IS NOT NULL")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM ordering_keys WHERE head IS NOT NULL",
         0,
-        "every key is idle once its deliveries ended"
-    );
+        "every key is idle once its deliveries ended",
+    )
+    .await;
     second_worker.stop().await.unwrap();
     relayd.stop().await.unwrap();
 }
@@ -196,16 +196,18 @@ async fn an_event_without_the_key_is_delivered_unordered_and_counted() {
     post_stripe(&client, &url, &keyed_event("evt_nokey", None)).await;
     post_stripe(&client, &url, &keyed_event("evt_key", Some("cus_1"))).await;
     sink.wait_for(2, Duration::from_secs(15)).await;
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE ordering_key IS NULL AND ordering_seq IS NULL")
-            .await,
-        1
-    );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE ordering_key = 'cus_1' AND ordering_seq = 1")
-            .await,
-        1
-    );
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE ordering_key IS NULL AND ordering_seq IS NULL",
+        1,
+        "",
+    )
+    .await;
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE ordering_key = 'cus_1' AND ordering_seq = 1",
+        1,
+        "",
+    )
+    .await;
     assert_eq!(
         crate::worker::metric_now(&relayd, r#"relayd_ordering_unkeyed_total{destination="ordered"}"#).await,
         Some(1.0)
@@ -398,7 +400,7 @@ async fn skipping_a_blocking_dead_delivery_through_the_api_or_the_cli_moves_its_
     }
     let dead = wait_status(&admin, "evt_s3", "dead").await;
     assert_eq!(delivery_of(&admin, "evt_s4").await["status"], "waiting");
-    let file = crate::child::config_file(&db, &broker, &sink);
+    let file = crate::support::child::config_file(&db, &broker, &sink);
     let output = Command::new(support::relayd_binary())
         .arg("--config")
         .arg(&file.0)

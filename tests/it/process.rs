@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::child::{config_file, Process};
-use crate::sink::{Answer, Behaviour, Sink};
+use crate::support::child::{config_file, Process};
+use crate::support::sink::{Answer, Behaviour, Sink};
 use crate::support::{self, stripe_event, stripe_signature, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Sends `count` signed events like a provider does: each one is retried until it is
@@ -115,12 +115,12 @@ async fn sigterm_during_deliveries_exits_zero_and_leaves_nothing_delivering() {
     sink.wait_for(5, Duration::from_secs(20)).await;
 
     assert_eq!(process.terminate().code(), Some(0), "graceful stop exits 0");
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'delivering'")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivering'",
         0,
-        "in-flight deliveries finished and were recorded"
-    );
+        "in-flight deliveries finished and were recorded",
+    )
+    .await;
     assert!(sink.received().len() < 60, "stopped mid-stream");
 
     let process = Process::start(&config, "all");
@@ -157,11 +157,12 @@ async fn role_split_replicas_deliver_each_event_exactly_once_in_normal_operation
         duplicated.is_empty(),
         "duplicates in normal operation: {duplicated:?}"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1")
-            .await,
-        200
-    );
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1",
+        200,
+        "",
+    )
+    .await;
     for process in replicas.into_iter().chain([ingest_process]) {
         assert_eq!(process.terminate().code(), Some(0));
     }

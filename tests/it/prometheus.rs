@@ -16,7 +16,7 @@ use relayd::context::Role;
 use serde_json::Value;
 
 use crate::ops::{config, to_sink};
-use crate::sink::{Behaviour, Sink};
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{self, Relayd, TestBroker, TestDb};
 
 fn deploy(path: &str) -> PathBuf {
@@ -134,7 +134,7 @@ impl Prometheus {
             dir.join("relayd-alerts.yml"),
         )
         .unwrap();
-        let listen = crate::child::free_address();
+        let listen = crate::support::child::free_address();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))

@@ -335,11 +335,12 @@ async fn a_missing_type_header_stores_unknown_and_a_missing_id_header_is_invalid
     ];
     let (status, _) = post(&client, &url, &headers, body).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE event_id = 'd-1' AND event_type = 'unknown'")
-            .await,
-        1
-    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_id = 'd-1' AND event_type = 'unknown'",
+        1,
+        "",
+    )
+    .await;
     let (status, answer) = post(
         &client,
         &url,
@@ -405,6 +406,6 @@ async fn unsigned_id_and_content_type_headers_are_bounded_for_header_sourced_kin
             "{answer}"
         );
     }
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    db.assert_count("SELECT count(*) FROM events", 0, "").await;
     relayd.stop().await.unwrap();
 }

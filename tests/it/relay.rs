@@ -183,11 +183,8 @@ async fn an_unreachable_broker_keeps_rows_pending_and_readyz_and_metrics_say_not
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
-            .await,
-        20
-    );
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status = 'pending'", 20, "")
+        .await;
     let readyz = client.get(relayd.ops_url("/readyz")).send().await.unwrap();
     assert_eq!(readyz.status(), 503);
     let reason: serde_json::Value = readyz.json().await.unwrap();
@@ -210,7 +207,7 @@ async fn an_unreachable_broker_keeps_rows_pending_and_readyz_and_metrics_say_not
 async fn broker_urls_connect_to_the_node_that_answers_and_readyz_names_it() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new(&["billing"]);
-    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
     let mut config = config(&db, &broker, &["billing"]);
     config.destinations[0].url = relayd::config::Secret::new(sink.url.clone());
     // Two of three refuse: most processes start at one of those and must move on.
@@ -283,11 +280,8 @@ async fn two_relays_on_one_database_publish_each_due_row_once() {
     }
     assert_eq!(per_id.len(), ids.len(), "every row published");
     assert!(per_id.values().all(|n| *n == 1), "no row published twice");
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status <> 'queued'")
-            .await,
-        0
-    );
+    db.assert_count("SELECT count(*) FROM deliveries WHERE status <> 'queued'", 0, "")
+        .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
@@ -656,11 +650,12 @@ async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_publishe
 /// nothing was delivered.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_that_breaks_the_broker_session_when_published_is_quarantined_and_the_rest_flows() {
-    let port = crate::nodes::free_port();
-    let _node =
-        crate::nodes::RabbitNode::start(|_| format!("listeners.tcp.default = {port}\nframe_max = 4096\n"));
+    let port = crate::support::nodes::free_port();
+    let _node = crate::support::nodes::RabbitNode::start(|_| {
+        format!("listeners.tcp.default = {port}\nframe_max = 4096\n")
+    });
     let db = TestDb::migrated().await;
-    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
     // Due before it and after it, in one batch.
     let mut good = db
         .seed_deliveries(10, "billing", "pending", "-30 seconds", None)

@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::child::{config_file, Process};
-use crate::sink::{Behaviour, Received, Sink};
+use crate::support::child::{config_file, Process};
+use crate::support::sink::{Behaviour, Received, Sink};
 use crate::support::{
     self, stripe_event, stripe_signature, TestBroker, TestDb, DESTINATION_SECRET, STRIPE_SECRET,
 };
@@ -56,6 +56,28 @@ fn write(base: &str, file: &support::TempFile, sink_url: &str, version: &Version
     std::fs::write(&file.0, text).unwrap();
 }
 
+/// The ingest listener of the relayd under test, and a client to post to it.
+#[derive(Clone)]
+struct Ingest {
+    client: reqwest::Client,
+    addr: String,
+}
+
+impl Ingest {
+    fn of(relayd: &Process) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            addr: relayd.ingest.clone().unwrap(),
+        }
+    }
+
+    /// Posts an event to `source` (a Stripe source, or the GitHub one `gh`) signed with
+    /// `secret`; returns the status.
+    async fn post(&self, source: &str, secret: &str, id: &str, event_type: &str) -> u16 {
+        post(&self.client, &self.addr, source, secret, id, event_type).await
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     ingest: &str,
@@ -86,19 +108,14 @@ async fn post(
 
 /// Posts `count` events signed with the first secret, 10 ms apart, each of which must
 /// be accepted; returns their ids.
-fn send_while(
-    client: &reqwest::Client,
-    ingest: &str,
-    prefix: &'static str,
-    count: usize,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    let (client, ingest) = (client.clone(), ingest.to_string());
+fn send_while(ingest: &Ingest, prefix: &'static str, count: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    let ingest = ingest.clone();
     tokio::spawn(async move {
         let mut ids = Vec::new();
         for i in 0..count {
             let id = format!("{prefix}_{i}");
             assert_eq!(
-                post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+                ingest.post("stripe", STRIPE_SECRET, &id, "invoice.paid").await,
                 200,
                 "{id}"
             );
@@ -154,7 +171,7 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     let broker = TestBroker::new(&["sink"]);
     let first = Sink::start(Behaviour::Succeed).await;
     let second = Sink::start(Behaviour::Succeed).await;
-    let base = crate::child::config_with_admin_token(&db, &broker, &first, ADMIN_TOKEN)
+    let base = crate::support::child::config_with_admin_token(&db, &broker, &first, ADMIN_TOKEN)
         .replace("relayd::cmd=info", "relayd::cmd=info,relayd::reload=info");
     assert!(base.contains(ADMIN_TOKEN));
     let file = support::temp_file(&base);
@@ -168,43 +185,28 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     write(&base, &file, &first.url, &before);
     let relayd = Process::start(&file, "all");
     relayd.wait_ready().await;
-    let ingest = relayd.ingest.clone().unwrap();
-    let client = reqwest::Client::new();
+    let ingest = Ingest::of(&relayd);
+    let client = ingest.client.clone();
 
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            STRIPE_SECRET,
-            "evt_before",
-            "invoice.paid"
-        )
-        .await,
+        ingest
+            .post("stripe", STRIPE_SECRET, "evt_before", "invoice.paid")
+            .await,
         200
     );
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            NEW_STRIPE_SECRET,
-            "evt_new_too_early",
-            "invoice.paid"
-        )
-        .await,
+        ingest
+            .post("stripe", NEW_STRIPE_SECRET, "evt_new_too_early", "invoice.paid")
+            .await,
         400
     );
-    assert_eq!(
-        post(&client, &ingest, "gh", "gh-secret", "gh_too_early", "push").await,
-        404
-    );
+    assert_eq!(ingest.post("gh", "gh-secret", "gh_too_early", "push").await, 404);
     wait_for_ids(&first, &["evt_before".into()]).await;
 
     // Events keep arriving, signed with the secret both configurations accept, while
     // the new one (rotation overlap, a new source, a new URL, secret and route) is put
     // in force through the admin API.
-    let sender = send_while(&client, &ingest, "evt_during", 150);
+    let sender = send_while(&ingest, "evt_during", 150);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let gh_source = "[[sources]]\nname = \"gh\"\nkind = \"github\"\nsecrets = [\"gh-secret\"]\n";
     let overlap = Version {
@@ -267,11 +269,7 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
         ),
         ("gh", "gh-secret", "gh_after", "push"),
     ] {
-        assert_eq!(
-            post(&client, &ingest, source, secret, id, event_type).await,
-            200,
-            "{id}"
-        );
+        assert_eq!(ingest.post(source, secret, id, event_type).await, 200, "{id}");
     }
     let after = [
         "evt_after_new_secret",
@@ -304,15 +302,9 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
     write(&base, &file, &first.url, &rotated);
     relayd.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while post(
-        &client,
-        &ingest,
-        "stripe",
-        STRIPE_SECRET,
-        "evt_old_secret_refused",
-        "invoice.paid",
-    )
-    .await
+    while ingest
+        .post("stripe", STRIPE_SECRET, "evt_old_secret_refused", "invoice.paid")
+        .await
         != 400
     {
         assert!(
@@ -378,27 +370,15 @@ async fn a_reload_changes_sources_secrets_routing_and_destinations_for_new_work_
 
     // Through both refusals the reloaded configuration kept working.
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            NEW_STRIPE_SECRET,
-            "evt_still_running",
-            "invoice.paid"
-        )
-        .await,
+        ingest
+            .post("stripe", NEW_STRIPE_SECRET, "evt_still_running", "invoice.paid")
+            .await,
         200
     );
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            STRIPE_SECRET,
-            "evt_still_refused",
-            "invoice.paid"
-        )
-        .await,
+        ingest
+            .post("stripe", STRIPE_SECRET, "evt_still_refused", "invoice.paid")
+            .await,
         400
     );
     wait_for_ids(&second, &["evt_still_running".into()]).await;
@@ -454,7 +434,7 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     let sink = Sink::start(Behaviour::Succeed).await;
     let failing = Sink::start(Behaviour::AlwaysFail { status: 503 }).await;
     let working = Sink::start(Behaviour::Succeed).await;
-    let base = crate::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
+    let base = crate::support::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
     let file = support::temp_file(&base);
     let only_sink = Version {
         stripe_secrets: &[STRIPE_SECRET],
@@ -466,15 +446,15 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     write(&base, &file, &sink.url, &only_sink);
     let relayd = Process::start(&file, "all");
     relayd.wait_ready().await;
-    let ingest = relayd.ingest.clone().unwrap();
-    let client = reqwest::Client::new();
+    let ingest = Ingest::of(&relayd);
+    let client = ingest.client.clone();
     let crm = |url: &str| {
         format!("[[destinations]]\nname = \"crm\"\nurl = \"{url}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\nevent_types = [\"charge.*\"]\n")
     };
 
     // Added while events keep flowing to the other destination: the worker's loops
     // start again in place, and none of those events is lost.
-    let flowing = send_while(&client, &ingest, "evt_while_adding", 100);
+    let flowing = send_while(&ingest, "evt_while_adding", 100);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let with_crm = crm(&failing.url);
     write(
@@ -503,15 +483,9 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     // Routed to it from now on, sent to it (its queue was declared on reload), and dead
     // after its retries, since it answers 503.
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            STRIPE_SECRET,
-            "evt_for_crm",
-            "charge.refunded"
-        )
-        .await,
+        ingest
+            .post("stripe", STRIPE_SECRET, "evt_for_crm", "charge.refunded")
+            .await,
         200
     );
     wait_for_ids(&failing, &["evt_for_crm".into()]).await;
@@ -519,7 +493,7 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
 
     // Removed while events flow: nothing new is routed to it, and its undelivered
     // delivery stays visible and replayable.
-    let flowing = send_while(&client, &ingest, "evt_while_removing", 100);
+    let flowing = send_while(&ingest, "evt_while_removing", 100);
     tokio::time::sleep(Duration::from_millis(300)).await;
     write(&base, &file, &sink.url, &only_sink);
     let (status, answer) = reload(&client, &relayd).await;
@@ -530,15 +504,9 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     );
     wait_for_ids(&sink, &flowing.await.unwrap()).await;
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            STRIPE_SECRET,
-            "evt_after_crm",
-            "charge.refunded"
-        )
-        .await,
+        ingest
+            .post("stripe", STRIPE_SECRET, "evt_after_crm", "charge.refunded")
+            .await,
         200
     );
     wait_for_ids(&sink, &["evt_after_crm".into()]).await;
@@ -602,15 +570,9 @@ async fn destinations_added_and_removed_by_a_reload_start_and_stop_and_keep_what
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["changed"], serde_json::json!(["worker.concurrency"]));
     assert_eq!(
-        post(
-            &client,
-            &ingest,
-            "stripe",
-            STRIPE_SECRET,
-            "evt_fewer",
-            "invoice.paid"
-        )
-        .await,
+        ingest
+            .post("stripe", STRIPE_SECRET, "evt_fewer", "invoice.paid")
+            .await,
         200
     );
     wait_for_ids(&sink, &["evt_fewer".into()]).await;
@@ -643,8 +605,7 @@ async fn a_relay_declares_the_queue_of_a_destination_added_by_reload() {
     write(&base, &file, &sink.url, &only_sink);
     let relayd = Process::start(&file, "ingest,relay");
     relayd.wait_ready().await;
-    let ingest = relayd.ingest.clone().unwrap();
-    let client = reqwest::Client::new();
+    let ingest = Ingest::of(&relayd);
     let crm = format!(
         "[[destinations]]\nname = \"crm\"\nurl = \"{}\"\nsigning_secret = \"{DESTINATION_SECRET}\"\n",
         sink.url
@@ -665,7 +626,7 @@ async fn a_relay_declares_the_queue_of_a_destination_added_by_reload() {
     for i in 0.. {
         let id = format!("evt_probe_route_{i}");
         assert_eq!(
-            post(&client, &ingest, "stripe", STRIPE_SECRET, &id, "invoice.paid").await,
+            ingest.post("stripe", STRIPE_SECRET, &id, "invoice.paid").await,
             200
         );
         if !delivery_status(&db, "crm", &id).await.is_empty() {

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::child::Process;
-use crate::sink::{Behaviour, Sink};
+use crate::support::child::Process;
+use crate::support::sink::{Behaviour, Sink};
 use crate::support::{self, TestBroker, TestDb};
 
 const ADMIN_TOKEN: &str = "replay-jobs-admin-token-0123";
@@ -46,10 +46,10 @@ async fn a_replay_job_runs_in_pages_at_its_rate_survives_a_sigkill_and_can_be_ca
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
-    let base = crate::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
+    let base = crate::support::child::config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
     let file = support::temp_file(&base);
     // Ops on a fixed address, so the API stays where it was across the restart.
-    let ops = crate::child::free_address();
+    let ops = crate::support::child::free_address();
     let mut relayd = Process::start_with(&file, "all", &[("RELAYD__OPS__LISTEN", ops.as_str())]);
     relayd.wait_ready().await;
     db.seed_deliveries(DEAD as usize, "sink", "dead", "0 seconds", None)
@@ -239,9 +239,10 @@ async fn relayd_replay_with_max_rate_works_its_job_at_that_pace_and_prints_progr
     ] {
         assert!(progress.contains(line), "{line:?} not in {progress}");
     }
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
-            .await,
-        300
-    );
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'pending'",
+        300,
+        "",
+    )
+    .await;
 }

@@ -137,12 +137,12 @@ async fn idle_ordering_keys_are_pruned_and_a_replay_starts_their_numbering_again
     .unwrap()
     .expect("the only pruner leads");
     assert!(report.deleted.contains(&(Kind::OrderingKeys, 1)), "{report:?}");
-    assert_eq!(
-        db.count("SELECT count(*) FROM ordering_keys WHERE key = 'k_live'")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM ordering_keys WHERE key = 'k_live'",
         1,
-        "a live key stays, however old"
-    );
+        "a live key stays, however old",
+    )
+    .await;
 
     let id: Id = diesel::sql_query(format!(
         "SELECT id FROM deliveries WHERE event_id = '{delivered}'"
@@ -154,7 +154,7 @@ async fn idle_ordering_keys_are_pruned_and_a_replay_starts_their_numbering_again
         .await
         .unwrap()
         .expect("replayable");
-    assert_eq!(replayed.status, "pending");
+    assert_eq!(replayed.status, relayd::db::deliveries::DeliveryStatus::Pending);
     assert_eq!(replayed.ordering_seq, Some(1), "numbered afresh");
     assert_eq!(
         db.count(&format!(
@@ -190,13 +190,13 @@ async fn replay_jobs_that_ended_long_ago_are_pruned_and_running_ones_never() {
     .unwrap()
     .expect("the only pruner leads");
     assert!(report.deleted.contains(&(Kind::ReplayJobs, 2)), "{report:?}");
-    assert_eq!(
-        db.count("SELECT count(*) FROM replay_jobs WHERE status = 'running'")
-            .await,
+    db.assert_count(
+        "SELECT count(*) FROM replay_jobs WHERE status = 'running'",
         1,
-        "a running job stays, however old"
-    );
-    assert_eq!(db.count("SELECT count(*) FROM replay_jobs").await, 2);
+        "a running job stays, however old",
+    )
+    .await;
+    db.assert_count("SELECT count(*) FROM replay_jobs", 2, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,11 +256,12 @@ async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_f
     for id in in_flight {
         assert!(exists(&db, id).await, "in flight: never pruned, however old");
     }
-    assert_eq!(
-        db.count("SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)")
-            .await,
-        0
-    );
+    db.assert_count(
+        "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+        0,
+        "",
+    )
+    .await;
     assert_eq!(
         db.count(&format!(
             "SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
@@ -290,7 +291,8 @@ async fn a_zero_duration_disables_its_rule() {
     assert!(exists(&db, delivered_old).await);
     assert!(!exists(&db, dead_old).await);
     // With the attempts rule off, the pruned event's attempt still goes with it.
-    assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 1);
+    db.assert_count("SELECT count(*) FROM delivery_attempts", 1, "")
+        .await;
     assert_eq!(
         db.count(
             "SELECT count(*) FROM delivery_attempts a \
@@ -384,11 +386,12 @@ async fn a_large_table_is_pruned_in_batches_while_ingest_keeps_answering() {
         std::sync::atomic::AtomicUsize::load(&batches, std::sync::atomic::Ordering::Relaxed) >= 30,
         "deleted in batches of 1000"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE event_id LIKE 'evt_old_%'")
-            .await,
-        0
-    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_id LIKE 'evt_old_%'",
+        0,
+        "",
+    )
+    .await;
     latencies.sort();
     eprintln!(
         "pruned 30000 events in {took:?}; {} ingest requests meanwhile: p50 {:?}, max {:?}",
@@ -459,13 +462,10 @@ async fn relayd_prune_dry_run_prints_and_prune_deletes() {
         printed.contains("would delete 2 delivered events") && printed.contains("would delete 2 attempts"),
         "{printed}"
     );
-    assert_eq!(
-        db.count("SELECT count(*) FROM events").await,
-        2,
-        "a dry run deletes nothing"
-    );
+    db.assert_count("SELECT count(*) FROM events", 2, "a dry run deletes nothing")
+        .await;
     let real = run(&[]);
     assert!(real.status.success(), "{}", String::from_utf8_lossy(&real.stderr));
     assert!(String::from_utf8_lossy(&real.stdout).contains("deleted 2 delivered events"));
-    assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+    db.assert_count("SELECT count(*) FROM events", 0, "").await;
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use diesel_async::RunQueryDsl;
 
-use crate::nodes::{as_postgres, free_port, run, RabbitNode};
+use crate::support::nodes::{as_postgres, free_port, run, RabbitNode};
 use crate::support::{self, post_stripe, stripe_event, Relayd};
 
 /// A CA and, signed by it, a certificate for `localhost` only (no IP address), made with
@@ -256,7 +256,7 @@ async fn relayd_publishes_and_consumes_over_amqps_and_verifies_the_broker() {
     use relayd::context::Role;
     let rabbit = TlsRabbit::start();
     let db = crate::support::TestDb::migrated().await;
-    let sink = crate::sink::Sink::start(crate::sink::Behaviour::Succeed).await;
+    let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
     let mut config = support::config(&db.url);
     config.broker.url = Secret::new(rabbit.url(&rabbit.ca));
     config.broker.prefix = "tls".into();

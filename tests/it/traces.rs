@@ -5,15 +5,15 @@
 //! with traces off nothing is stored or sent.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
+use relayd::listener::LocalServer;
 use serde_json::Value;
 
-use crate::child::{config_file, Process};
-use crate::sink::{Behaviour, Received, Sink};
+use crate::support::child::{config_file, Process};
+use crate::support::sink::{Behaviour, Received, Sink};
 use crate::support::{self, stripe_event, TestBroker, TestDb, STRIPE_SECRET};
 
 /// A collector's OTLP/HTTP traces endpoint: keeps every span it is sent, with its
@@ -21,7 +21,7 @@ use crate::support::{self, stripe_event, TestBroker, TestDb, STRIPE_SECRET};
 struct Collector {
     base: String,
     got: Arc<Got>,
-    handle: actix_web::dev::ServerHandle,
+    server: LocalServer,
 }
 
 #[derive(Default)]
@@ -160,24 +160,18 @@ async fn export(got: web::Data<Got>, request: actix_web::HttpRequest, body: web:
 
 impl Collector {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let got = Arc::new(Got::default());
         let data = web::Data::from(got.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/v1/traces", web::post().to(export))
+        let server = LocalServer::start(1, move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/v1/traces", web::post().to(export));
         })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(0)
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Self { base, got, handle }
+        .unwrap();
+        Self {
+            base: server.url(""),
+            got,
+            server,
+        }
     }
 
     /// Waits until the trace holds its four spans (ingest, publish, delivery, attempt).
@@ -285,7 +279,7 @@ async fn assert_one_trace(collector: &Collector, delivered: &Received) -> String
 const ADMIN_TOKEN: &str = "trace-admin-token";
 
 fn traced_config(db: &TestDb, broker: &TestBroker, sink: &Sink, endpoint: &str) -> support::TempFile {
-    let base = crate::child::config_with_admin_token(db, broker, sink, ADMIN_TOKEN);
+    let base = crate::support::child::config_with_admin_token(db, broker, sink, ADMIN_TOKEN);
     support::temp_file(&format!("{base}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n"))
 }
 
@@ -382,13 +376,10 @@ async fn one_trace_per_event(protocol: Option<&str>) {
         HashSet::from([encoding.to_string()])
     );
     // The context was stored with each event (the relay read it from the outbox).
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")
-            .await,
-        4
-    );
+    db.assert_count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL", 4, "")
+        .await;
     assert!(relayd.terminate().success());
-    collector.handle.stop(false).await;
+    collector.server.stop().await;
 }
 
 #[tokio::test]
@@ -397,7 +388,7 @@ async fn a_collector_that_is_away_costs_no_delivery() {
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
     // Nothing listens there: every export fails.
-    let away = format!("http://{}", crate::child::free_address());
+    let away = format!("http://{}", crate::support::child::free_address());
     let config = traced_config(&db, &broker, &sink, &away);
     let relayd = Process::start_with(&config, "all", &[("OTEL_BSP_SCHEDULE_DELAY", "50")]);
     relayd.wait_ready().await;
@@ -445,11 +436,8 @@ async fn with_traces_off_no_context_is_stored_or_sent() {
     post(&client, &ingest, "evt_off", Some(traceparent)).await;
     let delivered = sink.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(delivered[0].header("traceparent"), None);
-    assert_eq!(
-        db.count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL")
-            .await,
-        0
-    );
+    db.assert_count("SELECT count(*) FROM events WHERE traceparent IS NOT NULL", 0, "")
+        .await;
     assert!(relayd.terminate().success());
 }
 

@@ -1,11 +1,11 @@
 //! An OpenTelemetry collector's OTLP/HTTP traces endpoint for the `traced` scenario:
 //! answers every export at once and counts the spans and bytes it was sent.
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
+use relayd::listener::LocalServer;
 
 #[derive(Default)]
 pub struct Counts {
@@ -29,7 +29,7 @@ pub struct Collector {
     /// The base URL relayd's `telemetry.otlp_endpoint` takes.
     pub url: String,
     pub counts: Arc<Counts>,
-    handle: actix_web::dev::ServerHandle,
+    server: LocalServer,
 }
 
 async fn export(counts: web::Data<Counts>, body: web::Bytes) -> HttpResponse {
@@ -54,27 +54,21 @@ async fn export(counts: web::Data<Counts>, body: web::Bytes) -> HttpResponse {
 
 impl Collector {
     pub fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let url = format!("http://{}", listener.local_addr()?);
         let counts = Arc::new(Counts::default());
         let data = web::Data::from(counts.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let server = LocalServer::start(1, move |cfg| {
+            cfg.app_data(data.clone())
                 .app_data(web::PayloadConfig::new(64 << 20))
-                .route("/v1/traces", web::post().to(export))
+                .route("/v1/traces", web::post().to(export));
+        })?;
+        Ok(Self {
+            url: server.url(""),
+            counts,
+            server,
         })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(0)
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Ok(Self { url, counts, handle })
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
 }

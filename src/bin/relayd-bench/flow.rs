@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::report::Row;
-use crate::sink::{Mode, Sink};
-use crate::{
-    delete_topology, end_to_end_with, fresh_database, load, process, relayd_binary, write_config_with, Args,
-    Destination, SIGNING_SECRET,
+use crate::scenarios::end_to_end_with;
+use crate::setup::{
+    delete_topology, fresh_database, relayd_binary, write_config_with, Destination, SIGNING_SECRET,
 };
+use crate::sink::{Mode, Sink};
+use crate::{load, process, Args};
 
 fn shipped(args: &Args) -> Args {
     Args {
@@ -80,7 +81,7 @@ pub async fn outage(args: &Args) -> anyhow::Result<Row> {
     let setup = write_config_with(&args, &url, &[Destination::sink(&sink.url)])?;
     let relayd = process::Relayd::start(&relayd_binary(&args), &setup.config, "all", &setup.ops).await?;
     let run = format!("outage{}", uuid::Uuid::now_v7().simple());
-    let mut load = crate::load(&args, &setup, rate, &run);
+    let mut load = crate::setup::load(&args, &setup, rate, &run);
     load.duration = before + args.outage + after;
     let mode = sink.mode.clone();
     let outage = args.outage;
@@ -159,7 +160,7 @@ pub async fn rate_limited(args: &Args) -> anyhow::Result<Row> {
     let setup = write_config_with(&args, &url, &[destination])?;
     let relayd = process::Relayd::start(&relayd_binary(&args), &setup.config, "all", &setup.ops).await?;
     let run = format!("limited{}", uuid::Uuid::now_v7().simple());
-    let load = crate::load(&args, &setup, limit * 2.0, &run);
+    let load = crate::setup::load(&args, &setup, limit * 2.0, &run);
     let started = SystemTime::now();
     let samples = load::run(&load).await;
     let ended = SystemTime::now();

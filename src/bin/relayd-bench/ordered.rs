@@ -6,8 +6,10 @@
 use std::time::SystemTime;
 
 use crate::report::Row;
+use crate::scenarios::end_to_end_with;
+use crate::setup::{Destination, SIGNING_SECRET};
 use crate::sink::Sink;
-use crate::{end_to_end_with, Args, Destination, SIGNING_SECRET};
+use crate::Args;
 
 const ORDERING: &str = "ordering = { key = \"/data/object/customer\" }\n";
 

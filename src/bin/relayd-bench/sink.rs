@@ -3,13 +3,13 @@
 //! make it slow (answer after a delay) or down (503 to everything, recorded).
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+use relayd::listener::LocalServer;
 
 #[derive(Default)]
 pub struct Received {
@@ -33,7 +33,7 @@ pub struct Sink {
     pub url: String,
     pub received: Arc<Mutex<Received>>,
     pub mode: Arc<Mode>,
-    handle: actix_web::dev::ServerHandle,
+    server: LocalServer,
 }
 
 struct State {
@@ -51,31 +51,22 @@ impl Sink {
         let mode = Arc::new(mode);
         let key_bytes =
             relayd::signing::decode_whsec(signing_secret).ok_or_else(|| anyhow::anyhow!("bad whsec"))?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let url = format!("http://{}/hooks", listener.local_addr()?);
         let received = Arc::new(Mutex::new(Received::default()));
         let state = web::Data::new(State {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
             received: received.clone(),
             mode: mode.clone(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route("/hooks", web::post().to(receive))
-        })
         // One worker answers many slow requests at once: each waits on a timer.
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let server = LocalServer::start(1, move |cfg| {
+            cfg.app_data(state.clone())
+                .route("/hooks", web::post().to(receive));
+        })?;
         Ok(Self {
-            url,
+            url: server.url("/hooks"),
             received,
             mode,
-            handle,
+            server,
         })
     }
 
@@ -84,7 +75,7 @@ impl Sink {
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
 }
 

@@ -5,12 +5,12 @@
 //! at the same time, and it keeps each request's key and answer.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
+use relayd::listener::LocalServer;
 
 /// How the sink answers.
 #[derive(Debug, Clone)]
@@ -19,8 +19,6 @@ pub enum Behaviour {
     Succeed,
     /// `status` for the first `n` requests of each `webhook-id`, then 200.
     FailFirst { n: usize, status: u16 },
-    /// 503 with `Retry-After: seconds` for the first request of each webhook, then 200.
-    RetryAfterOnce { seconds: u64 },
     /// `status` forever.
     AlwaysFail { status: u16 },
     /// Answers 200 after `delay` (longer than the destination's timeout: a hang).
@@ -245,13 +243,11 @@ impl Drop for Active<'_> {
 pub struct Sink {
     pub url: String,
     state: Arc<State>,
-    handle: actix_web::dev::ServerHandle,
+    server: LocalServer,
 }
 
 impl Sink {
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
         let state = Arc::new(State {
             behaviour,
             received: Mutex::new(Vec::new()),
@@ -263,20 +259,16 @@ impl Sink {
             answered: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/hooks", web::post().to(receive))
+        let server = LocalServer::start(2, move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/hooks", web::post().to(receive));
         })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(0)
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Self { url, state, handle }
+        .unwrap();
+        Self {
+            url: server.url("/hooks"),
+            state,
+            server,
+        }
     }
 
     /// Requests that arrived while another of their ordering key was in flight.
@@ -377,7 +369,7 @@ impl Sink {
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
 }
 
@@ -421,10 +413,6 @@ async fn answer(state: &State, planned: Option<Answer>, try_number: usize) -> Ht
             HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body("try again")
         }
         Behaviour::FailFirst { .. } => HttpResponse::Ok().body("ok"),
-        Behaviour::RetryAfterOnce { seconds } if try_number == 1 => HttpResponse::ServiceUnavailable()
-            .insert_header(("retry-after", seconds.to_string()))
-            .body("busy"),
-        Behaviour::RetryAfterOnce { .. } => HttpResponse::Ok().body("ok"),
         Behaviour::AlwaysFail { status } => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(*status).unwrap()).body("broken")
         }

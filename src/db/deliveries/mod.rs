@@ -1,10 +1,28 @@
-//! Rows as Rust types, and the delivery states.
+//! The outbox rows: one delivery per (event, destination), and their states.
+//!
+//! The queries are grouped by who asks: `outbox` (the relay), `claims` (the
+//! worker), `listing` (the admin API), `replay` (an operator's replay and skip).
+
+mod claims;
+mod listing;
+mod outbox;
+mod replay;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::schema::deliveries;
+
+pub use claims::{
+    claim, record_outcomes, Claimed, Claims, Outcome, Record, Records, CLAIM_SQL, RECORD_OUTCOMES_SQL,
+};
+pub use listing::{counts, for_events, get, list, DeliveryFilter, DeliveryWithEvent};
+pub use outbox::{
+    claim_due, due_summary, mark_queued, postpone_queued, quarantine, DueDelivery, DueSummary,
+    CLAIM_DUE_SETUP, CLAIM_DUE_SQL,
+};
+pub use replay::{count_replayable, replay_one, replay_page, skip, ReplayFilter, Skipped};
 
 /// A delivery row as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
@@ -13,7 +31,7 @@ pub struct Delivery {
     pub id: Uuid,
     pub event_id: Uuid,
     pub destination: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub lease_until: Option<DateTime<Utc>>,
@@ -29,7 +47,10 @@ pub struct Delivery {
 }
 
 /// The states of a delivery (DESIGN.md §4). Stored as text with a CHECK constraint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum DeliveryStatus {
     /// Stored, not yet published to the broker.
     Pending,
@@ -93,3 +114,5 @@ impl DeliveryStatus {
         }
     }
 }
+
+super::stored_as_text!(DeliveryStatus);

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::sink::Sink;
-use crate::support::{self, TempFile, TestBroker, TestDb, STRIPE_SECRET};
+use super::sink::Sink;
+use super::{self as support, TempFile, TestBroker, TestDb, STRIPE_SECRET};
 
 /// Configuration for child processes: fast retries, short leases (a claim's lease is
 /// the 2 s timeout plus 1 s), JSON logs, listeners on ports of the system's choosing

@@ -1,16 +1,23 @@
-//! Test fixtures: a fresh PostgreSQL database per test, an in-process relayd on
+//! Test fixtures shared by both test binaries (`it` and `faults`, each of which
+//! includes this module): a fresh PostgreSQL database per test, an in-process relayd on
 //! `127.0.0.1:0`, and Stripe-style signing done with `ring` directly (independently of
-//! relayd's own verifier).
+//! relayd's own verifier); the real binary as a child process ([`child`]), extra
+//! RabbitMQ and PostgreSQL nodes under a temp dir ([`nodes`]), and the receiving sink
+//! every delivery is checked at ([`sink`]).
+
+pub mod child;
+pub mod nodes;
+pub mod sink;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use relayd::app::Daemon;
 use relayd::config::{Config, DestinationConfig, Secret, SourceConfig, SourceKind};
 use relayd::context::AppContext;
 use relayd::context::Role;
+use relayd::daemon::Daemon;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -141,6 +148,18 @@ impl TestDb {
     }
 
     /// Waits until `sql` (a count) reaches `expected`, or panics after `timeout`.
+    /// Asserts that `sql` (a `SELECT count(*) …`) counts `expected` now; `why` says what
+    /// it proves.
+    pub async fn assert_count(&self, sql: &str, expected: i64, why: &str) {
+        let n = self.count(sql).await;
+        let what = if why.is_empty() {
+            sql.to_string()
+        } else {
+            format!("{why}: {sql}")
+        };
+        assert_eq!(n, expected, "{what}");
+    }
+
     pub async fn wait_count(&self, sql: &str, expected: i64, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         loop {

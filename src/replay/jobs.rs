@@ -1,10 +1,11 @@
-//! Replay jobs in the background ([`crate::db::replay_jobs`]): each running job is
-//! worked a page at a time, round robin, each page its own transaction that holds the
-//! job's row (so replicas, and `relayd replay` working the same job, never overlap),
-//! paced to the job's `max_rate` through the row's `next_page_at`, whichever process
-//! works the page. A job's progress lives in its row, so it goes on
-//! after a restart from where it was. The task lives in the relay role and stops with
-//! its shutdown token, between pages.
+//! Working replay jobs ([`crate::db::replay_jobs`]): a page at a time, each page its own
+//! transaction that holds the job's row (so replicas, `relayd replay` and the admin
+//! API's `/replay` working the same job never overlap), paced to the job's `max_rate`
+//! through the row's `next_page_at`, whichever process works the page. A job's
+//! progress lives in its row, so it goes on after a restart from where it was.
+//! [`run_periodically`] works every running job in the background (a task of the relay
+//! role, stopped with its shutdown token between pages); [`work_to_end`] works one job
+//! in the caller until it has ended.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use diesel_async::AsyncPgConnection;
+
 use crate::context::AppContext;
-use crate::db::replay_jobs::{self, Page};
+use crate::db::replay_jobs::{self, JobStatus, Page, ReplayJob};
+use crate::wake::OutboxWake;
 
 /// Deliveries reset per page at most.
 pub const PAGE: i64 = 500;
@@ -75,6 +79,50 @@ pub async fn run_periodically(ctx: Arc<AppContext>, shutdown: CancellationToken)
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(next.min(POLL)) => {}
+        }
+    }
+}
+
+/// Works job `id` on `conn` until it has ended (done, or cancelled by an operator), at
+/// its `max_rate`, calling `progress` after each page that replayed some deliveries;
+/// returns the job as it ended. The relays are woken after each such page: through
+/// `wake` when the caller has one, else by a `NOTIFY` on `conn`. A page another process
+/// is working, or one not due yet, is waited for.
+pub async fn work_to_end(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+    max_rate: Option<i32>,
+    wake: Option<&OutboxWake>,
+    mut progress: impl FnMut(&ReplayJob),
+) -> diesel::QueryResult<ReplayJob> {
+    let (page, pause) = pacing(max_rate);
+    loop {
+        let started = Instant::now();
+        let worked = replay_jobs::work_page(conn, id, page, pause).await?;
+        let job = replay_jobs::get(conn, id)
+            .await?
+            .ok_or(diesel::result::Error::NotFound)?;
+        match worked {
+            Page::Finished => return Ok(job),
+            _ if job.status != JobStatus::Running => return Ok(job),
+            Page::Worked(replayed) => {
+                if replayed > 0 {
+                    match wake {
+                        Some(wake) => wake.wake(),
+                        // Running relays publish the rows now rather than on their poll
+                        // interval.
+                        None => {
+                            if let Err(e) = crate::wake::notify(conn).await {
+                                tracing::debug!(error = %e, "outbox NOTIFY failed; relays will poll");
+                            }
+                        }
+                    }
+                    progress(&job);
+                }
+                tokio::time::sleep(pause.saturating_sub(started.elapsed())).await;
+            }
+            // Not due yet, or another process is working this page.
+            Page::Idle => tokio::time::sleep(pause.max(Duration::from_millis(50))).await,
         }
     }
 }

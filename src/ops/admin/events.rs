@@ -1,0 +1,116 @@
+//! The admin API's events: the list (filtered, with each event's deliveries) and one
+//! event with its payload and every attempt.
+
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{connection, cursor, limit, next_cursor, non_empty, parse_id, parse_status};
+use crate::context::AppContext;
+use crate::db::events::{self, EventFilter};
+use crate::db::{attempts, deliveries};
+use crate::http_error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    source: Option<String>,
+    event_type: Option<String>,
+    status: Option<String>,
+    q: Option<String>,
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DeliverySummary {
+    id: Uuid,
+    destination: String,
+    status: crate::db::deliveries::DeliveryStatus,
+    attempts: i32,
+    last_status_code: Option<i32>,
+}
+
+/// `GET /admin/api/events`: newest first, filtered, each with its deliveries.
+pub(super) async fn list(
+    ctx: web::Data<AppContext>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let filter = EventFilter {
+        source: non_empty(query.source),
+        event_type: non_empty(query.event_type),
+        status: parse_status(&query.status)?,
+        q: non_empty(query.q),
+        before: cursor(query.before)?,
+        limit: limit(query.limit)?,
+    };
+    let mut conn = connection(&ctx).await?;
+    let page = events::list(&mut conn, &filter).await?;
+    let ids: Vec<Uuid> = page.iter().map(|e| e.id).collect();
+    let mut by_event: std::collections::HashMap<Uuid, Vec<DeliverySummary>> = Default::default();
+    for d in deliveries::for_events(&mut conn, &ids).await? {
+        by_event.entry(d.event_id).or_default().push(DeliverySummary {
+            id: d.id,
+            destination: d.destination,
+            status: d.status,
+            attempts: d.attempts,
+            last_status_code: d.last_status_code,
+        });
+    }
+    let next_cursor = next_cursor(page.len(), filter.limit, page.last().map(|e| e.id));
+    let items: Vec<serde_json::Value> = page
+        .into_iter()
+        .map(|event| {
+            let deliveries = by_event.remove(&event.id).unwrap_or_default();
+            let mut item = serde_json::to_value(&event).unwrap_or_default();
+            item["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+            item
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// `GET /admin/api/events/{id}`: the event with its payload, headers, deliveries and
+/// their attempts.
+pub(super) async fn get(ctx: web::Data<AppContext>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id, "event id")?;
+    let mut conn = connection(&ctx).await?;
+    let event = events::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFoundDetail(format!("no event {id}")))?;
+    let event_deliveries = deliveries::for_events(&mut conn, &[id]).await?;
+    let delivery_ids: Vec<Uuid> = event_deliveries.iter().map(|d| d.id).collect();
+    let attempts = attempts::for_deliveries(&mut conn, &delivery_ids).await?;
+    let (payload, encoding) = match String::from_utf8(event.payload) {
+        Ok(text) => (text, "utf-8"),
+        Err(e) => (
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+            "base64",
+        ),
+    };
+    let deliveries: Vec<serde_json::Value> = event_deliveries
+        .into_iter()
+        .map(|d| {
+            let own: Vec<&attempts::Attempt> = attempts.iter().filter(|a| a.delivery_id == d.id).collect();
+            let mut item = serde_json::to_value(&d).unwrap_or_default();
+            item["attempt_history"] = serde_json::to_value(own).unwrap_or_default();
+            item
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "id": event.id,
+        "source": event.source,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "received_at": event.received_at,
+        "content_type": event.content_type,
+        "headers": event.headers,
+        "trace_id": event.traceparent.as_deref().and_then(crate::telemetry::context::trace_id),
+        "payload": payload,
+        "payload_encoding": encoding,
+        "deliveries": deliveries,
+    })))
+}
