@@ -110,10 +110,13 @@ impl Browser {
     }
 
     /// Opens the dashboard of `relayd` and gives it the admin token.
-    async fn log_in(&self, relayd: &Relayd) {
-        self.goto(&relayd.ops_url("/admin/")).await;
-        self.type_into("#token", TOKEN).await;
-        self.click("#login-form button").await;
+    /// A browser on `relayd`'s dashboard, logged in with the admin token.
+    async fn logged_in(relayd: &Relayd) -> Self {
+        let browser = Self::start().await;
+        browser.goto(&relayd.ops_url("/admin/")).await;
+        browser.type_into("#token", TOKEN).await;
+        browser.click("#login-form button").await;
+        browser
     }
 
     async fn goto(&self, url: &str) {
@@ -256,8 +259,7 @@ async fn dashboard_lists_events_shows_details_and_replays_a_dead_delivery() {
     )
     .await;
 
-    let browser = Browser::start().await;
-    browser.log_in(&relayd).await;
+    let browser = Browser::logged_in(&relayd).await;
     browser
         .wait_until(
             "both events listed with their delivery states",
@@ -417,8 +419,7 @@ async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
     )
     .await;
 
-    let browser = Browser::start().await;
-    browser.log_in(&relayd).await;
+    let browser = Browser::logged_in(&relayd).await;
     browser
         .wait_until(
             "the blocked key's next event shown waiting",
@@ -483,8 +484,7 @@ async fn dashboard_starts_a_replay_job_shows_its_progress_and_cancels_one() {
         .await;
     db.seed_deliveries(4_000, "crm", "dead", "0 seconds", None).await;
 
-    let browser = Browser::start().await;
-    browser.log_in(&relayd).await;
+    let browser = Browser::logged_in(&relayd).await;
     browser
         .wait_until(
             "billing offered for the replay of its dead",

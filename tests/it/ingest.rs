@@ -13,6 +13,16 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// An ingest-only relayd on a fresh database, routing every event to one destination,
+/// `billing`.
+async fn ingest_with_billing() -> (TestDb, Relayd) {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    config.destinations = vec![support::destination("billing", &[], &[])];
+    let relayd = Relayd::ingest(config).await;
+    (db, relayd)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn accepted_event_is_stored_byte_for_byte_with_one_pending_row_per_destination() {
     let db = TestDb::migrated().await;
@@ -59,10 +69,7 @@ async fn accepted_event_is_stored_byte_for_byte_with_one_pending_row_per_destina
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_event_is_answered_duplicate_and_stored_once() {
-    let db = TestDb::migrated().await;
-    let mut config = support::config(&db.url);
-    config.destinations = vec![support::destination("billing", &[], &[])];
-    let relayd = Relayd::ingest(config).await;
+    let (db, relayd) = ingest_with_billing().await;
     let client = reqwest::Client::new();
     let body = stripe_event("evt_dup_1", "invoice.paid");
 
@@ -118,10 +125,7 @@ async fn duplicate_event_is_stored_once_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_signatures_are_refused_and_nothing_is_stored() {
-    let db = TestDb::migrated().await;
-    let mut config = support::config(&db.url);
-    config.destinations = vec![support::destination("billing", &[], &[])];
-    let relayd = Relayd::ingest(config).await;
+    let (db, relayd) = ingest_with_billing().await;
     let client = reqwest::Client::new();
     let url = relayd.url("/webhooks/stripe");
     let body = stripe_event("evt_bad_sig", "invoice.paid");
@@ -500,10 +504,7 @@ async fn post_stripe_with_content_type(
 /// request with a bad field is the sender's error, and retrying it can never succeed.
 #[tokio::test(flavor = "multi_thread")]
 async fn fields_that_cannot_be_stored_or_published_are_refused_with_400_and_nothing_is_stored() {
-    let db = TestDb::migrated().await;
-    let mut config = support::config(&db.url);
-    config.destinations = vec![support::destination("billing", &[], &[])];
-    let relayd = Relayd::ingest(config).await;
+    let (db, relayd) = ingest_with_billing().await;
     let client = reqwest::Client::new();
     let url = relayd.url("/webhooks/stripe");
     // Incompressible, so PostgreSQL cannot squeeze it under the btree limit.
@@ -580,10 +581,7 @@ async fn fields_that_cannot_be_stored_or_published_are_refused_with_400_and_noth
 /// group commit: every valid one is accepted, whatever its neighbours were.
 #[tokio::test(flavor = "multi_thread")]
 async fn valid_events_beside_bad_ones_in_the_same_instant_are_all_accepted() {
-    let db = TestDb::migrated().await;
-    let mut config = support::config(&db.url);
-    config.destinations = vec![support::destination("billing", &[], &[])];
-    let relayd = Relayd::ingest(config).await;
+    let (db, relayd) = ingest_with_billing().await;
     let client = reqwest::Client::new();
     let url = relayd.url("/webhooks/stripe");
     for round in 0..3 {
