@@ -84,6 +84,9 @@ pub enum SourceKind {
     StandardWebhooks,
     /// A configurable HMAC-SHA256 over the body.
     Hmac,
+    /// `X-Slack-Signature: v0=<hex>` over `v0:{timestamp}:{body}`; answers the
+    /// `url_verification` handshake.
+    Slack,
     /// No verification at all: for local testing only.
     None,
 }

@@ -261,13 +261,30 @@ async fn receive_for(
             .get(&source_name)
             .ok_or_else(|| ApiError::UnknownSource(shown.clone()))?;
         let body = state.bodies.read(&request, body).await?;
+        let refused = |e| match e {
+            verify::Error::InvalidSignature(m) => ApiError::InvalidSignature(m),
+            verify::Error::InvalidPayload(m) => ApiError::InvalidPayload(m),
+        };
+        let now = SystemTime::now();
+        // A provider's handshake (a challenge to echo when the URL is saved) is answered
+        // here, once it has proved itself, and is not an event: nothing is stored.
+        if let Some(answer) = source
+            .verifier
+            .handshake(request.headers(), &body, now)
+            .map_err(refused)?
+        {
+            tracing::info!("handshake answered");
+            return Ok((
+                "handshake",
+                HttpResponse::Ok()
+                    .content_type(answer.content_type)
+                    .body(answer.body),
+            ));
+        }
         let verified = source
             .verifier
-            .verify(request.headers(), &body, SystemTime::now())
-            .map_err(|e| match e {
-                verify::Error::InvalidSignature(m) => ApiError::InvalidSignature(m),
-                verify::Error::InvalidPayload(m) => ApiError::InvalidPayload(m),
-            })?;
+            .verify(request.headers(), &body, now)
+            .map_err(refused)?;
         let span = tracing::Span::current();
         span.record("event.id", verified.event_id.as_str());
         span.record("event.type", verified.event_type.as_str());

@@ -439,6 +439,10 @@ id_from_body_hash = true
 [[sources]]
 name = "open"
 kind = "none"
+[[sources]]
+name = "slack"
+kind = "slack"
+secrets = ["slack-signing-secret"]
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
@@ -463,7 +467,9 @@ kind = "none"
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
-    let names = ["stripe", "gh", "shop", "svix", "custom", "hashed", "open"];
+    let names = [
+        "stripe", "gh", "shop", "svix", "custom", "hashed", "open", "slack",
+    ];
     let mut sent = std::collections::HashSet::new();
     for name in names {
         let id = format!("evt_kind_{name}");

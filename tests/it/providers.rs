@@ -1,12 +1,13 @@
 //! Every source kind over HTTP: accepted, duplicate, bad signature, missing headers,
 //! rotated secret, and (for timestamped kinds) stale and future timestamps. Requests are
-//! signed here with `ring` directly, following each provider's documentation.
+//! signed with the provider's own SDK where it publishes one ([`crate::support::sdk`]:
+//! Slack), else here with `ring` directly, following the provider's documentation.
 
 use base64::Engine;
 use relayd::config::{Secret, SignatureEncoding, SourceConfig, SourceKind};
 use serde_json::Value;
 
-use crate::support::{self, Relayd, TestDb};
+use crate::support::{self, sdk, Relayd, TestDb};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -160,6 +161,31 @@ fn providers() -> Vec<Provider> {
             kept_header: Some("x-event-id"),
         },
         Provider {
+            source: source(
+                "slack",
+                SourceKind::Slack,
+                &["slack-signing-1", "slack-signing-2"],
+            ),
+            sign: |secret, _id, t, body| {
+                vec![
+                    ("x-slack-request-timestamp".into(), t.to_string()),
+                    ("x-slack-signature".into(), sdk::slack_signature(secret, t, body)),
+                ]
+            },
+            body: |id| {
+                serde_json::json!({
+                    "type": "event_callback", "event_id": id, "team_id": "T0TEST",
+                    "event": {"type": "app_mention", "text": "hi"},
+                })
+                .to_string()
+                .into_bytes()
+            },
+            stored_id: |id, _| id.into(),
+            event_type: "app_mention",
+            timestamped: true,
+            kept_header: None,
+        },
+        Provider {
             source: hmac_hash,
             sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
             body: json_body,
@@ -216,7 +242,8 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
             db.count(&format!(
                 "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id}' \
                  AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
-                 'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac']",
+                 'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac', \
+                 'x-slack-signature']",
                 provider.event_type,
                 hex::encode(&body)
             ))
@@ -407,5 +434,90 @@ async fn unsigned_id_and_content_type_headers_are_bounded_for_header_sourced_kin
         );
     }
     db.assert_count("SELECT count(*) FROM events", 0, "").await;
+    relayd.stop().await.unwrap();
+}
+
+/// Slack, checked against `slack_sdk`: what its `SignatureVerifier` signs is accepted and
+/// a one-byte change of it refused; its signed `url_verification` is answered with the
+/// challenge and stores nothing, while an unsigned or wrongly signed one gets a 400 and
+/// no challenge; and what `relayd send-test-event` signs for Slack, the SDK accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_requests_are_checked_with_slack_s_own_sdk_and_its_handshake_is_answered() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+    config.sources = vec![source("slack", SourceKind::Slack, &[secret])];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/slack");
+    let now = support::now();
+    let signed = |body: &[u8]| {
+        vec![
+            ("x-slack-request-timestamp".to_string(), now.to_string()),
+            (
+                "x-slack-signature".to_string(),
+                sdk::slack_signature(secret, now, body),
+            ),
+        ]
+    };
+
+    let event =
+        br#"{"type":"event_callback","event_id":"Ev0SDK1","event":{"type":"message","text":"hello"}}"#;
+    let (status, answer) = post(&client, &url, &signed(event), event).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("Ev0SDK1")),
+        "{answer}"
+    );
+    let mut changed = event.to_vec();
+    changed[60] ^= 1;
+    let (status, answer) = post(&client, &url, &signed(event), &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "one byte changed: {answer}"
+    );
+
+    let challenge = br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let (status, answer) = post(&client, &url, &signed(challenge), challenge).await;
+    assert_eq!(
+        (status, answer["challenge"].as_str()),
+        (200, Some("3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P")),
+        "{answer}"
+    );
+    for (case, headers) in [
+        ("unsigned", Vec::new()),
+        ("signed for another body", signed(event)),
+    ] {
+        let (status, answer) = post(&client, &url, &headers, challenge).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert!(answer.get("challenge").is_none(), "{case}: {answer}");
+    }
+    db.assert_count("SELECT count(*) FROM events", 1, "handshakes store nothing")
+        .await;
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
+        id: "Ev0SAMPLE".into(),
+        event_type: "app_mention".into(),
+        at: std::time::SystemTime::now(),
+    });
+    let header = |name: &str| {
+        sample
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert!(
+        sdk::slack_accepts(
+            secret,
+            &header("x-slack-request-timestamp"),
+            &header("x-slack-signature"),
+            &sample.body
+        ),
+        "slack_sdk refuses what send-test-event signs"
+    );
     relayd.stop().await.unwrap();
 }

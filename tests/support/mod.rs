@@ -2,11 +2,12 @@
 //! includes this module): a fresh PostgreSQL database per test, an in-process relayd on
 //! `127.0.0.1:0`, and Stripe-style signing done with `ring` directly (independently of
 //! relayd's own verifier); the real binary as a child process ([`child`]), extra
-//! RabbitMQ and PostgreSQL nodes under a temp dir ([`nodes`]), and the receiving sink
-//! every delivery is checked at ([`sink`]).
+//! RabbitMQ and PostgreSQL nodes under a temp dir ([`nodes`]), the providers' own SDKs
+//! ([`sdk`]), and the receiving sink every delivery is checked at ([`sink`]).
 
 pub mod child;
 pub mod nodes;
+pub mod sdk;
 pub mod sink;
 
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@
 mod body_hmac;
 mod extract;
 mod sample;
+mod slack;
 mod standard;
 mod stripe;
 mod unverified;
@@ -21,6 +22,7 @@ use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
 pub use extract::{IdSource, TypeSource};
 pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
+pub use slack::SlackVerifier;
 pub use standard::StandardWebhooksVerifier;
 pub use stripe::StripeVerifier;
 pub use unverified::UnverifiedSource;
@@ -45,9 +47,40 @@ pub enum Error {
     InvalidPayload(String),
 }
 
+/// The answer to a provider's handshake: a request that proves the endpoint is the
+/// app's (a challenge to echo) rather than an event. Answered `200` with this body, and
+/// nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Handshake {
+    pub fn json(value: serde_json::Value) -> Self {
+        Self {
+            content_type: "application/json",
+            body: value.to_string().into_bytes(),
+        }
+    }
+}
+
 /// Checks one provider's signature scheme.
 pub trait Verifier: Send + Sync {
     fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error>;
+
+    /// Whether this request is the provider's handshake rather than an event, and if so
+    /// its answer — only once the request has proved itself as the provider requires
+    /// (a handshake that fails its check is refused like any request). Asked before
+    /// [`Verifier::verify`]; most providers have none.
+    fn handshake(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+        _now: SystemTime,
+    ) -> Result<Option<Handshake>, Error> {
+        Ok(None)
+    }
 
     /// Request headers worth keeping with the event for operators (lower-case names):
     /// the provider's id and type headers and `user-agent`. Signature headers are never
@@ -95,6 +128,7 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
             },
             secrets,
         )),
+        SourceKind::Slack => Box::new(SlackVerifier::new(secrets, source.tolerance)),
         SourceKind::None => Box::new(UnverifiedSource::new(custom_id(), custom_type())),
     }
 }
@@ -143,6 +177,7 @@ mod tests {
             for_source(&hmac),
             for_source(&hashed),
             for_source(&source(SourceKind::None, &[])),
+            for_source(&source(SourceKind::Slack, &["k"])),
         ]
     }
 
@@ -159,6 +194,8 @@ mod tests {
         "webhook-signature",
         "x-sig",
         "x-type",
+        "x-slack-signature",
+        "x-slack-request-timestamp",
     ];
 
     proptest! {
@@ -177,6 +214,7 @@ mod tests {
             }
             let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now % (1 << 40));
             for verifier in every_kind() {
+                let _ = verifier.handshake(&headers, &body, now);
                 let _ = verifier.verify(&headers, &body, now);
             }
         }
@@ -235,6 +273,19 @@ mod tests {
             for_source(&source(SourceKind::Shopify, &["other"])),
             for_source(&source(SourceKind::StandardWebhooks, &[other])),
         ];
+        let slack = verifiers.len() - 2;
+        let request = verifiers[slack].sign(&event);
+        assert!(
+            matches!(
+                for_source(&source(SourceKind::Slack, &["other"])).verify(
+                    &header_map(&request),
+                    &request.body,
+                    event.at
+                ),
+                Err(Error::InvalidSignature(_))
+            ),
+            "slack verified under another secret"
+        );
         for (i, stranger) in strangers.iter().enumerate() {
             let request = verifiers[i].sign(&event);
             assert!(

@@ -55,6 +55,14 @@ impl Draft {
         }
     }
 
+    /// A provider's own body shape instead of the sample's.
+    pub fn with_body(body: Value) -> Self {
+        Self {
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        }
+    }
+
     pub fn header(&mut self, name: &str, value: impl Into<String>) {
         self.headers.push((name.to_string(), value.into()));
     }
