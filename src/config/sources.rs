@@ -87,6 +87,8 @@ pub enum SourceKind {
     /// `X-Slack-Signature: v0=<hex>` over `v0:{timestamp}:{body}`; answers the
     /// `url_verification` handshake.
     Slack,
+    /// Paddle Billing: `Paddle-Signature: ts=…;h1=…` over `{ts}:{body}`.
+    Paddle,
     /// No verification at all: for local testing only.
     None,
 }

@@ -443,6 +443,10 @@ kind = "none"
 name = "slack"
 kind = "slack"
 secrets = ["slack-signing-secret"]
+[[sources]]
+name = "paddle"
+kind = "paddle"
+secrets = ["pdl_ntfset_cli"]
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());

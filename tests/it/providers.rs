@@ -1,7 +1,8 @@
 //! Every source kind over HTTP: accepted, duplicate, bad signature, missing headers,
 //! rotated secret, and (for timestamped kinds) stale and future timestamps. Requests are
 //! signed with the provider's own SDK where it publishes one ([`crate::support::sdk`]:
-//! Slack), else here with `ring` directly, following the provider's documentation.
+//! Slack, Paddle), else here with `ring` directly, following the provider's
+//! documentation.
 
 use base64::Engine;
 use relayd::config::{Secret, SignatureEncoding, SourceConfig, SourceKind};
@@ -186,6 +187,24 @@ fn providers() -> Vec<Provider> {
             kept_header: None,
         },
         Provider {
+            source: source("paddle", SourceKind::Paddle, &["pdl_ntfset_1", "pdl_ntfset_2"]),
+            sign: |secret, _id, t, body| {
+                vec![("paddle-signature".into(), sdk::paddle_signature(secret, t, body))]
+            },
+            body: |id| {
+                serde_json::json!({
+                    "event_id": id, "event_type": "transaction.completed",
+                    "occurred_at": "2026-12-07T10:00:00Z", "data": {"id": "txn_1"},
+                })
+                .to_string()
+                .into_bytes()
+            },
+            stored_id: |id, _| id.into(),
+            event_type: "transaction.completed",
+            timestamped: true,
+            kept_header: None,
+        },
+        Provider {
             source: hmac_hash,
             sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
             body: json_body,
@@ -243,7 +262,7 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
                 "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id}' \
                  AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
                  'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac', \
-                 'x-slack-signature']",
+                 'x-slack-signature', 'paddle-signature']",
                 provider.event_type,
                 hex::encode(&body)
             ))
@@ -519,5 +538,57 @@ async fn slack_requests_are_checked_with_slack_s_own_sdk_and_its_handshake_is_an
         ),
         "slack_sdk refuses what send-test-event signs"
     );
+    relayd.stop().await.unwrap();
+}
+
+/// Paddle Billing, checked against `paddle-python-sdk`: what its `PaddleSignature`
+/// signs is accepted and a one-byte change refused, and what `relayd send-test-event`
+/// signs for Paddle, the SDK's `Verifier` accepts (and refuses under another secret).
+#[tokio::test(flavor = "multi_thread")]
+async fn paddle_requests_are_checked_with_paddle_s_own_sdk() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let secret = "pdl_ntfset_01gkpjp8bkm3tm53kdgkx6sms7_6h3qd3uFSi9YCD3OLYAShQI90XTI5vEI";
+    config.sources = vec![source("paddle", SourceKind::Paddle, &[secret])];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/paddle");
+    let event = br#"{"event_id":"evt_01hv8x2sdk","event_type":"subscription.created","data":{"id":"sub_1"}}"#;
+    let signed = vec![(
+        "paddle-signature".to_string(),
+        sdk::paddle_signature(secret, support::now(), event),
+    )];
+    let (status, answer) = post(&client, &url, &signed, event).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("evt_01hv8x2sdk")),
+        "{answer}"
+    );
+    let mut changed = event.to_vec();
+    changed[40] ^= 1;
+    let (status, answer) = post(&client, &url, &signed, &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "{answer}"
+    );
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
+        id: "evt_sample".into(),
+        event_type: "transaction.completed".into(),
+        at: std::time::SystemTime::now(),
+    });
+    let signature = &sample
+        .headers
+        .iter()
+        .find(|(n, _)| n == "paddle-signature")
+        .unwrap()
+        .1;
+    assert!(
+        sdk::paddle_accepts(secret, signature, &sample.body),
+        "the SDK refuses send-test-event's request"
+    );
+    assert!(!sdk::paddle_accepts("pdl_ntfset_other", signature, &sample.body));
     relayd.stop().await.unwrap();
 }

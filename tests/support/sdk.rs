@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The SDKs, pinned (bump deliberately: a new version is a new check).
-pub const PYTHON_PACKAGES: &[&str] = &["slack-sdk==3.47.0"];
+pub const PYTHON_PACKAGES: &[&str] = &["slack-sdk==3.47.0", "paddle-python-sdk==1.16.1"];
 
 /// The virtual environment's `python`, made and provisioned once per test binary.
 pub fn python() -> &'static Path {
@@ -71,5 +71,35 @@ pub fn slack_accepts(secret: &str, timestamp: &str, signature: &str, body: &[u8]
          from slack_sdk.signature import SignatureVerifier\n\
          print(SignatureVerifier(sys.argv[1]).is_valid(body=sys.argv[4], timestamp=sys.argv[2], signature=sys.argv[3]))",
         &[secret, timestamp, signature, std::str::from_utf8(body).unwrap()],
+    ) == "True"
+}
+
+/// `Paddle-Signature` as `paddle-python-sdk`'s `PaddleSignature.calculate_hmac` signs
+/// `"{ts}:{body}"`.
+pub fn paddle_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let h1 = run_python(
+        "import sys\n\
+         from paddle_billing.Notifications.PaddleSignature import PaddleSignature\n\
+         print(PaddleSignature.calculate_hmac(sys.argv[1], f'{sys.argv[2]}:{sys.argv[3]}'.encode()).hexdigest())",
+        &[secret, &timestamp.to_string(), std::str::from_utf8(body).unwrap()],
+    );
+    format!("ts={timestamp};h1={h1}")
+}
+
+/// Whether `paddle-python-sdk`'s `Verifier().verify` accepts the request (its own clock,
+/// within its default five seconds).
+pub fn paddle_accepts(secret: &str, signature: &str, body: &[u8]) -> bool {
+    run_python(
+        "import sys\n\
+         from paddle_billing.Notifications import Secret, Verifier\n\
+         class Request:\n\
+         \x20   def __init__(self, headers, body):\n\
+         \x20       self.headers, self.body = headers, body\n\
+         request = Request({'Paddle-Signature': sys.argv[2]}, sys.argv[3].encode())\n\
+         try:\n\
+         \x20   print(Verifier().verify(request, Secret(sys.argv[1])))\n\
+         except ConnectionRefusedError:\n\
+         \x20   print(False)",
+        &[secret, signature, std::str::from_utf8(body).unwrap()],
     ) == "True"
 }

@@ -162,7 +162,7 @@ impl Received {
     /// The provider event id in the body (the tests' Stripe events carry one).
     pub fn event_id(&self) -> String {
         let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
-        // Most providers' bodies carry `id`; Slack's Events API, `event_id`.
+        // Most providers' bodies carry `id`; Slack's and Paddle's, `event_id`.
         json["id"]
             .as_str()
             .or_else(|| json["event_id"].as_str())

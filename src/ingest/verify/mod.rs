@@ -7,6 +7,7 @@
 
 mod body_hmac;
 mod extract;
+mod paddle;
 mod sample;
 mod slack;
 mod standard;
@@ -21,6 +22,7 @@ use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
 pub use extract::{IdSource, TypeSource};
+pub use paddle::PaddleVerifier;
 pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
 pub use slack::SlackVerifier;
 pub use standard::StandardWebhooksVerifier;
@@ -129,7 +131,84 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
             secrets,
         )),
         SourceKind::Slack => Box::new(SlackVerifier::new(secrets, source.tolerance)),
+        SourceKind::Paddle => Box::new(PaddleVerifier::new(secrets, source.tolerance)),
         SourceKind::None => Box::new(UnverifiedSource::new(custom_id(), custom_type())),
+    }
+}
+
+/// How a timestamped scheme ends: one of `macs` is the HMAC-SHA256 of `signed` under one
+/// of `secrets` (each compared in constant time), and then `timestamp` is within
+/// `tolerance` of `now` — in that order, so that an unsigned request learns nothing of
+/// the clock.
+fn check_signed<M: AsRef<[u8]>>(
+    secrets: &[Vec<u8>],
+    signed: &[&[u8]],
+    macs: &[M],
+    timestamp: i64,
+    now: SystemTime,
+    tolerance: Duration,
+) -> Result<(), Error> {
+    if !secrets
+        .iter()
+        .any(|secret| crate::signing::verify_any(secret, signed, macs))
+    {
+        return Err(Error::InvalidSignature(
+            "signature matches no configured secret".into(),
+        ));
+    }
+    if !within_tolerance(timestamp, now, tolerance) {
+        return Err(Error::InvalidSignature(format!(
+            "timestamp is outside the tolerance of {}",
+            humantime::format_duration(tolerance)
+        )));
+    }
+    Ok(())
+}
+
+/// A signature header of `key=value` items carrying a timestamp and one MAC (hex) per
+/// active secret: Stripe's `t=…,v1=…,v1=…`, Paddle's `ts=…;h1=…`.
+pub(super) struct TimestampedHeader {
+    /// As the provider spells it, for messages.
+    pub name: &'static str,
+    pub separator: char,
+    pub timestamp_key: &'static str,
+    pub mac_key: &'static str,
+}
+
+/// A header carries one MAC per active secret; more than this is abuse.
+const MAX_SIGNATURES: usize = 8;
+
+impl TimestampedHeader {
+    /// The timestamp and the decoded MACs (values that are not hex are skipped; other
+    /// keys, such as Stripe's `v0`, ignored).
+    fn parse(&self, value: &str) -> Result<(i64, Vec<Vec<u8>>), Error> {
+        let name = self.name;
+        let mut timestamp = None;
+        let mut macs = Vec::new();
+        for item in value.split(self.separator) {
+            let Some((key, value)) = item.trim().split_once('=') else {
+                continue;
+            };
+            if key == self.timestamp_key {
+                let t = value
+                    .parse::<i64>()
+                    .map_err(|_| Error::InvalidSignature(format!("{name} timestamp is not a number")))?;
+                timestamp = Some(t);
+            } else if key == self.mac_key && macs.len() < MAX_SIGNATURES {
+                if let Ok(mac) = hex::decode(value) {
+                    macs.push(mac);
+                }
+            }
+        }
+        let timestamp =
+            timestamp.ok_or_else(|| Error::InvalidSignature(format!("{name} has no timestamp")))?;
+        if macs.is_empty() {
+            return Err(Error::InvalidSignature(format!(
+                "{name} has no {} signature",
+                self.mac_key
+            )));
+        }
+        Ok((timestamp, macs))
     }
 }
 
@@ -178,6 +257,7 @@ mod tests {
             for_source(&hashed),
             for_source(&source(SourceKind::None, &[])),
             for_source(&source(SourceKind::Slack, &["k"])),
+            for_source(&source(SourceKind::Paddle, &["k"])),
         ]
     }
 
@@ -196,6 +276,7 @@ mod tests {
         "x-type",
         "x-slack-signature",
         "x-slack-request-timestamp",
+        "paddle-signature",
     ];
 
     proptest! {
@@ -273,19 +354,21 @@ mod tests {
             for_source(&source(SourceKind::Shopify, &["other"])),
             for_source(&source(SourceKind::StandardWebhooks, &[other])),
         ];
-        let slack = verifiers.len() - 2;
-        let request = verifiers[slack].sign(&event);
-        assert!(
-            matches!(
-                for_source(&source(SourceKind::Slack, &["other"])).verify(
-                    &header_map(&request),
-                    &request.body,
-                    event.at
+        // The kinds after the first seven, in order, under another secret.
+        for (i, kind) in [SourceKind::Slack, SourceKind::Paddle].into_iter().enumerate() {
+            let request = verifiers[7 + i].sign(&event);
+            assert!(
+                matches!(
+                    for_source(&source(kind, &["other"])).verify(
+                        &header_map(&request),
+                        &request.body,
+                        event.at
+                    ),
+                    Err(Error::InvalidSignature(_))
                 ),
-                Err(Error::InvalidSignature(_))
-            ),
-            "slack verified under another secret"
-        );
+                "{kind:?} verified under another secret"
+            );
+        }
         for (i, stranger) in strangers.iter().enumerate() {
             let request = verifiers[i].sign(&event);
             assert!(

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::extract::{Body, IdSource};
 use super::sample::{unix_seconds, Draft};
 use super::{
-    header_str, within_tolerance, Error, Handshake, SampleEvent, SignedRequest, VerifiedEvent, Verifier,
+    check_signed, header_str, Error, Handshake, SampleEvent, SignedRequest, VerifiedEvent, Verifier,
 };
 use crate::signing;
 
@@ -52,18 +52,14 @@ impl SlackVerifier {
             .filter(|hex| hex.len() == 64)
             .and_then(|hex| hex::decode(hex).ok())
             .ok_or_else(|| Error::InvalidSignature(format!("{SIGNATURE} is not v0=<64 hex digits>")))?;
-        let signed = [b"v0:", timestamp.as_bytes(), b":", body];
-        if !self.secrets.iter().any(|key| signing::verify(key, &signed, &mac)) {
-            return Err(Error::InvalidSignature(
-                "signature matches no configured secret".into(),
-            ));
-        }
-        if !within_tolerance(t, now, self.tolerance) {
-            return Err(Error::InvalidSignature(format!(
-                "timestamp is outside the tolerance of {}",
-                humantime::format_duration(self.tolerance)
-            )));
-        }
+        check_signed(
+            &self.secrets,
+            &[b"v0:", timestamp.as_bytes(), b":", body],
+            &[mac],
+            t,
+            now,
+            self.tolerance,
+        )?;
         Ok(())
     }
 }

@@ -10,11 +10,10 @@ use base64::Engine;
 
 use super::extract::{Body, TypeSource};
 use super::sample::{unix_seconds, Draft};
-use super::{header_str, within_tolerance, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
+use super::{
+    check_signed, header_str, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier, MAX_SIGNATURES,
+};
 use crate::signing;
-
-/// A header lists one signature per active secret; more than this is abuse.
-const MAX_SIGNATURES: usize = 8;
 
 pub struct StandardWebhooksVerifier {
     keys: Vec<Vec<u8>>,
@@ -49,22 +48,14 @@ impl Verifier for StandardWebhooksVerifier {
                 "webhook-signature has no v1 signature".into(),
             ));
         }
-        let signed = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
-        let matched = self
-            .keys
-            .iter()
-            .any(|key| signing::verify_any(key, &signed, &macs));
-        if !matched {
-            return Err(Error::InvalidSignature(
-                "signature matches no configured secret".into(),
-            ));
-        }
-        if !within_tolerance(t, now, self.tolerance) {
-            return Err(Error::InvalidSignature(format!(
-                "timestamp is outside the tolerance of {}",
-                humantime::format_duration(self.tolerance)
-            )));
-        }
+        check_signed(
+            &self.keys,
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+            &macs,
+            t,
+            now,
+            self.tolerance,
+        )?;
         Ok(VerifiedEvent {
             event_id: id.to_string(),
             event_type: TypeSource::Pointer("/type".into()).extract(headers, &Body::new(body)),

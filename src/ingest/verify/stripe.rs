@@ -8,13 +8,12 @@ use actix_web::http::header::HeaderMap;
 use serde::Deserialize;
 
 use super::sample::{unix_seconds, Draft};
-use super::{header_str, within_tolerance, Error, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
+use super::{
+    check_signed, header_str, Error, SampleEvent, SignedRequest, TimestampedHeader, VerifiedEvent, Verifier,
+};
 use crate::signing;
 
 const SIGNATURE_HEADER: &str = "stripe-signature";
-
-/// A signature header carries one `v1` per active secret; more than this is abuse.
-const MAX_SIGNATURES: usize = 8;
 
 pub struct StripeVerifier {
     secrets: Vec<Vec<u8>>,
@@ -27,48 +26,12 @@ impl StripeVerifier {
     }
 }
 
-/// The parts of `Stripe-Signature` that matter.
-#[derive(Debug, PartialEq, Eq)]
-struct SignatureHeader {
-    timestamp: i64,
-    /// Decoded `v1` MACs; values that are not hex are skipped.
-    signatures: Vec<Vec<u8>>,
-}
-
-fn parse_header(value: &str) -> Result<SignatureHeader, Error> {
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for item in value.split(',') {
-        let Some((key, value)) = item.trim().split_once('=') else {
-            continue;
-        };
-        match key {
-            "t" => {
-                let t = value.parse::<i64>().map_err(|_| {
-                    Error::InvalidSignature("Stripe-Signature timestamp is not a number".into())
-                })?;
-                timestamp = Some(t);
-            }
-            "v1" if signatures.len() < MAX_SIGNATURES => {
-                if let Ok(mac) = hex::decode(value) {
-                    signatures.push(mac);
-                }
-            }
-            _ => {}
-        }
-    }
-    let timestamp =
-        timestamp.ok_or_else(|| Error::InvalidSignature("Stripe-Signature has no timestamp".into()))?;
-    if signatures.is_empty() {
-        return Err(Error::InvalidSignature(
-            "Stripe-Signature has no v1 signature".into(),
-        ));
-    }
-    Ok(SignatureHeader {
-        timestamp,
-        signatures,
-    })
-}
+const HEADER: TimestampedHeader = TimestampedHeader {
+    name: "Stripe-Signature",
+    separator: ',',
+    timestamp_key: "t",
+    mac_key: "v1",
+};
 
 /// Only what relayd needs from a Stripe event; every other field is ignored.
 #[derive(Deserialize)]
@@ -82,25 +45,16 @@ impl Verifier for StripeVerifier {
     fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error> {
         let value = header_str(headers, SIGNATURE_HEADER)
             .ok_or_else(|| Error::InvalidSignature("missing Stripe-Signature header".into()))?;
-        let header = parse_header(value)?;
-        let timestamp = header.timestamp.to_string();
-        let signed = [timestamp.as_bytes(), b".", body];
-        // One HMAC per secret, compared with every `v1` of the header.
-        let matched = self
-            .secrets
-            .iter()
-            .any(|secret| signing::verify_any(secret, &signed, &header.signatures));
-        if !matched {
-            return Err(Error::InvalidSignature(
-                "no signature matches any configured secret".into(),
-            ));
-        }
-        if !within_tolerance(header.timestamp, now, self.tolerance) {
-            return Err(Error::InvalidSignature(format!(
-                "timestamp is outside the tolerance of {}",
-                humantime::format_duration(self.tolerance)
-            )));
-        }
+        let (timestamp, macs) = HEADER.parse(value)?;
+        let t = timestamp.to_string();
+        check_signed(
+            &self.secrets,
+            &[t.as_bytes(), b".", body],
+            &macs,
+            timestamp,
+            now,
+            self.tolerance,
+        )?;
         let event: StripeEvent = serde_json::from_slice(body).map_err(|_| {
             Error::InvalidPayload(
                 "body is not a Stripe event: a JSON object with string `id` and `type`".into(),
