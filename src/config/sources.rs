@@ -44,6 +44,10 @@ pub struct SourceConfig {
     /// …or from this JSON pointer; without either it is `unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub type_pointer: Option<String>,
+    /// `square` only (required): the notification URL as configured at the provider,
+    /// which its signature covers — relayd behind a proxy or load balancer sees another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 fn default_tolerance() -> Duration {
@@ -66,6 +70,7 @@ impl SourceConfig {
             id_from_body_hash: false,
             type_header: None,
             type_pointer: None,
+            public_url: None,
         }
     }
 }
@@ -89,6 +94,8 @@ pub enum SourceKind {
     Slack,
     /// Paddle Billing: `Paddle-Signature: ts=…;h1=…` over `{ts}:{body}`.
     Paddle,
+    /// Square: `x-square-hmacsha256-signature: <base64>` over `public_url` + body.
+    Square,
     /// No verification at all: for local testing only.
     None,
 }
@@ -158,6 +165,21 @@ fn check_fields_apply(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> 
         ("type_pointer", source.type_pointer.is_some()),
     ];
     let takes_custom_ids = matches!(source.kind, SourceKind::Hmac | SourceKind::None);
+    match (&source.public_url, source.kind == SourceKind::Square) {
+        (None, true) => {
+            return Err(invalid(
+                key("public_url"),
+                "required for kind = \"square\": the notification URL its signature covers",
+            ))
+        }
+        (Some(_), false) => return Err(invalid(key("public_url"), "only applies to kind = \"square\"")),
+        (Some(url), true) => {
+            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(invalid(key("public_url"), "an http:// or https:// URL"));
+            }
+        }
+        (None, false) => {}
+    }
     for (field, set) in hmac_only {
         if set && source.kind != SourceKind::Hmac {
             return Err(invalid(key(field), "only applies to kind = \"hmac\""));

@@ -155,3 +155,17 @@ fn the_otlp_endpoint_is_an_http_url_and_off_by_default() {
         );
     }
 }
+
+#[test]
+fn square_needs_its_public_url_and_no_other_kind_takes_one() {
+    let source = |kind: &str, extra: &str| {
+        load_toml(&format!(
+            "[[sources]]\nname = \"s\"\nkind = \"{kind}\"\nsecrets = [\"k\"]\n{extra}"
+        ))
+    };
+    let message = |r: Result<Config, Error>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message(source("square", "")).contains("sources[0].public_url: required"));
+    assert!(message(source("square", "public_url = \"/webhooks/square\"")).contains("http:// or https://"));
+    assert!(source("square", "public_url = \"https://hooks.example.com/square\"").is_ok());
+    assert!(message(source("slack", "public_url = \"https://h.example/\"")).contains("only applies"));
+}

@@ -447,6 +447,11 @@ secrets = ["slack-signing-secret"]
 name = "paddle"
 kind = "paddle"
 secrets = ["pdl_ntfset_cli"]
+[[sources]]
+name = "square"
+kind = "square"
+secrets = ["square-signature-key"]
+public_url = "https://hooks.example.com/square"
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());

@@ -2,7 +2,7 @@
 //! rotated secret, and (for timestamped kinds) stale and future timestamps. Requests are
 //! signed with the provider's own SDK where it publishes one ([`crate::support::sdk`]:
 //! Slack, Paddle), else here with `ring` directly, following the provider's
-//! documentation.
+//! documentation — and checked with the SDK's verifier where it has no signer (Square).
 
 use base64::Engine;
 use relayd::config::{Secret, SignatureEncoding, SourceConfig, SourceKind};
@@ -46,7 +46,17 @@ fn json_body(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The notification URL the tests' Square subscription is configured with.
+const SQUARE_URL: &str = "https://hooks.example.com/webhooks/square";
+
+fn square_signature(key: &str, body: &[u8]) -> String {
+    B64.encode(mac(key.as_bytes(), &[SQUARE_URL.as_bytes(), body].concat()))
+}
+
 fn providers() -> Vec<Provider> {
+    let mut square = source("square", SourceKind::Square, &["sq-key-1", "sq-key-2"]);
+    square.public_url = Some(SQUARE_URL.into());
+
     let mut hmac_hex = source("custom-hex", SourceKind::Hmac, &["hex-secret-1", "hex-secret-2"]);
     hmac_hex.signature_header = Some("X-Signature".into());
     hmac_hex.encoding = Some(SignatureEncoding::Hex);
@@ -205,6 +215,24 @@ fn providers() -> Vec<Provider> {
             kept_header: None,
         },
         Provider {
+            source: square,
+            sign: |secret, _id, _t, body| {
+                vec![(
+                    "x-square-hmacsha256-signature".into(),
+                    square_signature(secret, body),
+                )]
+            },
+            body: |id| {
+                serde_json::json!({"merchant_id": "MLTEST", "type": "payment.updated", "event_id": id, "data": {}})
+                    .to_string()
+                    .into_bytes()
+            },
+            stored_id: |id, _| id.into(),
+            event_type: "payment.updated",
+            timestamped: false,
+            kept_header: None,
+        },
+        Provider {
             source: hmac_hash,
             sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
             body: json_body,
@@ -262,7 +290,7 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
                 "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id}' \
                  AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
                  'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac', \
-                 'x-slack-signature', 'paddle-signature']",
+                 'x-slack-signature', 'paddle-signature', 'x-square-hmacsha256-signature']",
                 provider.event_type,
                 hex::encode(&body)
             ))
@@ -590,5 +618,67 @@ async fn paddle_requests_are_checked_with_paddle_s_own_sdk() {
         "the SDK refuses send-test-event's request"
     );
     assert!(!sdk::paddle_accepts("pdl_ntfset_other", signature, &sample.body));
+    relayd.stop().await.unwrap();
+}
+
+/// Square, checked against `squareup`'s `verify_signature` (its SDK verifies; it has no
+/// signer): what the SDK accepts relayd accepts, a one-byte change or another
+/// notification URL neither does, and what `relayd send-test-event` signs the SDK accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn square_requests_are_checked_with_square_s_own_sdk() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let key = "sq-signature-key";
+    let mut square = source("square", SourceKind::Square, &[key]);
+    square.public_url = Some(SQUARE_URL.into());
+    config.sources = vec![square];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/square");
+    let event = br#"{"merchant_id":"ML1","type":"refund.created","event_id":"6a8f5f28-sdk","data":{}}"#;
+    let signature = square_signature(key, event);
+    assert!(
+        sdk::square_accepts(key, SQUARE_URL, &signature, event),
+        "the SDK agrees with the signing here"
+    );
+    let headers = vec![("x-square-hmacsha256-signature".to_string(), signature.clone())];
+    let (status, answer) = post(&client, &url, &headers, event).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("6a8f5f28-sdk")),
+        "{answer}"
+    );
+    let mut changed = event.to_vec();
+    changed[30] ^= 1;
+    assert!(!sdk::square_accepts(key, SQUARE_URL, &signature, &changed));
+    let (status, answer) = post(&client, &url, &headers, &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "{answer}"
+    );
+    assert!(!sdk::square_accepts(
+        key,
+        "https://elsewhere.example/hook",
+        &signature,
+        event
+    ));
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
+        id: "evt_sample".into(),
+        event_type: "payment.created".into(),
+        at: std::time::SystemTime::now(),
+    });
+    let signed = &sample
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-square-hmacsha256-signature")
+        .unwrap()
+        .1;
+    assert!(
+        sdk::square_accepts(key, SQUARE_URL, signed, &sample.body),
+        "the SDK refuses send-test-event's request"
+    );
     relayd.stop().await.unwrap();
 }

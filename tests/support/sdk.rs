@@ -8,7 +8,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The SDKs, pinned (bump deliberately: a new version is a new check).
-pub const PYTHON_PACKAGES: &[&str] = &["slack-sdk==3.47.0", "paddle-python-sdk==1.16.1"];
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "slack-sdk==3.47.0",
+    "paddle-python-sdk==1.16.1",
+    "squareup==46.0.0.20260916",
+];
 
 /// The virtual environment's `python`, made and provisioned once per test binary.
 pub fn python() -> &'static Path {
@@ -101,5 +105,15 @@ pub fn paddle_accepts(secret: &str, signature: &str, body: &[u8]) -> bool {
          except ConnectionRefusedError:\n\
          \x20   print(False)",
         &[secret, signature, std::str::from_utf8(body).unwrap()],
+    ) == "True"
+}
+
+/// Whether `squareup`'s `webhooks_helper.verify_signature` accepts the request.
+pub fn square_accepts(key: &str, url: &str, signature: &str, body: &[u8]) -> bool {
+    run_python(
+        "import sys\n\
+         from square.utils.webhooks_helper import verify_signature\n\
+         print(verify_signature(request_body=sys.argv[4], signature_header=sys.argv[3], signature_key=sys.argv[1], notification_url=sys.argv[2]))",
+        &[key, url, signature, std::str::from_utf8(body).unwrap()],
     ) == "True"
 }

@@ -10,6 +10,7 @@ mod extract;
 mod paddle;
 mod sample;
 mod slack;
+mod square;
 mod standard;
 mod stripe;
 mod unverified;
@@ -25,6 +26,7 @@ pub use extract::{IdSource, TypeSource};
 pub use paddle::PaddleVerifier;
 pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
 pub use slack::SlackVerifier;
+pub use square::SquareVerifier;
 pub use standard::StandardWebhooksVerifier;
 pub use stripe::StripeVerifier;
 pub use unverified::UnverifiedSource;
@@ -132,6 +134,11 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
         )),
         SourceKind::Slack => Box::new(SlackVerifier::new(secrets, source.tolerance)),
         SourceKind::Paddle => Box::new(PaddleVerifier::new(secrets, source.tolerance)),
+        // Validated as present for `square`.
+        SourceKind::Square => Box::new(SquareVerifier::new(
+            secrets,
+            source.public_url.clone().unwrap_or_default(),
+        )),
         SourceKind::None => Box::new(UnverifiedSource::new(custom_id(), custom_type())),
     }
 }
@@ -258,7 +265,14 @@ mod tests {
             for_source(&source(SourceKind::None, &[])),
             for_source(&source(SourceKind::Slack, &["k"])),
             for_source(&source(SourceKind::Paddle, &["k"])),
+            for_source(&square(&["k"])),
         ]
+    }
+
+    fn square(secrets: &[&str]) -> SourceConfig {
+        let mut square = source(SourceKind::Square, secrets);
+        square.public_url = Some("https://relayd.example/webhooks/square".into());
+        square
     }
 
     const HEADERS: &[&str] = &[
@@ -277,6 +291,7 @@ mod tests {
         "x-slack-signature",
         "x-slack-request-timestamp",
         "paddle-signature",
+        "x-square-hmacsha256-signature",
     ];
 
     proptest! {
