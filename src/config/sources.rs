@@ -96,6 +96,9 @@ pub enum SourceKind {
     Paddle,
     /// Square: `x-square-hmacsha256-signature: <base64>` over `public_url` + body.
     Square,
+    /// Zoom: `x-zm-signature: v0=<hex>` over `v0:{timestamp}:{body}`; answers the
+    /// `endpoint.url_validation` handshake.
+    Zoom,
     /// No verification at all: for local testing only.
     None,
 }

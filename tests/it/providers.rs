@@ -53,6 +53,18 @@ fn square_signature(key: &str, body: &[u8]) -> String {
     B64.encode(mac(key.as_bytes(), &[SQUARE_URL.as_bytes(), body].concat()))
 }
 
+/// Zoom's headers, signed as its documentation says (Zoom publishes no SDK that verifies).
+fn zoom_headers(secret: &str, t: i64, body: &[u8]) -> Headers {
+    let v0 = hex::encode(mac(
+        secret.as_bytes(),
+        &[format!("v0:{t}:").as_bytes(), body].concat(),
+    ));
+    vec![
+        ("x-zm-request-timestamp".into(), t.to_string()),
+        ("x-zm-signature".into(), format!("v0={v0}")),
+    ]
+}
+
 fn providers() -> Vec<Provider> {
     let mut square = source("square", SourceKind::Square, &["sq-key-1", "sq-key-2"]);
     square.public_url = Some(SQUARE_URL.into());
@@ -233,6 +245,19 @@ fn providers() -> Vec<Provider> {
             kept_header: None,
         },
         Provider {
+            source: source("zoom", SourceKind::Zoom, &["zoom-token-1", "zoom-token-2"]),
+            sign: |secret, _id, t, body| zoom_headers(secret, t, body),
+            body: |id| {
+                serde_json::json!({"event": "meeting.started", "event_ts": 1, "payload": {"object": {"id": id}}})
+                    .to_string()
+                    .into_bytes()
+            },
+            stored_id: |_, body| hex::encode(ring::digest::digest(&ring::digest::SHA256, body)),
+            event_type: "meeting.started",
+            timestamped: true,
+            kept_header: None,
+        },
+        Provider {
             source: hmac_hash,
             sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
             body: json_body,
@@ -290,7 +315,8 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
                 "SELECT count(*) FROM events WHERE source = '{name}' AND event_id = '{stored_id}' \
                  AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
                  'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac', \
-                 'x-slack-signature', 'paddle-signature', 'x-square-hmacsha256-signature']",
+                 'x-slack-signature', 'paddle-signature', 'x-square-hmacsha256-signature', \
+                 'x-zm-signature']",
                 provider.event_type,
                 hex::encode(&body)
             ))
@@ -680,5 +706,40 @@ async fn square_requests_are_checked_with_square_s_own_sdk() {
         sdk::square_accepts(key, SQUARE_URL, signed, &sample.body),
         "the SDK refuses send-test-event's request"
     );
+    relayd.stop().await.unwrap();
+}
+
+/// Zoom's `endpoint.url_validation` over HTTP: signed, it is answered with the
+/// `plainToken` and its `encryptedToken` (the HMAC-SHA256 of the token under the secret
+/// token, as Zoom's documentation computes it) and stores nothing; unsigned or signed
+/// with another secret, it is a 400 without the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn zoom_url_validation_is_answered_only_when_signed_and_stores_nothing() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let secret = "zoom-secret-token";
+    config.sources = vec![source("zoom", SourceKind::Zoom, &[secret])];
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/zoom");
+    let body = br#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
+    let now = support::now();
+    let (status, answer) = post(&client, &url, &zoom_headers(secret, now, body), body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["plainToken"], "qgg8vlvZRS6UYooatFL8Aw");
+    assert_eq!(
+        answer["encryptedToken"],
+        hex::encode(mac(secret.as_bytes(), b"qgg8vlvZRS6UYooatFL8Aw")).as_str()
+    );
+    for (case, headers) in [
+        ("unsigned", Vec::new()),
+        ("another secret", zoom_headers("not-the-token", now, body)),
+    ] {
+        let (status, answer) = post(&client, &url, &headers, body).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert!(answer.get("encryptedToken").is_none(), "{case}: {answer}");
+    }
+    db.assert_count("SELECT count(*) FROM events", 0, "handshakes store nothing")
+        .await;
     relayd.stop().await.unwrap();
 }

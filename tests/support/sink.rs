@@ -162,10 +162,12 @@ impl Received {
     /// The provider event id in the body (the tests' Stripe events carry one).
     pub fn event_id(&self) -> String {
         let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
-        // Most providers' bodies carry `id`; Slack's and Paddle's, `event_id`.
+        // Most providers' bodies carry `id`; Slack's, Paddle's and Square's `event_id`;
+        // Zoom's none (send-test-event puts it in `payload.object.id`).
         json["id"]
             .as_str()
             .or_else(|| json["event_id"].as_str())
+            .or_else(|| json["payload"]["object"]["id"].as_str())
             .unwrap_or_default()
             .to_string()
     }
