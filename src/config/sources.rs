@@ -99,6 +99,8 @@ pub enum SourceKind {
     /// Zoom: `x-zm-signature: v0=<hex>` over `v0:{timestamp}:{body}`; answers the
     /// `endpoint.url_validation` handshake.
     Zoom,
+    /// Linear: `Linear-Signature: <hex>` over the body, its `webhookTimestamp` the window.
+    Linear,
     /// No verification at all: for local testing only.
     None,
 }

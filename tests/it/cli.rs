@@ -456,6 +456,10 @@ public_url = "https://hooks.example.com/square"
 name = "zoom"
 kind = "zoom"
 secrets = ["zoom-secret-token"]
+[[sources]]
+name = "linear"
+kind = "linear"
+secrets = ["lin_wh_cli"]
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());

@@ -405,7 +405,14 @@ fn the_readme_test_command_is_what_ci_runs_and_it_provisions_the_tools() {
     assert!(script.contains("scripts/provision-test-tools"));
     assert!(script.contains("exec cargo test \"$@\""));
     let provision = std::fs::read_to_string(root().join("scripts/provision-test-tools")).unwrap();
-    for tool in ["chromium", "chromedriver", "prometheus", "promtool", "python3"] {
+    for tool in [
+        "chromium",
+        "chromedriver",
+        "prometheus",
+        "promtool",
+        "python3",
+        "npm",
+    ] {
         assert!(
             provision.contains(&format!("command -v {tool}")),
             "{tool} is not provisioned"

@@ -2,7 +2,8 @@
 //! rotated secret, and (for timestamped kinds) stale and future timestamps. Requests are
 //! signed with the provider's own SDK where it publishes one ([`crate::support::sdk`]:
 //! Slack, Paddle), else here with `ring` directly, following the provider's
-//! documentation — and checked with the SDK's verifier where it has no signer (Square).
+//! documentation — and checked with the SDK's verifier where it has no signer (Square,
+//! Linear).
 
 use base64::Engine;
 use relayd::config::{Secret, SignatureEncoding, SourceConfig, SourceKind};
@@ -741,5 +742,79 @@ async fn zoom_url_validation_is_answered_only_when_signed_and_stores_nothing() {
     }
     db.assert_count("SELECT count(*) FROM events", 0, "handshakes store nothing")
         .await;
+    relayd.stop().await.unwrap();
+}
+
+/// Linear, checked against `@linear/sdk`'s `LinearWebhookClient.verify` (it verifies;
+/// it has no signer): a request the SDK accepts, relayd accepts; a one-byte change or a
+/// stale `webhookTimestamp` neither does; and what `relayd send-test-event` signs for
+/// Linear, the SDK accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn linear_requests_are_checked_with_linear_s_own_sdk() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let secret = "lin_wh_signing_secret";
+    let mut linear = source("linear", SourceKind::Linear, &[secret]);
+    linear.tolerance = std::time::Duration::from_secs(60);
+    config.sources = vec![linear];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/linear");
+    let body_at = |millis: i64| {
+        format!(r#"{{"action":"create","type":"Comment","data":{{"id":"c1","body":"hi"}},"webhookTimestamp":{millis}}}"#)
+            .into_bytes()
+    };
+    let now_ms = support::now() * 1000;
+    let event = body_at(now_ms);
+    let signature = hex::encode(mac(secret.as_bytes(), &event));
+    assert!(
+        sdk::linear_accepts(secret, &signature, &event),
+        "the SDK agrees with the signing here"
+    );
+    let headers = vec![
+        ("linear-signature".to_string(), signature.clone()),
+        ("linear-delivery".to_string(), "5f1c3b9e-sdk".to_string()),
+    ];
+    let (status, answer) = post(&client, &url, &headers, &event).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("5f1c3b9e-sdk")),
+        "{answer}"
+    );
+    let mut changed = event.clone();
+    changed[12] ^= 1;
+    assert!(!sdk::linear_accepts(secret, &signature, &changed));
+    let (status, answer) = post(&client, &url, &headers, &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "{answer}"
+    );
+    let stale = body_at(now_ms - 120_000);
+    let stale_signature = hex::encode(mac(secret.as_bytes(), &stale));
+    assert!(
+        !sdk::linear_accepts(secret, &stale_signature, &stale),
+        "the SDK's window"
+    );
+    let stale_headers = vec![("linear-signature".to_string(), stale_signature)];
+    let (status, answer) = post(&client, &url, &stale_headers, &stale).await;
+    assert_eq!(status, 400, "outside the one-minute tolerance: {answer}");
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
+        id: "sample-delivery".into(),
+        event_type: "Issue.update".into(),
+        at: std::time::SystemTime::now(),
+    });
+    let signed = &sample
+        .headers
+        .iter()
+        .find(|(n, _)| n == "linear-signature")
+        .unwrap()
+        .1;
+    assert!(
+        sdk::linear_accepts(secret, signed, &sample.body),
+        "the SDK refuses send-test-event's request"
+    );
     relayd.stop().await.unwrap();
 }

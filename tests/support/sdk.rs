@@ -1,7 +1,8 @@
-//! The providers' own code, to check relayd against: a Python virtual environment under
-//! `target/provider-sdks/`, made on first use (`python3 -m venv`) with each provider's
-//! official SDK from PyPI at a pinned version, and snippets run in it. A provider's SDK
-//! beats our reading of its docs: what it signs, relayd must accept.
+//! The providers' own code, to check relayd against: under `target/provider-sdks/`, a
+//! Python virtual environment (`python3 -m venv`) with the official SDKs from PyPI and a
+//! Node project with those from npm, each made on first use with pinned versions, and
+//! snippets run in them. A provider's SDK beats our reading of its docs: what it signs,
+//! relayd must accept; what relayd signs, it must accept.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,59 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     "paddle-python-sdk==1.16.1",
     "squareup==46.0.0.20260916",
 ];
+
+/// The npm packages, pinned.
+pub const NODE_PACKAGES: &[&str] = &["@linear/sdk@98.0.0"];
+
+/// The Node project's directory, made and provisioned once per test binary.
+pub fn node_project() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/provider-sdks/node");
+        std::fs::create_dir_all(&dir).unwrap();
+        let installed = NODE_PACKAGES.iter().all(|package| {
+            let (name, version) = package.rsplit_once('@').unwrap();
+            std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
+                .is_ok_and(|manifest| manifest.contains(&format!("\"version\": \"{version}\"")))
+        });
+        if !installed {
+            run(Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&dir)
+                .args(NODE_PACKAGES));
+        }
+        dir
+    })
+}
+
+/// Runs `script` (an ES module) with `args` (`process.argv.slice(1)`) in the Node
+/// project; its stdout, trimmed.
+pub fn run_node(script: &str, args: &[&str]) -> String {
+    let output = Command::new("node")
+        .current_dir(node_project())
+        .args(["--input-type=module", "-e", script])
+        .args(args)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Whether `@linear/sdk`'s `LinearWebhookClient.verify` accepts the request (it also
+/// checks the body's `webhookTimestamp` against its own clock, within a minute).
+pub fn linear_accepts(secret: &str, signature: &str, body: &[u8]) -> bool {
+    run_node(
+        "import { LinearWebhookClient } from '@linear/sdk/webhooks';\n\
+         const [secret, signature, body] = process.argv.slice(1);\n\
+         try { console.log(new LinearWebhookClient(secret).verify(Buffer.from(body), signature)); }\n\
+         catch (e) { console.log(false); }",
+        &[secret, signature, std::str::from_utf8(body).unwrap()],
+    ) == "true"
+}
 
 /// The virtual environment's `python`, made and provisioned once per test binary.
 pub fn python() -> &'static Path {

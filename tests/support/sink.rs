@@ -163,11 +163,14 @@ impl Received {
     pub fn event_id(&self) -> String {
         let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
         // Most providers' bodies carry `id`; Slack's, Paddle's and Square's `event_id`;
-        // Zoom's none (send-test-event puts it in `payload.object.id`).
+        // Zoom's none (send-test-event puts it in `payload.object.id`, and Linear's
+        // in `data.id`).
         json["id"]
             .as_str()
             .or_else(|| json["event_id"].as_str())
             .or_else(|| json["payload"]["object"]["id"].as_str())
+            // Linear's: in `data.id`.
+            .or_else(|| json["data"]["id"].as_str())
             .unwrap_or_default()
             .to_string()
     }

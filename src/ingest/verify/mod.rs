@@ -7,6 +7,7 @@
 
 mod body_hmac;
 mod extract;
+mod linear;
 mod paddle;
 mod sample;
 mod slack;
@@ -25,6 +26,7 @@ use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
 pub use extract::{IdSource, TypeSource};
+pub use linear::LinearVerifier;
 pub use paddle::PaddleVerifier;
 pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
 pub use slack::SlackVerifier;
@@ -138,6 +140,7 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
         SourceKind::Slack => Box::new(SlackVerifier::new(secrets, source.tolerance)),
         SourceKind::Paddle => Box::new(PaddleVerifier::new(secrets, source.tolerance)),
         SourceKind::Zoom => Box::new(ZoomVerifier::new(secrets, source.tolerance)),
+        SourceKind::Linear => Box::new(LinearVerifier::new(secrets, source.tolerance)),
         // Validated as present for `square`.
         SourceKind::Square => Box::new(SquareVerifier::new(
             secrets,
@@ -271,6 +274,7 @@ mod tests {
             for_source(&source(SourceKind::Paddle, &["k"])),
             for_source(&square(&["k"])),
             for_source(&source(SourceKind::Zoom, &["k"])),
+            for_source(&source(SourceKind::Linear, &["k"])),
         ]
     }
 
@@ -299,6 +303,8 @@ mod tests {
         "x-square-hmacsha256-signature",
         "x-zm-signature",
         "x-zm-request-timestamp",
+        "linear-signature",
+        "linear-delivery",
     ];
 
     proptest! {
