@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFoundDetail(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A provider handshake with the wrong token.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     #[error("method not allowed")]
@@ -55,6 +58,7 @@ impl ApiError {
             Self::UnknownSource(_) => "unknown_source",
             Self::NotFound | Self::NotFoundDetail(_) => "not_found",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidSignature(_) => "invalid_signature",
@@ -88,6 +92,7 @@ impl ResponseError for ApiError {
         match self {
             Self::UnknownSource(_) | Self::NotFound | Self::NotFoundDetail(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidSignature(_) | Self::InvalidPayload(_) | Self::BadRequest(_) => {

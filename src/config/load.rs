@@ -60,6 +60,9 @@ impl Config {
             for (j, secret) in source.secrets.iter_mut().enumerate() {
                 secret.resolve(&format!("sources[{i}].secrets[{j}]"))?;
             }
+            if let Some(token) = &mut source.verify_token {
+                token.resolve(&format!("sources[{i}].verify_token"))?;
+            }
         }
         for (i, destination) in self.destinations.iter_mut().enumerate() {
             destination

@@ -48,6 +48,10 @@ pub struct SourceConfig {
     /// which its signature covers — relayd behind a proxy or load balancer sees another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// `meta` only (required): the verify token set in the app's webhook settings, which
+    /// its `GET ?hub.mode=subscribe` handshake must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token: Option<Secret>,
 }
 
 fn default_tolerance() -> Duration {
@@ -71,6 +75,7 @@ impl SourceConfig {
             type_header: None,
             type_pointer: None,
             public_url: None,
+            verify_token: None,
         }
     }
 }
@@ -101,6 +106,9 @@ pub enum SourceKind {
     Zoom,
     /// Linear: `Linear-Signature: <hex>` over the body, its `webhookTimestamp` the window.
     Linear,
+    /// Meta (WhatsApp, Instagram, Messenger): `X-Hub-Signature-256: sha256=<hex>` over the
+    /// body; answers the `GET ?hub.mode=subscribe` handshake with `verify_token`.
+    Meta,
     /// No verification at all: for local testing only.
     None,
 }
@@ -184,6 +192,19 @@ fn check_fields_apply(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> 
             }
         }
         (None, false) => {}
+    }
+    match (&source.verify_token, source.kind == SourceKind::Meta) {
+        (None, true) => {
+            return Err(invalid(
+                key("verify_token"),
+                "required for kind = \"meta\": the token its subscription handshake presents",
+            ))
+        }
+        (Some(_), false) => return Err(invalid(key("verify_token"), "only applies to kind = \"meta\"")),
+        (Some(token), true) if token.expose().is_empty() => {
+            return Err(invalid(key("verify_token"), "must not be empty"))
+        }
+        _ => {}
     }
     for (field, set) in hmac_only {
         if set && source.kind != SourceKind::Hmac {

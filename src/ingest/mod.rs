@@ -187,6 +187,7 @@ fn mount(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/webhooks/{source}")
                 .route(web::post().to(receive))
+                .route(web::get().to(answer_query_handshake))
                 .default_service(web::to(crate::listener::method_not_allowed)),
         )
         // The path of the service relayd replaces, so Stripe's dashboard needs no change.
@@ -196,6 +197,53 @@ fn mount(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(crate::listener::method_not_allowed)),
         )
         .default_service(web::to(crate::listener::not_found));
+}
+
+/// `GET /webhooks/{source}`: a provider's handshake by query (Meta's subscription
+/// check), answered when the source's kind has one and the query proves it; a 405 for
+/// kinds without, a 403 for a wrong token. Nothing is stored.
+async fn answer_query_handshake(
+    state: web::Data<IngestState>,
+    source: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let routes = state.in_force();
+    let name = source.into_inner();
+    let source = routes
+        .sources
+        .get(&name)
+        .ok_or_else(|| ApiError::UnknownSource(shown_source(&name)))?;
+    let span = tracing::info_span!("handshake", source = %name);
+    let _entered = span.enter();
+    match source.verifier.query_handshake(request.query_string()) {
+        None => Err(ApiError::MethodNotAllowed),
+        Some(Err(verify::Error::InvalidPayload(m))) => Err(ApiError::InvalidPayload(m)),
+        Some(Err(verify::Error::InvalidSignature(m))) => {
+            state
+                .ctx
+                .metrics
+                .ingest_request(&name, "forbidden", std::time::Duration::ZERO);
+            Err(ApiError::Forbidden(m))
+        }
+        Some(Ok(answer)) => {
+            tracing::info!("handshake answered");
+            state
+                .ctx
+                .metrics
+                .ingest_request(&name, "handshake", std::time::Duration::ZERO);
+            Ok(HttpResponse::Ok()
+                .content_type(answer.content_type)
+                .insert_header((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .body(answer.body))
+        }
+    }
+}
+
+/// A source name from the path as logs and answers show it: a configured one as it is,
+/// another cut short with control characters escaped (it is the sender's).
+fn shown_source(name: &str) -> String {
+    let escaped = format!("{:?}", name.chars().take(64).collect::<String>());
+    escaped.trim_matches('"').to_string()
 }
 
 async fn receive_stripe_alias(
@@ -228,8 +276,7 @@ async fn receive_for(
     let shown: String = if known {
         source_name.clone()
     } else {
-        let escaped = format!("{:?}", source_name.chars().take(64).collect::<String>());
-        escaped.trim_matches('"').to_string()
+        shown_source(&source_name)
     };
     // The trace of this event starts here, inside the provider's when it sent one.
     let span = tracing::info_span!(

@@ -460,6 +460,11 @@ secrets = ["zoom-secret-token"]
 name = "linear"
 kind = "linear"
 secrets = ["lin_wh_cli"]
+[[sources]]
+name = "meta"
+kind = "meta"
+secrets = ["meta-app-secret"]
+verify_token = "meta-verify-token"
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
@@ -497,7 +502,7 @@ secrets = ["lin_wh_cli"]
             "{name}: {stdout}"
         );
         // Their ids are body hashes.
-        if !["hashed", "zoom"].contains(&name) {
+        if !["hashed", "zoom", "meta"].contains(&name) {
             assert!(stdout.contains(&id), "{name}: {stdout}");
         }
         // Every sample carries the id in its body, whatever the source reads.

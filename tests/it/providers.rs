@@ -818,3 +818,71 @@ async fn linear_requests_are_checked_with_linear_s_own_sdk() {
     );
     relayd.stop().await.unwrap();
 }
+
+/// Meta over HTTP: the `GET ?hub.mode=subscribe` handshake is answered with the
+/// challenge only for the configured verify token (else 403, without it), a `GET` on a
+/// kind without such a handshake stays a 405, a signed notification is accepted (keyed
+/// by its body, typed by object and field), and no handshake stores anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn meta_subscription_handshake_and_signed_notifications() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let mut meta = source("whatsapp", SourceKind::Meta, &["meta-app-secret"]);
+    meta.verify_token = Some(Secret::new("the-verify-token"));
+    config.sources.push(meta);
+    let relayd = Relayd::ingest(config).await;
+    let client = reqwest::Client::new();
+    let get = |query: &str| {
+        let request = client.get(relayd.url(&format!("/webhooks/whatsapp?{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) =
+        get("hub.mode=subscribe&hub.verify_token=the-verify-token&hub.challenge=1158201444").await;
+    assert_eq!((status, body.as_str()), (200, "1158201444"));
+    let (status, body) = get("hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1158201444").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        !body.contains("1158201444") && body.contains("forbidden"),
+        "{body}"
+    );
+    let other = client
+        .get(relayd.url("/webhooks/stripe?hub.mode=subscribe"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 405, "stripe has no handshake by query");
+
+    let notification = br#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"field":"messages","value":{"messages":[{"id":"wamid.1"}]}}]}]}"#;
+    let signature = format!("sha256={}", hex::encode(mac(b"meta-app-secret", notification)));
+    let url = relayd.url("/webhooks/whatsapp");
+    let (status, answer) = post(
+        &client,
+        &url,
+        &[("x-hub-signature-256".into(), signature.clone())],
+        notification,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = post(
+        &client,
+        &url,
+        &[("x-hub-signature-256".into(), signature)],
+        notification,
+    )
+    .await;
+    assert_eq!(
+        answer["status"], "duplicate",
+        "a retry resends the same body: {status} {answer}"
+    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_type = 'whatsapp_business_account.messages'",
+        1,
+        "one notification, and no handshake, stored",
+    )
+    .await;
+    db.assert_count("SELECT count(*) FROM events", 1, "").await;
+    relayd.stop().await.unwrap();
+}

@@ -169,8 +169,9 @@ impl Received {
             .as_str()
             .or_else(|| json["event_id"].as_str())
             .or_else(|| json["payload"]["object"]["id"].as_str())
-            // Linear's: in `data.id`.
+            // Linear's: in `data.id`; Meta's, in its first message.
             .or_else(|| json["data"]["id"].as_str())
+            .or_else(|| json["entry"][0]["changes"][0]["value"]["messages"][0]["id"].as_str())
             .unwrap_or_default()
             .to_string()
     }

@@ -8,6 +8,7 @@
 mod body_hmac;
 mod extract;
 mod linear;
+mod meta;
 mod paddle;
 mod sample;
 mod slack;
@@ -27,6 +28,7 @@ use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
 pub use extract::{IdSource, TypeSource};
 pub use linear::LinearVerifier;
+pub use meta::MetaVerifier;
 pub use paddle::PaddleVerifier;
 pub use sample::{SampleEvent, SignedRequest, DEFAULT_TYPE};
 pub use slack::SlackVerifier;
@@ -91,6 +93,13 @@ pub trait Verifier: Send + Sync {
         Ok(None)
     }
 
+    /// A handshake that arrives as a `GET` with a query (Meta's subscription check):
+    /// `None` when the kind has none (the `GET` is a 405); else its answer, or why it is
+    /// refused (a 403).
+    fn query_handshake(&self, _query: &str) -> Option<Result<Handshake, Error>> {
+        None
+    }
+
     /// Request headers worth keeping with the event for operators (lower-case names):
     /// the provider's id and type headers and `user-agent`. Signature headers are never
     /// kept: they are useless after verification.
@@ -141,6 +150,11 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
         SourceKind::Paddle => Box::new(PaddleVerifier::new(secrets, source.tolerance)),
         SourceKind::Zoom => Box::new(ZoomVerifier::new(secrets, source.tolerance)),
         SourceKind::Linear => Box::new(LinearVerifier::new(secrets, source.tolerance)),
+        // Validated as present for `meta`.
+        SourceKind::Meta => Box::new(MetaVerifier::new(
+            secrets,
+            source.verify_token.as_ref().map_or("", |t| t.expose()),
+        )),
         // Validated as present for `square`.
         SourceKind::Square => Box::new(SquareVerifier::new(
             secrets,
@@ -275,7 +289,14 @@ mod tests {
             for_source(&square(&["k"])),
             for_source(&source(SourceKind::Zoom, &["k"])),
             for_source(&source(SourceKind::Linear, &["k"])),
+            for_source(&meta(&["k"])),
         ]
+    }
+
+    fn meta(secrets: &[&str]) -> SourceConfig {
+        let mut meta = source(SourceKind::Meta, secrets);
+        meta.verify_token = Some(Secret::new("t"));
+        meta
     }
 
     fn square(secrets: &[&str]) -> SourceConfig {
@@ -361,7 +382,7 @@ mod tests {
             let verified = verifier
                 .verify(&header_map(&request), &request.body, event.at)
                 .unwrap_or_else(|e| panic!("kind #{i}: {e}"));
-            let hashed = i == 5 || i == 10; // hmac by body hash; zoom, whose events have no id
+            let hashed = i == 5 || i == 10 || i == 12; // hmac by body hash; zoom and meta: no ids
             let untyped = i == 5 || i == 6;
             if hashed {
                 assert_eq!(
