@@ -92,7 +92,7 @@ impl Verifier for SlackVerifier {
 
     fn sign(&self, event: &SampleEvent) -> SignedRequest {
         let t = unix_seconds(event.at);
-        let mut draft = Draft::with_body(json!({
+        let draft = Draft::with_body(json!({
             "token": "relayd-test",
             "team_id": "T0RELAYD",
             "api_app_id": "A0RELAYD",
@@ -101,12 +101,7 @@ impl Verifier for SlackVerifier {
             "event_time": t,
             "event": { "type": event.event_type, "text": "sent by relayd send-test-event", "event_ts": t.to_string() },
         }));
-        let body = draft.body();
-        let key = self.secrets.first().map_or(&[][..], Vec::as_slice);
-        for (name, value) in SCHEME.headers(key, t, &body) {
-            draft.header(name, value);
-        }
-        draft.finish(body)
+        SCHEME.sign(draft, &self.secrets, t)
     }
 }
 

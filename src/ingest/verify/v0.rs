@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::HeaderMap;
 
-use super::{check_signed, header_str, Error};
+use super::sample::Draft;
+use super::{check_signed, header_str, Error, SignedRequest};
 use crate::signing;
 
 /// One provider's header names for the `v0` scheme.
@@ -49,13 +50,15 @@ impl V0 {
         )
     }
 
-    /// The two headers signing `body` at `timestamp` with `secret`.
-    pub fn headers(&self, secret: &[u8], timestamp: i64, body: &[u8]) -> [(&'static str, String); 2] {
+    /// `draft` signed at `timestamp` with the first of `secrets`: the sample request a
+    /// verifier's `sign` returns.
+    pub fn sign(&self, mut draft: Draft, secrets: &[Vec<u8>], timestamp: i64) -> SignedRequest {
+        let body = draft.body();
+        let secret = secrets.first().map_or(&[][..], Vec::as_slice);
         let t = timestamp.to_string();
-        let tag = signing::sign(secret, &[b"v0:", t.as_bytes(), b":", body]);
-        [
-            (self.timestamp, t),
-            (self.signature, format!("v0={}", hex::encode(tag.as_ref()))),
-        ]
+        let tag = signing::sign(secret, &[b"v0:", t.as_bytes(), b":", &body]);
+        draft.header(self.timestamp, t);
+        draft.header(self.signature, format!("v0={}", hex::encode(tag.as_ref())));
+        draft.finish(body)
     }
 }

@@ -101,17 +101,12 @@ impl Verifier for ZoomVerifier {
         let t = unix_seconds(event.at);
         // The id travels in the body (Zoom's own bodies have none; relayd keys them by
         // their hash), so that each sample is a new event.
-        let mut draft = Draft::with_body(json!({
+        let draft = Draft::with_body(json!({
             "event": event.event_type,
             "event_ts": t * 1000,
             "payload": { "account_id": "relayd-test", "object": { "id": event.id, "topic": "sent by relayd send-test-event" } },
         }));
-        let body = draft.body();
-        let secret = self.secrets.first().map_or(&[][..], Vec::as_slice);
-        for (name, value) in SCHEME.headers(secret, t, &body) {
-            draft.header(name, value);
-        }
-        draft.finish(body)
+        SCHEME.sign(draft, &self.secrets, t)
     }
 }
 
