@@ -24,10 +24,15 @@ fn config(db: &TestDb, broker: &TestBroker, destinations: &[&str]) -> Config {
     config
 }
 
+/// A fresh database and a broker prefix with one destination queue, `billing`: where
+/// most relay tests start.
+async fn billing() -> (TestDb, TestBroker) {
+    (TestDb::migrated().await, TestBroker::new(&["billing"]))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stored_delivery_reaches_its_quorum_queue_intact_and_is_marked_queued() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let relayd = Relayd::start(config(&db, &broker, &["billing"]), &[Role::Ingest, Role::Relay]).await;
     relayd.wait_ready().await;
 
@@ -97,8 +102,7 @@ async fn stored_delivery_reaches_its_quorum_queue_intact_and_is_marked_queued() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_process_ingest_wakes_the_relay_without_waiting_for_the_poll_interval() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let mut config = config(&db, &broker, &["billing"]);
     config.relay.poll_interval = Duration::from_secs(30);
     let relayd = Relayd::start(config, &[Role::Ingest, Role::Relay]).await;
@@ -133,8 +137,7 @@ async fn in_process_ingest_wakes_the_relay_without_waiting_for_the_poll_interval
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_from_another_process_wakes_a_relay_only_instance() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let mut relay_config = config(&db, &broker, &["billing"]);
     relay_config.relay.poll_interval = Duration::from_secs(30);
     let relay = Relayd::start(relay_config, &[Role::Relay]).await;
@@ -165,8 +168,7 @@ async fn notify_from_another_process_wakes_a_relay_only_instance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_broker_keeps_rows_pending_and_readyz_and_metrics_say_not_ready() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let mut down = config(&db, &broker, &["billing"]);
     // Nothing listens on port 1: the publisher can never connect.
     down.broker.url = relayd::config::Secret::new("amqp://guest:guest@127.0.0.1:1/%2f");
@@ -205,8 +207,7 @@ async fn an_unreachable_broker_keeps_rows_pending_and_readyz_and_metrics_say_not
 /// `relayd_broker_connected` name that node.
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_urls_connect_to_the_node_that_answers_and_readyz_names_it() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let sink = crate::support::sink::Sink::start(crate::support::sink::Behaviour::Succeed).await;
     let mut config = config(&db, &broker, &["billing"]);
     config.destinations[0].url = relayd::config::Secret::new(sink.url.clone());
@@ -260,8 +261,7 @@ async fn broker_urls_connect_to_the_node_that_answers_and_readyz_names_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_relays_on_one_database_publish_each_due_row_once() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let ids = db
         .seed_deliveries(2000, "billing", "pending", "-1 second", None)
         .await;
@@ -293,8 +293,7 @@ async fn two_relays_on_one_database_publish_each_due_row_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let ids = db
         .seed_deliveries(10, "billing", "pending", "-1 second", None)
         .await;
@@ -365,8 +364,7 @@ async fn rows_of_a_relay_killed_between_publish_and_commit_are_published_again()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retrying_rows_wait_for_their_time_and_expired_leases_are_republished() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let retry_later = db.seed_deliveries(3, "billing", "retrying", "1 hour", None).await;
     let retry_now = db
         .seed_deliveries(3, "billing", "retrying", "-1 second", None)
@@ -474,8 +472,7 @@ async fn count_outbox_notifications(db: &TestDb, stop: CancellationToken) -> Arc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ingest_notifies_other_processes_only_when_it_runs_no_relay_itself() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let stop = CancellationToken::new();
     let notifications = count_outbox_notifications(&db, stop.clone()).await;
     let client = reqwest::Client::new();
@@ -531,8 +528,7 @@ async fn ingest_notifies_other_processes_only_when_it_runs_no_relay_itself() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_claimed_by_a_transaction_left_idle_are_claimable_again_after_the_idle_limit() {
     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let mut config = config(&db, &broker, &["billing"]);
     config.broker.confirm_timeout = Duration::from_secs(1);
     config.database.query_timeout = Duration::from_millis(500);
@@ -572,8 +568,7 @@ async fn rows_claimed_by_a_transaction_left_idle_are_claimable_again_after_the_i
 /// a row is set aside as `quarantined`, with the reason, and the rest flows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_no_amqp_message_can_carry_is_quarantined_and_the_rest_is_published() {
-    let db = TestDb::migrated().await;
-    let broker = TestBroker::new(&["billing"]);
+    let (db, broker) = billing().await;
     let good = db
         .seed_deliveries(20, "billing", "pending", "-10 seconds", None)
         .await;
