@@ -9,9 +9,9 @@ migrate:
     cargo run -- migrate
 
 # The whole test suite (needs PostgreSQL and RabbitMQ on localhost; installs the
-# browser and Prometheus it runs when they are missing).
+# browser, Prometheus, Python and Node it runs when they are missing).
 test *ARGS:
-    scripts/test {{ARGS}}
+    cargo test {{ARGS}}
 
 # The standard benchmark set (about nine minutes; needs PostgreSQL and RabbitMQ): writes
 # docs/bench/results.md, results.json and latency.svg.

@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium (events, detail, replay; the destinations
 //! page's pause and resume; an ordered key waiting, and skip; replay jobs' progress and cancel), driven through chromedriver's WebDriver
 //! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
-//! `chromium-driver` (`.ci/run` installs them); `RELAYD_SKIP_BROWSER=1` opts out
+//! `chromium-driver` (installed on first need, [`crate::support::tools`]); `RELAYD_SKIP_BROWSER=1` opts out
 //! explicitly on a machine without them.
 
 use std::process::{Child, Command, Stdio};
@@ -26,6 +26,7 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Self {
+        crate::support::tools::provision();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

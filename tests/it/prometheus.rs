@@ -1,6 +1,6 @@
 //! The shipped monitoring: the alert rules (`deploy/prometheus/`) and the Grafana
 //! dashboard (`deploy/grafana/relayd.json`) query only series relayd exports, and a
-//! real Prometheus (Debian's `prometheus` package; `.ci/run` installs it) scrapes a
+//! real Prometheus (Debian's `prometheus` package, installed on first need) scrapes a
 //! real relayd with the shipped scrape config and rules: a relayd metric comes back
 //! through its HTTP API, and a destination disabled by 410 Gone raises the shipped
 //! alert. `RELAYD_SKIP_PROMETHEUS=1` opts out of the latter explicitly on a machine
@@ -134,6 +134,7 @@ impl Prometheus {
             dir.join("relayd-alerts.yml"),
         )
         .unwrap();
+        crate::support::tools::provision();
         let listen = crate::support::child::free_address();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))

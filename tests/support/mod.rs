@@ -3,12 +3,14 @@
 //! `127.0.0.1:0`, and Stripe-style signing done with `ring` directly (independently of
 //! relayd's own verifier); the real binary as a child process ([`child`]), extra
 //! RabbitMQ and PostgreSQL nodes under a temp dir ([`nodes`]), the providers' own SDKs
-//! ([`sdk`]), and the receiving sink every delivery is checked at ([`sink`]).
+//! ([`sdk`]), the receiving sink every delivery is checked at ([`sink`]), and the
+//! programs the suite runs, installed on first need ([`tools`]).
 
 pub mod child;
 pub mod nodes;
 pub mod sdk;
 pub mod sink;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

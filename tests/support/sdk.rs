@@ -22,6 +22,7 @@ pub const NODE_PACKAGES: &[&str] = &["@linear/sdk@98.0.0"];
 pub fn node_project() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        super::tools::provision();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/provider-sdks/node");
         std::fs::create_dir_all(&dir).unwrap();
         let installed = NODE_PACKAGES.iter().all(|package| {
@@ -72,6 +73,7 @@ pub fn linear_accepts(secret: &str, signature: &str, body: &[u8]) -> bool {
 pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
+        super::tools::provision();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/provider-sdks/venv");
         let python = dir.join("bin/python");
         if !python.exists() {
