@@ -169,3 +169,17 @@ fn square_needs_its_public_url_and_no_other_kind_takes_one() {
     assert!(source("square", "public_url = \"https://hooks.example.com/square\"").is_ok());
     assert!(message(source("slack", "public_url = \"https://h.example/\"")).contains("only applies"));
 }
+
+#[test]
+fn meta_needs_its_verify_token_and_no_other_kind_takes_one() {
+    let source = |kind: &str, extra: &str| {
+        load_toml(&format!(
+            "[[sources]]\nname = \"s\"\nkind = \"{kind}\"\nsecrets = [\"k\"]\n{extra}"
+        ))
+    };
+    let message = |r: Result<Config, Error>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message(source("meta", "")).contains("sources[0].verify_token: required"));
+    assert!(message(source("meta", "verify_token = \"\"")).contains("must not be empty"));
+    assert!(source("meta", "verify_token = \"t0ken\"").is_ok());
+    assert!(message(source("github", "verify_token = \"t\"")).contains("only applies"));
+}

@@ -207,6 +207,7 @@ async fn answer_query_handshake(
     source: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     let routes = state.in_force();
     let name = source.into_inner();
     let source = routes
@@ -222,7 +223,7 @@ async fn answer_query_handshake(
             state
                 .ctx
                 .metrics
-                .ingest_request(&name, "forbidden", std::time::Duration::ZERO);
+                .ingest_request(&name, "forbidden", started.elapsed());
             Err(ApiError::Forbidden(m))
         }
         Some(Ok(answer)) => {
@@ -230,7 +231,7 @@ async fn answer_query_handshake(
             state
                 .ctx
                 .metrics
-                .ingest_request(&name, "handshake", std::time::Duration::ZERO);
+                .ingest_request(&name, "handshake", started.elapsed());
             Ok(HttpResponse::Ok()
                 .content_type(answer.content_type)
                 .insert_header((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))

@@ -14,10 +14,12 @@ use std::time::SystemTime;
 use actix_web::http::header::HeaderMap;
 use serde_json::json;
 
-use super::extract::{Body, IdSource};
+use super::body_hmac::{BodyHmacScheme, BodyHmacVerifier};
+use super::extract::{Body, IdSource, TypeSource};
 use super::sample::Draft;
-use super::{header_str, Error, Handshake, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
-use crate::signing::{self, TokenMatcher};
+use super::{Error, Handshake, SampleEvent, SignedRequest, VerifiedEvent, Verifier};
+use crate::config::SignatureEncoding;
+use crate::signing::TokenMatcher;
 
 pub const SIGNATURE: &str = "x-hub-signature-256";
 
@@ -25,39 +27,31 @@ pub const SIGNATURE: &str = "x-hub-signature-256";
 const MAX_CHALLENGE: usize = 256;
 
 pub struct MetaVerifier {
-    secrets: Vec<Vec<u8>>,
+    /// The signature check and the body-hash id: GitHub's body HMAC with Meta's settings.
+    body: BodyHmacVerifier,
     /// `None` when no randomness was had for the matcher: every handshake is refused.
     verify_token: Option<TokenMatcher>,
 }
 
 impl MetaVerifier {
     pub fn new(secrets: Vec<Vec<u8>>, verify_token: &str) -> Self {
+        let scheme = BodyHmacScheme {
+            signature_header: SIGNATURE.into(),
+            encoding: SignatureEncoding::Hex,
+            prefix: "sha256=".into(),
+            id: IdSource::BodyHash,
+            event_type: TypeSource::Pointer("/object".into()),
+        };
         Self {
-            secrets,
+            body: BodyHmacVerifier::new(scheme, secrets),
             verify_token: TokenMatcher::new(verify_token.as_bytes()).ok(),
         }
     }
 }
 
 impl Verifier for MetaVerifier {
-    fn verify(&self, headers: &HeaderMap, body: &[u8], _now: SystemTime) -> Result<VerifiedEvent, Error> {
-        let value = header_str(headers, SIGNATURE)
-            .ok_or_else(|| Error::InvalidSignature(format!("missing {SIGNATURE} header")))?;
-        let mac = value
-            .trim()
-            .strip_prefix("sha256=")
-            .filter(|hex| hex.len() == 64)
-            .and_then(|hex| hex::decode(hex).ok())
-            .ok_or_else(|| Error::InvalidSignature(format!("{SIGNATURE} is not sha256=<64 hex digits>")))?;
-        if !self
-            .secrets
-            .iter()
-            .any(|secret| signing::verify(secret, &[body], &mac))
-        {
-            return Err(Error::InvalidSignature(
-                "signature matches no configured secret".into(),
-            ));
-        }
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error> {
+        let verified = self.body.verify(headers, body, now)?;
         let parsed = Body::new(body);
         let object = parsed.pointer_text("/object").ok_or_else(|| {
             Error::InvalidPayload(
@@ -69,8 +63,8 @@ impl Verifier for MetaVerifier {
             None => object,
         };
         Ok(VerifiedEvent {
-            event_id: IdSource::BodyHash.extract(headers, &parsed)?,
             event_type,
+            ..verified
         })
     }
 
@@ -121,20 +115,14 @@ impl Verifier for MetaVerifier {
             .event_type
             .split_once('.')
             .unwrap_or((&event.event_type, "messages"));
-        let mut draft = Draft::with_body(json!({
+        let draft = Draft::with_body(json!({
             "object": object,
             "entry": [{
                 "id": "relayd-test",
                 "changes": [{ "field": field, "value": { "messages": [{ "id": event.id, "text": { "body": "sent by relayd send-test-event" } }] } }],
             }],
         }));
-        let body = draft.body();
-        let secret = self.secrets.first().map_or(&[][..], Vec::as_slice);
-        draft.header(
-            SIGNATURE,
-            format!("sha256={}", hex::encode(signing::sign(secret, &[&body]).as_ref())),
-        );
-        draft.finish(body)
+        self.body.finish(draft)
     }
 }
 

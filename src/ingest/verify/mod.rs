@@ -249,6 +249,12 @@ fn within_tolerance(timestamp: i64, now: SystemTime, tolerance: Duration) -> boo
     now.abs_diff(timestamp) <= tolerance.as_secs()
 }
 
+/// Whether `body` holds `needle` anywhere: a cheap test that spares every ordinary event
+/// a JSON parse just to learn that it is not a handshake.
+fn mentions(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|window| window == needle)
+}
+
 /// A header as UTF-8 text, if present and valid.
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

@@ -68,6 +68,9 @@ impl Verifier for SlackVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Option<Handshake>, Error> {
+        if !super::mentions(body, b"url_verification") {
+            return Ok(None);
+        }
         let parsed = Body::new(body);
         if parsed.pointer_text("/type").as_deref() != Some("url_verification") {
             return Ok(None);

@@ -74,6 +74,9 @@ impl Verifier for ZoomVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Option<Handshake>, Error> {
+        if !super::mentions(body, b"endpoint.url_validation") {
+            return Ok(None);
+        }
         let parsed = Body::new(body);
         if parsed.pointer_text("/event").as_deref() != Some("endpoint.url_validation") {
             return Ok(None);
