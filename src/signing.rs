@@ -1,5 +1,6 @@
-//! HMAC-SHA256 signing and constant-time verification (ring), shared by the
-//! inbound verifiers and the outbound Standard Webhooks signer.
+//! HMAC signing and constant-time verification (ring), shared by the inbound verifiers
+//! and the outbound Standard Webhooks signer: SHA-256, and SHA-1 for the one provider
+//! that still signs with it (Twilio's auth-token signatures).
 //!
 //! Every comparison of a received MAC goes through [`verify`], which is `ring::hmac::verify`
 //! and therefore constant-time. Nothing here logs: keys and MACs never leave these
@@ -13,7 +14,12 @@ const WHSEC_PREFIX: &str = "whsec_";
 
 /// HMAC-SHA256 over the concatenation of `parts`, without building the message.
 pub fn sign(key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    sign_with(hmac::HMAC_SHA256, key, parts)
+}
+
+/// [`sign`] with another HMAC algorithm.
+pub fn sign_with(algorithm: hmac::Algorithm, key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
+    let key = hmac::Key::new(algorithm, key);
     let mut context = hmac::Context::with_key(&key);
     for part in parts {
         context.update(part);
@@ -32,10 +38,20 @@ pub fn verify(key: &[u8], parts: &[&[u8]], mac: &[u8]) -> bool {
 /// candidates a header carries; each candidate is compared in constant time (through
 /// [`TokenMatcher`]), and all of them are compared.
 pub fn verify_any<M: AsRef<[u8]>>(key: &[u8], parts: &[&[u8]], macs: &[M]) -> bool {
+    verify_any_with(hmac::HMAC_SHA256, key, parts, macs)
+}
+
+/// [`verify_any`] with another HMAC algorithm.
+pub fn verify_any_with<M: AsRef<[u8]>>(
+    algorithm: hmac::Algorithm,
+    key: &[u8],
+    parts: &[&[u8]],
+    macs: &[M],
+) -> bool {
     if macs.is_empty() {
         return false;
     }
-    let expected = sign(key, parts);
+    let expected = sign_with(algorithm, key, parts);
     let Ok(matcher) = TokenMatcher::new(expected.as_ref()) else {
         return false;
     };

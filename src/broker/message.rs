@@ -76,6 +76,8 @@ pub struct Envelope {
     pub delivery_id: Uuid,
     /// The stored event's id (relayd's uuid), as text: the `webhook-id` it is sent with.
     pub event_uuid: String,
+    /// The provider's event id (empty in a message published without it).
+    pub event_id: String,
     pub source: String,
     pub event_type: String,
     pub content_type: String,
@@ -113,6 +115,11 @@ impl Envelope {
         Ok(Self {
             delivery_id,
             event_uuid: header(headers::EVENT_UUID)?,
+            event_id: message
+                .headers
+                .get(headers::EVENT_ID)
+                .cloned()
+                .unwrap_or_default(),
             source: header(headers::SOURCE)?,
             event_type: header(headers::EVENT_TYPE)?,
             content_type: message

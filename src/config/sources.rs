@@ -44,8 +44,9 @@ pub struct SourceConfig {
     /// …or from this JSON pointer; without either it is `unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub type_pointer: Option<String>,
-    /// `square` only (required): the notification URL as configured at the provider,
-    /// which its signature covers — relayd behind a proxy or load balancer sees another.
+    /// `square` and `twilio` only (required): the notification URL as configured at the
+    /// provider, which its signature covers — relayd behind a proxy or load balancer
+    /// sees another. Twilio's without a query: the request's own is appended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
     /// `meta` only (required): the verify token set in the app's webhook settings, which
@@ -106,6 +107,9 @@ pub enum SourceKind {
     Zoom,
     /// Linear: `Linear-Signature: <hex>` over the body, its `webhookTimestamp` the window.
     Linear,
+    /// Twilio: `X-Twilio-Signature: <base64>` over `public_url` + query + sorted form
+    /// parameters (or the URL's `bodySHA256` for a JSON body).
+    Twilio,
     /// Meta (WhatsApp, Instagram, Messenger): `X-Hub-Signature-256: sha256=<hex>` over the
     /// body; answers the `GET ?hub.mode=subscribe` handshake with `verify_token`.
     Meta,
@@ -178,17 +182,32 @@ fn check_fields_apply(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> 
         ("type_pointer", source.type_pointer.is_some()),
     ];
     let takes_custom_ids = matches!(source.kind, SourceKind::Hmac | SourceKind::None);
-    match (&source.public_url, source.kind == SourceKind::Square) {
+    let url_signed = matches!(source.kind, SourceKind::Square | SourceKind::Twilio);
+    match (&source.public_url, url_signed) {
         (None, true) => {
             return Err(invalid(
                 key("public_url"),
-                "required for kind = \"square\": the notification URL its signature covers",
+                "required for kinds \"square\" and \"twilio\": the webhook URL their signature covers",
             ))
         }
-        (Some(_), false) => return Err(invalid(key("public_url"), "only applies to kind = \"square\"")),
+        (Some(_), false) => {
+            return Err(invalid(
+                key("public_url"),
+                "only applies to kinds \"square\" and \"twilio\"",
+            ))
+        }
         (Some(url), true) => {
-            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            let Ok(parsed) = url::Url::parse(url) else {
                 return Err(invalid(key("public_url"), "an http:// or https:// URL"));
+            };
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(key("public_url"), "an http:// or https:// URL"));
+            }
+            if source.kind == SourceKind::Twilio && url.contains(['?', '#']) {
+                return Err(invalid(
+                    key("public_url"),
+                    "the URL without a query: relayd appends the query of each request Twilio makes",
+                ));
             }
         }
         (None, false) => {}

@@ -157,7 +157,7 @@ fn the_otlp_endpoint_is_an_http_url_and_off_by_default() {
 }
 
 #[test]
-fn square_needs_its_public_url_and_no_other_kind_takes_one() {
+fn square_and_twilio_need_their_public_url_and_no_other_kind_takes_one() {
     let source = |kind: &str, extra: &str| {
         load_toml(&format!(
             "[[sources]]\nname = \"s\"\nkind = \"{kind}\"\nsecrets = [\"k\"]\n{extra}"
@@ -168,6 +168,16 @@ fn square_needs_its_public_url_and_no_other_kind_takes_one() {
     assert!(message(source("square", "public_url = \"/webhooks/square\"")).contains("http:// or https://"));
     assert!(source("square", "public_url = \"https://hooks.example.com/square\"").is_ok());
     assert!(message(source("slack", "public_url = \"https://h.example/\"")).contains("only applies"));
+    assert!(message(source("twilio", "")).contains("sources[0].public_url: required"));
+    assert!(source("twilio", "public_url = \"https://hooks.example.com/twilio\"").is_ok());
+    assert!(
+        message(source(
+            "twilio",
+            "public_url = \"https://hooks.example.com/twilio?x=1\""
+        ))
+        .contains("without a query"),
+        "the request's own query is appended"
+    );
 }
 
 #[test]

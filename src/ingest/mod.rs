@@ -331,7 +331,7 @@ async fn receive_for(
         }
         let verified = source
             .verifier
-            .verify(request.headers(), &body, now)
+            .verify_with_query(request.headers(), request.query_string(), &body, now)
             .map_err(refused)?;
         let span = tracing::Span::current();
         span.record("event.id", verified.event_id.as_str());

@@ -104,6 +104,7 @@ impl Worker {
             &target,
             send::Request {
                 webhook_id: &envelope.event_uuid,
+                event_id: &envelope.event_id,
                 delivery_id: &envelope.delivery_id.to_string(),
                 source: &envelope.source,
                 event_type: &envelope.event_type,

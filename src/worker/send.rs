@@ -3,8 +3,9 @@
 //! The body is the raw event payload, unchanged. Headers follow Standard Webhooks
 //! (`webhook-id` = relayd's event id, stable across retries and replays;
 //! `webhook-timestamp`; `webhook-signature` with the destination's `whsec_` key) plus
-//! `x-relayd-*` context and the attempt's `traceparent`. Redirects are not followed; the request (body included) is
-//! bounded by the destination's timeout. Errors never carry the destination URL, which
+//! `x-relayd-*` context (the provider's event id among it) and the attempt's
+//! `traceparent`. Redirects are not followed; the request (body included) is bounded by
+//! the destination's timeout. Errors never carry the destination URL, which
 //! may hold credentials.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,9 @@ pub struct Target {
 /// What to send.
 pub struct Request<'a> {
     pub webhook_id: &'a str,
+    /// The provider's event id, sent as `x-relayd-event-id` (when it is a valid header
+    /// value).
+    pub event_id: &'a str,
     pub delivery_id: &'a str,
     pub source: &'a str,
     pub event_type: &'a str,
@@ -88,6 +92,9 @@ pub async fn send(client: &reqwest::Client, target: &Target, request: Request<'_
     put("webhook-id", request.webhook_id);
     put("webhook-timestamp", &timestamp.to_string());
     put("webhook-signature", &signature);
+    if !request.event_id.is_empty() {
+        put("x-relayd-event-id", request.event_id);
+    }
     put("x-relayd-source", request.source);
     put("x-relayd-event-type", request.event_type);
     put("x-relayd-delivery", request.delivery_id);

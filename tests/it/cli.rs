@@ -465,6 +465,11 @@ name = "meta"
 kind = "meta"
 secrets = ["meta-app-secret"]
 verify_token = "meta-verify-token"
+[[sources]]
+name = "twilio"
+kind = "twilio"
+secrets = ["twilio-auth-token"]
+public_url = "https://hooks.example.com/twilio"
 "#;
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
@@ -490,7 +495,8 @@ verify_token = "meta-verify-token"
         )
     };
     let names = [
-        "stripe", "gh", "shop", "svix", "custom", "hashed", "open", "slack",
+        "stripe", "gh", "shop", "svix", "custom", "hashed", "open", "slack", "paddle", "square", "zoom",
+        "linear", "meta", "twilio",
     ];
     let mut sent = std::collections::HashSet::new();
     for name in names {
@@ -505,7 +511,8 @@ verify_token = "meta-verify-token"
         if !["hashed", "zoom", "meta"].contains(&name) {
             assert!(stdout.contains(&id), "{name}: {stdout}");
         }
-        // Every sample carries the id in its body, whatever the source reads.
+        // Every sample carries the id in its body, whatever the source reads (Twilio's,
+        // a form, in the header the sink reads then).
         sent.insert(id);
     }
     sink.wait_for_events(&sent, Duration::from_secs(30)).await;

@@ -66,9 +66,31 @@ fn zoom_headers(secret: &str, t: i64, body: &[u8]) -> Headers {
     ]
 }
 
+/// The webhook URL the tests' Twilio number is configured with (relayd behind a proxy).
+const TWILIO_URL: &str = "https://hooks.example.com/webhooks/twilio";
+
+/// `X-Twilio-Signature` of a form body posted to `url`, as Twilio documents it (the SDK
+/// test checks this against `twilio`'s `RequestValidator`): HMAC-SHA1 under the auth
+/// token over the URL and each parameter's name and value, sorted.
+fn twilio_signature(token: &str, url: &str, form: &[u8]) -> String {
+    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(form)
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    params.sort();
+    let signed: String = params.into_iter().fold(url.to_string(), |s, (n, v)| s + &n + &v);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token.as_bytes());
+    B64.encode(ring::hmac::sign(&key, signed.as_bytes()).as_ref())
+}
+
 fn providers() -> Vec<Provider> {
     let mut square = source("square", SourceKind::Square, &["sq-key-1", "sq-key-2"]);
     square.public_url = Some(SQUARE_URL.into());
+    let mut twilio = source(
+        "twilio",
+        SourceKind::Twilio,
+        &["twilio-token-1", "twilio-token-2"],
+    );
+    twilio.public_url = Some(TWILIO_URL.into());
 
     let mut hmac_hex = source("custom-hex", SourceKind::Hmac, &["hex-secret-1", "hex-secret-2"]);
     hmac_hex.signature_header = Some("X-Signature".into());
@@ -259,6 +281,27 @@ fn providers() -> Vec<Provider> {
             kept_header: None,
         },
         Provider {
+            source: twilio,
+            sign: |secret, id, _t, body| {
+                vec![
+                    ("content-type".into(), "application/x-www-form-urlencoded".into()),
+                    ("i-twilio-idempotency-token".into(), id.into()),
+                    (
+                        "x-twilio-signature".into(),
+                        twilio_signature(secret, TWILIO_URL, body),
+                    ),
+                ]
+            },
+            body: |id| {
+                format!("AccountSid=AC1&MessageSid=SM{id}&MessageStatus=delivered&To=%2B15558675310")
+                    .into_bytes()
+            },
+            stored_id: |id, _| id.into(),
+            event_type: "message.delivered",
+            timestamped: false,
+            kept_header: Some("i-twilio-idempotency-token"),
+        },
+        Provider {
             source: hmac_hash,
             sign: |secret, _id, _t, body| vec![("x-mac".into(), B64.encode(mac(secret.as_bytes(), body)))],
             body: json_body,
@@ -317,7 +360,7 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
                  AND event_type = '{}' AND payload = decode('{}', 'hex') AND NOT headers ?| array['stripe-signature', \
                  'x-hub-signature-256', 'x-shopify-hmac-sha256', 'webhook-signature', 'x-signature', 'x-mac', \
                  'x-slack-signature', 'paddle-signature', 'x-square-hmacsha256-signature', \
-                 'x-zm-signature']",
+                 'x-zm-signature', 'x-twilio-signature']",
                 provider.event_type,
                 hex::encode(&body)
             ))
@@ -379,7 +422,12 @@ async fn every_kind_accepts_deduplicates_rotates_and_refuses_bad_signatures() {
         let signed = (provider.sign)(secret, &id3, now, &body3);
         for (header, _) in &signed {
             let without: Vec<_> = signed.iter().filter(|(h, _)| h != header).cloned().collect();
-            let expected_refusal = !matches!(header.as_str(), "x-github-event" | "x-shopify-topic");
+            // Without a type header the type is `unknown`, without Twilio's token the id
+            // is the body's hash: accepted, not refused.
+            let expected_refusal = !matches!(
+                header.as_str(),
+                "x-github-event" | "x-shopify-topic" | "i-twilio-idempotency-token" | "content-type"
+            );
             if expected_refusal {
                 cases.push(("a missing header", without));
             }
@@ -884,5 +932,133 @@ async fn meta_subscription_handshake_and_signed_notifications() {
     )
     .await;
     db.assert_count("SELECT count(*) FROM events", 1, "").await;
+    relayd.stop().await.unwrap();
+}
+
+/// Twilio over HTTP, checked with `twilio`'s `RequestValidator`: a form body (repeated
+/// and encoded parameters, the request's own query in the signed URL) signed by the SDK
+/// is accepted under the configured public URL and refused one byte changed; a JSON
+/// body under a SharedKey's HMAC-SHA256 is covered by the `bodySHA256` the SDK computes;
+/// and what `send-test-event` signs, the SDK validates.
+#[tokio::test(flavor = "multi_thread")]
+async fn twilio_requests_are_checked_with_twilio_s_own_sdk() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let token = "twilio-auth-token";
+    let mut twilio = source("twilio", SourceKind::Twilio, &[token]);
+    twilio.public_url = Some(TWILIO_URL.into());
+    config.sources = vec![twilio];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+
+    let form = b"SmsStatus=received&Body=Hello+w%C3%B6rld%21+50%25&MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fm%2F1&MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fm%2F0&From=%2B15017122661&AccountSid=AC1";
+    let query = "tenant=acme&region=us1";
+    let public = format!("{TWILIO_URL}?{query}");
+    let signature = sdk::twilio_signature(token, &public, form, "HMAC_SHA1");
+    let headers = vec![
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+        ("i-twilio-idempotency-token".to_string(), "idem-sdk-1".to_string()),
+        ("x-twilio-signature".to_string(), signature.clone()),
+    ];
+    let url = relayd.url(&format!("/webhooks/twilio?{query}"));
+    let (status, answer) = post(&client, &url, &headers, form).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("idem-sdk-1")),
+        "{answer}"
+    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_type = 'message.received'",
+        1,
+        "typed by SmsStatus",
+    )
+    .await;
+    let mut changed = form.to_vec();
+    changed[30] ^= 1;
+    assert!(!sdk::twilio_accepts_form(token, &public, &changed, &signature));
+    let (status, answer) = post(&client, &url, &headers, &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "{answer}"
+    );
+    let (status, _) = post(
+        &client,
+        &relayd.url("/webhooks/twilio?tenant=other"),
+        &headers,
+        form,
+    )
+    .await;
+    assert_eq!(status, 400, "the query is signed");
+
+    let json = br#"{"specversion":"1.0","type":"com.twilio.messaging.message.delivered","id":"EZ1","data":{"messageSid":"SM1"}}"#;
+    let hash = sdk::twilio_body_hash(json);
+    let public = format!("{TWILIO_URL}?bodySHA256={hash}");
+    let signature = sdk::twilio_url_signature(token, &public, "HMAC_SHA256");
+    assert!(sdk::twilio_accepts_json(
+        token,
+        &public,
+        json,
+        &signature,
+        "HMAC_SHA256"
+    ));
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("i-twilio-idempotency-token".to_string(), "idem-sdk-2".to_string()),
+        (
+            "x-twilio-webhooks-signature-settings".to_string(),
+            "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256".to_string(),
+        ),
+        ("x-twilio-signature".to_string(), signature.clone()),
+    ];
+    let url = relayd.url(&format!("/webhooks/twilio?bodySHA256={hash}"));
+    let (status, answer) = post(&client, &url, &headers, json).await;
+    assert_eq!(
+        (status, answer["event_id"].as_str()),
+        (200, Some("idem-sdk-2")),
+        "{answer}"
+    );
+    let mut changed = json.to_vec();
+    changed[20] ^= 1;
+    assert!(!sdk::twilio_accepts_json(
+        token,
+        &public,
+        &changed,
+        &signature,
+        "HMAC_SHA256"
+    ));
+    let (status, answer) = post(&client, &url, &headers, &changed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_signature")),
+        "{answer}"
+    );
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE event_type = 'com.twilio.messaging.message.delivered'",
+        1,
+        "a JSON body typed by its type",
+    )
+    .await;
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
+        id: "idem-sample".into(),
+        event_type: "message.sent".into(),
+        at: std::time::SystemTime::now(),
+    });
+    let signed = &sample
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-twilio-signature")
+        .unwrap()
+        .1;
+    assert!(
+        sdk::twilio_accepts_form(token, TWILIO_URL, &sample.body, signed),
+        "the SDK refuses send-test-event's request"
+    );
+    db.assert_count("SELECT count(*) FROM events", 2, "").await;
     relayd.stop().await.unwrap();
 }

@@ -13,6 +13,8 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     "slack-sdk==3.47.0",
     "paddle-python-sdk==1.16.1",
     "squareup==46.0.0.20260916",
+    "twilio==9.13.0",
+    "pynacl==1.6.2",
 ];
 
 /// The npm packages, pinned.
@@ -172,4 +174,75 @@ pub fn square_accepts(key: &str, url: &str, signature: &str, body: &[u8]) -> boo
          print(verify_signature(request_body=sys.argv[4], signature_header=sys.argv[3], signature_key=sys.argv[1], notification_url=sys.argv[2]))",
         &[key, url, signature, std::str::from_utf8(body).unwrap()],
     ) == "True"
+}
+
+/// The Python snippet's shared part for Twilio: `params` is argv[3] parsed as a form
+/// body into a multi-dict (`getall`, as Flask gives `RequestValidator`).
+const TWILIO_PARAMS: &str = "import sys\n\
+     from urllib.parse import parse_qsl\n\
+     from twilio.request_validator import RequestValidator\n\
+     class Multi(dict):\n\
+     \x20   def getall(self, name): return self[name]\n\
+     params = Multi()\n\
+     for name, value in parse_qsl(sys.argv[3], keep_blank_values=True): params.setdefault(name, []).append(value)\n";
+
+/// `X-Twilio-Signature` as `twilio`'s `RequestValidator.compute_signature` makes it for
+/// a form body posted to `url` (with its query) under `algorithm` (`HMAC_SHA1`,
+/// `HMAC_SHA256`).
+pub fn twilio_signature(token: &str, url: &str, form: &[u8], algorithm: &str) -> String {
+    run_python(
+        &format!(
+            "{TWILIO_PARAMS}print(RequestValidator(sys.argv[1]).compute_signature(sys.argv[2], params, sys.argv[4]))"
+        ),
+        &[token, url, std::str::from_utf8(form).unwrap(), algorithm],
+    )
+}
+
+/// Whether `RequestValidator.validate` accepts a form body posted to `url`.
+pub fn twilio_accepts_form(token: &str, url: &str, form: &[u8], signature: &str) -> bool {
+    run_python(
+        &format!(
+            "{TWILIO_PARAMS}print(RequestValidator(sys.argv[1]).validate(sys.argv[2], params, sys.argv[4]))"
+        ),
+        &[token, url, std::str::from_utf8(form).unwrap(), signature],
+    ) == "True"
+}
+
+/// Whether `RequestValidator.validate` accepts a JSON body posted to `url` (whose query
+/// carries `bodySHA256`), signed with `algorithm`.
+pub fn twilio_accepts_json(token: &str, url: &str, body: &[u8], signature: &str, algorithm: &str) -> bool {
+    run_python(
+        "import sys\n\
+         from twilio.request_validator import RequestValidator\n\
+         print(RequestValidator(sys.argv[1]).validate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]))",
+        &[
+            token,
+            url,
+            std::str::from_utf8(body).unwrap(),
+            signature,
+            algorithm,
+        ],
+    ) == "True"
+}
+
+/// The signature of `url` alone as `compute_signature` makes it (a JSON body's request,
+/// whose body is covered by the URL's `bodySHA256`).
+pub fn twilio_url_signature(token: &str, url: &str, algorithm: &str) -> String {
+    run_python(
+        "import sys\n\
+         from twilio.request_validator import RequestValidator\n\
+         v = RequestValidator(sys.argv[1])\n\
+         print(v.compute_signature(sys.argv[2], {}, sys.argv[3]))",
+        &[token, url, algorithm],
+    )
+}
+
+/// `RequestValidator.compute_hash` of a JSON body: its `bodySHA256`.
+pub fn twilio_body_hash(body: &[u8]) -> String {
+    run_python(
+        "import sys\n\
+         from twilio.request_validator import RequestValidator\n\
+         print(RequestValidator('unused').compute_hash(sys.argv[1]))",
+        &[std::str::from_utf8(body).unwrap()],
+    )
 }

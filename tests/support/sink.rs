@@ -172,6 +172,8 @@ impl Received {
             // Linear's: in `data.id`; Meta's, in its first message.
             .or_else(|| json["data"]["id"].as_str())
             .or_else(|| json["entry"][0]["changes"][0]["value"]["messages"][0]["id"].as_str())
+            // A body that is not JSON (Twilio's forms): the id relayd stored.
+            .or_else(|| self.header("x-relayd-event-id"))
             .unwrap_or_default()
             .to_string()
     }

@@ -15,6 +15,7 @@ mod slack;
 mod square;
 mod standard;
 mod stripe;
+mod twilio;
 mod unverified;
 mod v0;
 mod zoom;
@@ -35,6 +36,7 @@ pub use slack::SlackVerifier;
 pub use square::SquareVerifier;
 pub use standard::StandardWebhooksVerifier;
 pub use stripe::StripeVerifier;
+pub use twilio::TwilioVerifier;
 pub use unverified::UnverifiedSource;
 pub use zoom::ZoomVerifier;
 
@@ -79,6 +81,19 @@ impl Handshake {
 /// Checks one provider's signature scheme.
 pub trait Verifier: Send + Sync {
     fn verify(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<VerifiedEvent, Error>;
+
+    /// [`Verifier::verify`] given also the request's query string (after `?`, as
+    /// received), which only a kind whose signature covers the URL reads (Twilio). What
+    /// ingest calls.
+    fn verify_with_query(
+        &self,
+        headers: &HeaderMap,
+        _query: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<VerifiedEvent, Error> {
+        self.verify(headers, body, now)
+    }
 
     /// Whether this request is the provider's handshake rather than an event, and if so
     /// its answer — only once the request has proved itself as the provider requires
@@ -159,6 +174,11 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
         SourceKind::Square => Box::new(SquareVerifier::new(
             secrets,
             source.public_url.clone().unwrap_or_default(),
+        )),
+        // Validated as present for `twilio`.
+        SourceKind::Twilio => Box::new(TwilioVerifier::new(
+            secrets,
+            source.public_url.as_deref().unwrap_or_default(),
         )),
         SourceKind::None => Box::new(UnverifiedSource::new(custom_id(), custom_type())),
     }
@@ -296,7 +316,14 @@ mod tests {
             for_source(&source(SourceKind::Zoom, &["k"])),
             for_source(&source(SourceKind::Linear, &["k"])),
             for_source(&meta(&["k"])),
+            for_source(&twilio(&["k"])),
         ]
+    }
+
+    fn twilio(secrets: &[&str]) -> SourceConfig {
+        let mut twilio = source(SourceKind::Twilio, secrets);
+        twilio.public_url = Some("https://relayd.example/webhooks/twilio".into());
+        twilio
     }
 
     fn meta(secrets: &[&str]) -> SourceConfig {
@@ -332,6 +359,9 @@ mod tests {
         "x-zm-request-timestamp",
         "linear-signature",
         "linear-delivery",
+        "x-twilio-signature",
+        "x-twilio-webhooks-signature-settings",
+        "i-twilio-idempotency-token",
     ];
 
     proptest! {
@@ -352,6 +382,7 @@ mod tests {
             for verifier in every_kind() {
                 let _ = verifier.handshake(&headers, &body, now);
                 let _ = verifier.verify(&headers, &body, now);
+                let _ = verifier.verify_with_query(&headers, "bodySHA256=00&a=%ff", &body, now);
             }
         }
     }

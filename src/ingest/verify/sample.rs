@@ -63,6 +63,12 @@ impl Draft {
         }
     }
 
+    /// For a provider whose body is not JSON (it is then given to [`Draft::finish`]).
+    pub fn content_type(&mut self, value: &str) {
+        self.headers.retain(|(name, _)| name != "content-type");
+        self.header("content-type", value);
+    }
+
     pub fn header(&mut self, name: &str, value: impl Into<String>) {
         self.headers.push((name.to_string(), value.into()));
     }
