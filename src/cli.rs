@@ -113,6 +113,10 @@ pub struct SendTestEventArgs {
     /// is a wildcard address, `/webhooks/SOURCE`).
     #[arg(long)]
     pub url: Option<String>,
+    /// For a `discord` source, whose secrets are public keys: a file holding the hex
+    /// Ed25519 seed (private key) of a key pair whose public key the source lists.
+    #[arg(long, value_name = "PATH")]
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 /// A `--role` value: a role, or `all` of them.

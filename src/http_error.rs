@@ -32,6 +32,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     InvalidSignature(String),
+    /// As [`ApiError::InvalidSignature`], answered `401` for a provider that requires it
+    /// (Discord tests the endpoint with forged requests and expects a 401).
+    #[error("{0}")]
+    SignatureUnauthorized(String),
     #[error("{0}")]
     InvalidPayload(String),
     #[error("body exceeds the limit of {limit} bytes")]
@@ -61,7 +65,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::InvalidSignature(_) => "invalid_signature",
+            Self::InvalidSignature(_) | Self::SignatureUnauthorized(_) => "invalid_signature",
             Self::InvalidPayload(_) => "invalid_payload",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyTimeout(_) => "request_timeout",
@@ -91,7 +95,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::UnknownSource(_) | Self::NotFound | Self::NotFoundDetail(_) => StatusCode::NOT_FOUND,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::SignatureUnauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

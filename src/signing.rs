@@ -66,6 +66,12 @@ pub fn decode_whsec(secret: &str) -> Option<Vec<u8>> {
     (!key.is_empty()).then_some(key)
 }
 
+/// The bytes of an Ed25519 public key written as 64 hex digits (Discord's application
+/// public key), or `None` when it is not one.
+pub fn decode_ed25519_public_key(hex_key: &str) -> Option<Vec<u8>> {
+    hex::decode(hex_key.trim()).ok().filter(|k| k.len() == 32)
+}
+
 /// The Standard Webhooks `webhook-signature` value (`v1,<base64>`) for one message.
 pub fn standard_webhooks_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let timestamp = timestamp.to_string();

@@ -28,6 +28,24 @@ pub fn run(cli: &Cli, args: &SendTestEventArgs) -> anyhow::Result<()> {
             }
         );
     };
+    let private_key = match &args.private_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the private key file {}", path.display()))?;
+            Some(
+                hex::decode(text.trim())
+                    .ok()
+                    .filter(|seed| seed.len() == 32)
+                    .with_context(|| {
+                        format!(
+                            "{} does not hold a hex Ed25519 seed (64 hex digits)",
+                            path.display()
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
     let event = SampleEvent {
         id: args
             .id
@@ -35,8 +53,11 @@ pub fn run(cli: &Cli, args: &SendTestEventArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("evt_test_{}", uuid::Uuid::now_v7().simple())),
         event_type: args.event_type.clone(),
         at: SystemTime::now(),
+        private_key,
     };
-    let request = verify::for_source(source).sign(&event);
+    let request = verify::for_source(source)
+        .sign(&event)
+        .map_err(|e| anyhow::anyhow!("cannot sign as source {}: {e}", source.name))?;
     let url = match &args.url {
         Some(url) => url.clone(),
         None => format!("{}/webhooks/{}", ingest_base(&config), source.name),
@@ -56,11 +77,28 @@ pub fn run(cli: &Cli, args: &SendTestEventArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("posting to {url} (is relayd running with the ingest role there?)"))?;
         let status = response.status();
+        // A provider's own answer (Discord's) replaces relayd's JSON: the outcome is in
+        // the headers then.
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let outcome = header(crate::ingest::STATUS_HEADER);
+        let stored = header(crate::ingest::STORED_AS_HEADER);
         let bytes = response
             .bytes()
             .await
             .with_context(|| format!("reading the answer of {url}"))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if body.get("status").is_none() {
+            if let (Some(outcome), serde_json::Value::Object(fields)) = (outcome, &mut body) {
+                fields.insert("status".into(), outcome.into());
+                fields.insert("id".into(), stored.into());
+            }
+        }
         anyhow::Ok((status, body))
     })?;
 

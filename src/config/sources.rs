@@ -110,6 +110,9 @@ pub enum SourceKind {
     /// Twilio: `X-Twilio-Signature: <base64>` over `public_url` + query + sorted form
     /// parameters (or the URL's `bodySHA256` for a JSON body).
     Twilio,
+    /// Discord interactions: `X-Signature-Ed25519` over `X-Signature-Timestamp` + body,
+    /// verified with the application's public key (the secrets, hex); answers `PING`.
+    Discord,
     /// Meta (WhatsApp, Instagram, Messenger): `X-Hub-Signature-256: sha256=<hex>` over the
     /// body; answers the `GET ?hub.mode=subscribe` handshake with `verify_token`.
     Meta,
@@ -152,6 +155,16 @@ fn check_secrets(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> {
         }
         if source.secrets.iter().any(|s| s.expose().is_empty()) {
             return Err(invalid(key("secrets"), "a secret must not be empty"));
+        }
+    }
+    if source.kind == SourceKind::Discord {
+        for (j, public_key) in source.secrets.iter().enumerate() {
+            if crate::signing::decode_ed25519_public_key(public_key.expose()).is_none() {
+                return Err(invalid(
+                    format!("{}[{j}]", key("secrets")),
+                    "a Discord application's public key: 64 hex digits",
+                ));
+            }
         }
     }
     if source.kind == SourceKind::StandardWebhooks {

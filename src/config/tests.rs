@@ -193,3 +193,24 @@ fn meta_needs_its_verify_token_and_no_other_kind_takes_one() {
     assert!(source("meta", "verify_token = \"t0ken\"").is_ok());
     assert!(message(source("github", "verify_token = \"t\"")).contains("only applies"));
 }
+
+#[test]
+fn a_discord_source_s_secrets_are_public_keys() {
+    let source = |secret: &str| {
+        load_toml(&format!(
+            "[[sources]]\nname = \"d\"\nkind = \"discord\"\nsecrets = [\"{secret}\"]\n"
+        ))
+    };
+    assert!(source("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a").is_ok());
+    for bad in [
+        "not-hex",
+        "d75a98",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511aff",
+    ] {
+        let message = source(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("sources[0].secrets[0]") && message.contains("64 hex digits"),
+            "{bad}: {message}"
+        );
+    }
+}

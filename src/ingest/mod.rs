@@ -47,6 +47,12 @@ const MAX_BATCH: usize = 128;
 /// next batch forms.
 const COMMITTERS: usize = 4;
 
+/// The outcome of a stored request (`accepted`, `duplicate`) and relayd's id of the event,
+/// also in the headers of every `200`: for a provider whose answer replaces relayd's
+/// JSON (Discord).
+pub const STATUS_HEADER: &str = "x-relayd-status";
+pub const STORED_AS_HEADER: &str = "x-relayd-event";
+
 /// A configured source, ready to verify requests.
 struct Source {
     verifier: Box<dyn verify::Verifier>,
@@ -310,6 +316,9 @@ async fn receive_for(
             .ok_or_else(|| ApiError::UnknownSource(shown.clone()))?;
         let body = state.bodies.read(&request, body).await?;
         let refused = |e| match e {
+            verify::Error::InvalidSignature(m) if source.verifier.refuses_forgeries_with_401() => {
+                ApiError::SignatureUnauthorized(m)
+            }
             verify::Error::InvalidSignature(m) => ApiError::InvalidSignature(m),
             verify::Error::InvalidPayload(m) => ApiError::InvalidPayload(m),
         };
@@ -385,14 +394,22 @@ async fn receive_for(
                 ("duplicate", id)
             }
         };
-        Ok((
-            status,
-            HttpResponse::Ok().json(json!({
+        let mut response = HttpResponse::Ok();
+        response.insert_header((STATUS_HEADER, status));
+        if let Some(id) = id {
+            response.insert_header((STORED_AS_HEADER, id.to_string()));
+        }
+        // A provider that expects its own answer (Discord's deferred interaction
+        // response) gets it; the outcome is in the headers then.
+        let response = match source.verifier.answer(&body) {
+            Some(answer) => response.content_type(answer.content_type).body(answer.body),
+            None => response.json(json!({
                 "status": status,
                 "id": id,
                 "event_id": verified.event_id,
             })),
-        ))
+        };
+        Ok((status, response))
     }
     .instrument(span)
     .await;

@@ -470,10 +470,21 @@ name = "twilio"
 kind = "twilio"
 secrets = ["twilio-auth-token"]
 public_url = "https://hooks.example.com/twilio"
+[[sources]]
+name = "discord"
+kind = "discord"
+secrets = ["DISCORD_PUBLIC_KEY"]
 "#;
+    // Discord's source holds a public key; send-test-event signs with its seed.
+    let seed = [7u8; 32];
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let public = hex::encode(ring::signature::KeyPair::public_key(&pair).as_ref());
+    let private_key_file = support::temp_file(&hex::encode(seed));
+    let sources = sources.replace("DISCORD_PUBLIC_KEY", &public);
     // The sources go before the first [[destinations]] table.
     let (head, destinations) = base.split_at(base.find("[[destinations]]").unwrap());
     let config = support::temp_file(&format!("{head}{sources}{destinations}"));
+    let private_key_path = private_key_file.0.to_str().unwrap();
     let listen = crate::support::child::free_address();
     let env = [("RELAYD__INGEST__LISTEN", listen.as_str())];
     let _relayd = crate::support::child::Process::start_with(&config, "all", &env);
@@ -515,6 +526,36 @@ public_url = "https://hooks.example.com/twilio"
         // a form, in the header the sink reads then).
         sent.insert(id);
     }
+    let (code, stdout, stderr) = send(
+        &config,
+        &[
+            "discord",
+            "--id",
+            "evt_kind_discord",
+            "--type",
+            "application_command",
+        ],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stderr.contains("--private-key-file"), "{stderr}");
+    let (code, stdout, stderr) = send(
+        &config,
+        &[
+            "discord",
+            "--id",
+            "evt_kind_discord",
+            "--type",
+            "application_command",
+            "--private-key-file",
+            private_key_path,
+        ],
+    );
+    assert_eq!(code, Some(0), "discord: {stdout}{stderr}");
+    assert!(
+        stdout.starts_with("accepted: event evt_kind_discord (application_command)"),
+        "discord's answer is its deferred response; the outcome comes in headers: {stdout}"
+    );
+    sent.insert("evt_kind_discord".to_string());
     sink.wait_for_events(&sent, Duration::from_secs(30)).await;
 
     let (code, stdout, _) = send(&config, &["stripe", "--id", "evt_kind_stripe"]);

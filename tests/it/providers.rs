@@ -619,11 +619,12 @@ async fn slack_requests_are_checked_with_slack_s_own_sdk_and_its_handshake_is_an
         .await;
 
     let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
-    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
-        id: "Ev0SAMPLE".into(),
-        event_type: "app_mention".into(),
-        at: std::time::SystemTime::now(),
-    });
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent::new(
+            "Ev0SAMPLE",
+            "app_mention",
+        ))
+        .unwrap();
     let header = |name: &str| {
         sample
             .headers
@@ -677,11 +678,12 @@ async fn paddle_requests_are_checked_with_paddle_s_own_sdk() {
     );
 
     let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
-    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
-        id: "evt_sample".into(),
-        event_type: "transaction.completed".into(),
-        at: std::time::SystemTime::now(),
-    });
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent::new(
+            "evt_sample",
+            "transaction.completed",
+        ))
+        .unwrap();
     let signature = &sample
         .headers
         .iter()
@@ -740,11 +742,12 @@ async fn square_requests_are_checked_with_square_s_own_sdk() {
     ));
 
     let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
-    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
-        id: "evt_sample".into(),
-        event_type: "payment.created".into(),
-        at: std::time::SystemTime::now(),
-    });
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent::new(
+            "evt_sample",
+            "payment.created",
+        ))
+        .unwrap();
     let signed = &sample
         .headers
         .iter()
@@ -849,11 +852,12 @@ async fn linear_requests_are_checked_with_linear_s_own_sdk() {
     assert_eq!(status, 400, "outside the one-minute tolerance: {answer}");
 
     let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
-    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
-        id: "sample-delivery".into(),
-        event_type: "Issue.update".into(),
-        at: std::time::SystemTime::now(),
-    });
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent::new(
+            "sample-delivery",
+            "Issue.update",
+        ))
+        .unwrap();
     let signed = &sample
         .headers
         .iter()
@@ -1044,11 +1048,12 @@ async fn twilio_requests_are_checked_with_twilio_s_own_sdk() {
     .await;
 
     let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
-    let sample = verifier.sign(&relayd::ingest::verify::SampleEvent {
-        id: "idem-sample".into(),
-        event_type: "message.sent".into(),
-        at: std::time::SystemTime::now(),
-    });
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent::new(
+            "idem-sample",
+            "message.sent",
+        ))
+        .unwrap();
     let signed = &sample
         .headers
         .iter()
@@ -1060,5 +1065,110 @@ async fn twilio_requests_are_checked_with_twilio_s_own_sdk() {
         "the SDK refuses send-test-event's request"
     );
     db.assert_count("SELECT count(*) FROM events", 2, "").await;
+    relayd.stop().await.unwrap();
+}
+
+/// Discord interactions over HTTP, signed by PyNaCl with a key pair it made: a `PING` is
+/// answered `{"type":1}` and stored nowhere; a forged `PING` (Discord's own endpoint
+/// check sends them) and a one-byte change are refused `401`; a command is stored once
+/// by its interaction id and answered with a deferred response, its retry a duplicate
+/// with the same answer; and what `send-test-event` signs, PyNaCl verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn discord_interactions_are_checked_with_pynacl_and_a_ping_is_answered_with_pong() {
+    let db = TestDb::migrated().await;
+    let mut config = support::config(&db.url);
+    let (seed, public) = sdk::nacl_key_pair();
+    let (_, other_public) = sdk::nacl_key_pair();
+    config.sources = vec![source("discord", SourceKind::Discord, &[&other_public, &public])];
+    let relayd = Relayd::ingest(config.clone()).await;
+    let client = reqwest::Client::new();
+    let url = relayd.url("/webhooks/discord");
+    let signed = |body: &[u8]| {
+        let t = support::now().to_string();
+        vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("x-signature-timestamp".to_string(), t.clone()),
+            (
+                "x-signature-ed25519".to_string(),
+                sdk::nacl_signature(&seed, &t, body),
+            ),
+        ]
+    };
+    let answer_of = |headers: &[(String, String)], body: &[u8]| {
+        let mut request = client.post(&url).body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let outcome = response
+                .headers()
+                .get("x-relayd-status")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                status,
+                outcome,
+                response.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+
+    let ping = br#"{"id":"1100000000000000001","application_id":"1000","type":1,"version":1}"#;
+    let (status, _, answer) = answer_of(&signed(ping), ping).await;
+    assert_eq!((status, answer), (200, serde_json::json!({"type": 1})));
+    let mut forged = signed(ping);
+    forged[2].1 = "0".repeat(128);
+    let (status, _, answer) = answer_of(&forged, ping).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_signature")),
+        "{answer}"
+    );
+
+    let command = br#"{"id":"1100000000000000002","application_id":"1000","type":2,"token":"tok","version":1,"data":{"id":"9","name":"deploy","type":1}}"#;
+    let headers = signed(command);
+    assert!(sdk::nacl_accepts(&public, &headers[1].1, command, &headers[2].1));
+    let (status, outcome, answer) = answer_of(&headers, command).await;
+    assert_eq!(
+        (status, outcome.as_deref(), answer),
+        (200, Some("accepted"), serde_json::json!({"type": 5}))
+    );
+    let (status, outcome, answer) = answer_of(&headers, command).await;
+    assert_eq!(
+        (status, outcome.as_deref(), answer),
+        (200, Some("duplicate"), serde_json::json!({"type": 5}))
+    );
+    let mut changed = command.to_vec();
+    changed[10] ^= 1;
+    let (status, _, _) = answer_of(&headers, &changed).await;
+    assert_eq!(status, 401, "one byte changed");
+    db.assert_count(
+        "SELECT count(*) FROM events WHERE source = 'discord' AND event_id = '1100000000000000002' \
+         AND event_type = 'application_command'",
+        1,
+        "the command, by its interaction id",
+    )
+    .await;
+    db.assert_count("SELECT count(*) FROM events", 1, "no PING stored")
+        .await;
+
+    let verifier = relayd::ingest::verify::for_source(&config.sources[0]);
+    let sample = verifier
+        .sign(&relayd::ingest::verify::SampleEvent {
+            private_key: Some(hex::decode(&seed).unwrap()),
+            ..relayd::ingest::verify::SampleEvent::new("1100000000000000003", "message_component")
+        })
+        .unwrap();
+    let header = |name: &str| &sample.headers.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(
+        sdk::nacl_accepts(
+            &public,
+            header("x-signature-timestamp"),
+            &sample.body,
+            header("x-signature-ed25519")
+        ),
+        "PyNaCl refuses send-test-event's request"
+    );
     relayd.stop().await.unwrap();
 }

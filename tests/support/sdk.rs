@@ -246,3 +246,42 @@ pub fn twilio_body_hash(body: &[u8]) -> String {
         &[std::str::from_utf8(body).unwrap()],
     )
 }
+
+/// A new Ed25519 key pair from PyNaCl (`nacl.signing.SigningKey.generate`), as Discord
+/// signs with: its seed and its public key, hex.
+pub fn nacl_key_pair() -> (String, String) {
+    let out = run_python(
+        "from nacl.signing import SigningKey\n\
+         key = SigningKey.generate()\n\
+         print(key.encode().hex(), key.verify_key.encode().hex())",
+        &[],
+    );
+    let (seed, public) = out.split_once(' ').unwrap();
+    (seed.to_string(), public.to_string())
+}
+
+/// Discord's `X-Signature-Ed25519` of `timestamp` + `body`, signed by PyNaCl.
+pub fn nacl_signature(seed: &str, timestamp: &str, body: &[u8]) -> String {
+    run_python(
+        "import sys\n\
+         from nacl.signing import SigningKey\n\
+         print(SigningKey(bytes.fromhex(sys.argv[1])).sign((sys.argv[2] + sys.argv[3]).encode()).signature.hex())",
+        &[seed, timestamp, std::str::from_utf8(body).unwrap()],
+    )
+}
+
+/// Whether PyNaCl's `VerifyKey.verify` accepts the signature (as Discord's documentation
+/// verifies interactions).
+pub fn nacl_accepts(public: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
+    run_python(
+        "import sys\n\
+         from nacl.signing import VerifyKey\n\
+         from nacl.exceptions import BadSignatureError\n\
+         try:\n\
+         \x20   VerifyKey(bytes.fromhex(sys.argv[1])).verify((sys.argv[2] + sys.argv[3]).encode(), bytes.fromhex(sys.argv[4]))\n\
+         \x20   print(True)\n\
+         except BadSignatureError:\n\
+         \x20   print(False)",
+        &[public, timestamp, std::str::from_utf8(body).unwrap(), signature],
+    ) == "True"
+}

@@ -113,11 +113,11 @@ impl Verifier for BodyHmacVerifier {
         kept
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let mut draft = Draft::new(event);
         draft.place_id(&self.scheme.id, &event.id);
         draft.place_type(&self.scheme.event_type, &event.event_type);
-        self.finish(draft)
+        Ok(self.finish(draft))
     }
 }
 

@@ -107,10 +107,15 @@ impl<'a> Body<'a> {
         }
     }
 
+    /// The value at `pointer`, if the body is JSON and has one there.
+    pub fn pointer(&self, pointer: &str) -> Option<&serde_json::Value> {
+        let json = self.json.get_or_init(|| serde_json::from_slice(self.bytes).ok());
+        json.as_ref()?.pointer(pointer)
+    }
+
     /// The string (or number) at `pointer`, if the body is JSON and has one there.
     pub fn pointer_text(&self, pointer: &str) -> Option<String> {
-        let json = self.json.get_or_init(|| serde_json::from_slice(self.bytes).ok());
-        match json.as_ref()?.pointer(pointer)? {
+        match self.pointer(pointer)? {
             serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
             serde_json::Value::Number(n) => Some(n.to_string()),
             _ => None,

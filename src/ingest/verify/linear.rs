@@ -71,7 +71,7 @@ impl Verifier for LinearVerifier {
             .to_vec()
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         // `--type Issue.create` is sent as type `Issue`, action `create`.
         let (kind, action) = event
             .event_type
@@ -91,7 +91,7 @@ impl Verifier for LinearVerifier {
         draft.header(DELIVERY, event.id.as_str());
         draft.header("linear-event", kind);
         draft.header(SIGNATURE, hex::encode(signing::sign(secret, &[&body]).as_ref()));
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

@@ -108,7 +108,7 @@ impl Verifier for MetaVerifier {
         vec!["user-agent".into()]
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         // `--type whatsapp_business_account.messages` is object and field; the id travels
         // in the message (Meta's bodies are keyed by their hash).
         let (object, field) = event
@@ -122,7 +122,7 @@ impl Verifier for MetaVerifier {
                 "changes": [{ "field": field, "value": { "messages": [{ "id": event.id, "text": { "body": "sent by relayd send-test-event" } }] } }],
             }],
         }));
-        self.body.finish(draft)
+        Ok(self.body.finish(draft))
     }
 }
 

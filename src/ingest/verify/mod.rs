@@ -6,6 +6,7 @@
 //! never panics on any input and never logs secrets or payloads.
 
 mod body_hmac;
+mod discord;
 mod extract;
 mod linear;
 mod meta;
@@ -27,6 +28,7 @@ use actix_web::http::header::HeaderMap;
 use crate::config::{SignatureEncoding, SourceConfig, SourceKind};
 
 pub use body_hmac::{BodyHmacScheme, BodyHmacVerifier};
+pub use discord::DiscordVerifier;
 pub use extract::{IdSource, TypeSource};
 pub use linear::LinearVerifier;
 pub use meta::MetaVerifier;
@@ -115,14 +117,29 @@ pub trait Verifier: Send + Sync {
         None
     }
 
+    /// The body of the `200` answering an accepted (or duplicate) event, when its
+    /// provider expects one of its own (Discord: a deferred interaction response); else
+    /// relayd's `{"status", "id", "event_id"}`.
+    fn answer(&self, _body: &[u8]) -> Option<Handshake> {
+        None
+    }
+
+    /// Whether a request whose signature fails is refused `401` rather than relayd's
+    /// `400`, as its provider requires (Discord).
+    fn refuses_forgeries_with_401(&self) -> bool {
+        false
+    }
+
     /// Request headers worth keeping with the event for operators (lower-case names):
     /// the provider's id and type headers and `user-agent`. Signature headers are never
     /// kept: they are useless after verification.
     fn kept_headers(&self) -> Vec<String>;
 
     /// `event` as this source's provider would send it, signed with the first configured
-    /// secret: the inverse of [`Verifier::verify`], for `relayd send-test-event`.
-    fn sign(&self, event: &SampleEvent) -> SignedRequest;
+    /// secret (or the event's private key, for Discord): the inverse of
+    /// [`Verifier::verify`], for `relayd send-test-event`. Fails only for a kind that
+    /// needs a private key it was not given.
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error>;
 }
 
 /// The verifier for a configured (and validated) source.
@@ -174,6 +191,10 @@ pub fn for_source(source: &SourceConfig) -> Box<dyn Verifier> {
         SourceKind::Square => Box::new(SquareVerifier::new(
             secrets,
             source.public_url.clone().unwrap_or_default(),
+        )),
+        SourceKind::Discord => Box::new(DiscordVerifier::new(
+            &source.secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
+            source.tolerance,
         )),
         // Validated as present for `twilio`.
         SourceKind::Twilio => Box::new(TwilioVerifier::new(
@@ -317,7 +338,18 @@ mod tests {
             for_source(&source(SourceKind::Linear, &["k"])),
             for_source(&meta(&["k"])),
             for_source(&twilio(&["k"])),
+            for_source(&discord()),
         ]
+    }
+
+    /// RFC 8032 §7.1 TEST 1's key pair: its seed signs Discord's samples here.
+    const DISCORD_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+    fn discord() -> SourceConfig {
+        source(
+            SourceKind::Discord,
+            &["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"],
+        )
     }
 
     fn twilio(secrets: &[&str]) -> SourceConfig {
@@ -362,6 +394,8 @@ mod tests {
         "x-twilio-signature",
         "x-twilio-webhooks-signature-settings",
         "i-twilio-idempotency-token",
+        "x-signature-ed25519",
+        "x-signature-timestamp",
     ];
 
     proptest! {
@@ -383,6 +417,7 @@ mod tests {
                 let _ = verifier.handshake(&headers, &body, now);
                 let _ = verifier.verify(&headers, &body, now);
                 let _ = verifier.verify_with_query(&headers, "bodySHA256=00&a=%ff", &body, now);
+                let _ = verifier.answer(&body);
             }
         }
     }
@@ -404,9 +439,8 @@ mod tests {
     #[test]
     fn every_kind_verifies_the_sample_it_signs_and_only_with_its_secret() {
         let event = SampleEvent {
-            id: "evt_sample_1".into(),
-            event_type: "invoice.paid".into(),
-            at: SystemTime::now(),
+            private_key: Some(hex::decode(DISCORD_SEED).unwrap()),
+            ..SampleEvent::new("evt_sample_1", "invoice.paid")
         };
         let mut nested = source(SourceKind::Hmac, &["k"]);
         nested.signature_header = Some("x-sig".into());
@@ -414,8 +448,14 @@ mod tests {
         nested.type_pointer = Some("/meta/kind".into());
         let mut verifiers = every_kind();
         verifiers.push(for_source(&nested));
+        // Discord's types are its interactions' kinds.
+        let interaction = SampleEvent {
+            event_type: "application_command".into(),
+            ..event.clone()
+        };
         for (i, verifier) in verifiers.iter().enumerate() {
-            let request = verifier.sign(&event);
+            let event = if i == 14 { &interaction } else { &event };
+            let request = verifier.sign(event).unwrap();
             let verified = verifier
                 .verify(&header_map(&request), &request.body, event.at)
                 .unwrap_or_else(|e| panic!("kind #{i}: {e}"));
@@ -429,7 +469,7 @@ mod tests {
             } else {
                 assert_eq!(verified.event_id, event.id, "kind #{i}");
             }
-            let expected_type = if untyped { "unknown" } else { "invoice.paid" };
+            let expected_type = if untyped { "unknown" } else { &event.event_type };
             assert_eq!(verified.event_type, expected_type, "kind #{i}");
         }
 
@@ -442,7 +482,7 @@ mod tests {
         ];
         // The kinds after the first seven, in order, under another secret.
         for (i, kind) in [SourceKind::Slack, SourceKind::Paddle].into_iter().enumerate() {
-            let request = verifiers[7 + i].sign(&event);
+            let request = verifiers[7 + i].sign(&event).unwrap();
             assert!(
                 matches!(
                     for_source(&source(kind, &["other"])).verify(
@@ -456,7 +496,7 @@ mod tests {
             );
         }
         for (i, stranger) in strangers.iter().enumerate() {
-            let request = verifiers[i].sign(&event);
+            let request = verifiers[i].sign(&event).unwrap();
             assert!(
                 matches!(
                     stranger.verify(&header_map(&request), &request.body, event.at),

@@ -69,7 +69,7 @@ impl Verifier for PaddleVerifier {
         vec!["user-agent".into()]
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let occurred_at = chrono::DateTime::<chrono::Utc>::from(event.at).to_rfc3339();
         let mut draft = Draft::with_body(json!({
             "event_id": event.id,
@@ -83,7 +83,7 @@ impl Verifier for PaddleVerifier {
         let secret = self.secrets.first().map_or(&[][..], Vec::as_slice);
         let mac = signing::sign(secret, &[ts.as_bytes(), b":", &body]);
         draft.header(SIGNATURE, format!("ts={ts};h1={}", hex::encode(mac.as_ref())));
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

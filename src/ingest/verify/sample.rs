@@ -22,6 +22,21 @@ pub struct SampleEvent {
     pub event_type: String,
     /// When it is signed (the timestamp of timestamped schemes).
     pub at: SystemTime,
+    /// The sender's own signing key, for kinds whose sources hold only a public key
+    /// (Discord: an Ed25519 seed); the others sign with the source's first secret.
+    pub private_key: Option<Vec<u8>>,
+}
+
+impl SampleEvent {
+    /// Event `id` of type `event_type`, signed now, with no private key.
+    pub fn new(id: impl Into<String>, event_type: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            event_type: event_type.into(),
+            at: SystemTime::now(),
+            private_key: None,
+        }
+    }
 }
 
 /// A signed request: headers (lower-case names) and the exact body bytes signed.

@@ -64,7 +64,7 @@ impl Verifier for SquareVerifier {
         ["square-version", "user-agent"].map(String::from).to_vec()
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let created_at = chrono::DateTime::<chrono::Utc>::from(event.at).to_rfc3339();
         let mut draft = Draft::with_body(json!({
             "merchant_id": "MLRELAYDTEST",
@@ -80,7 +80,7 @@ impl Verifier for SquareVerifier {
             SIGNATURE,
             base64::engine::general_purpose::STANDARD.encode(mac.as_ref()),
         );
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

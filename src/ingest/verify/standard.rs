@@ -68,7 +68,7 @@ impl Verifier for StandardWebhooksVerifier {
             .to_vec()
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let mut draft = Draft::new(event);
         let body = draft.body();
         let t = unix_seconds(event.at);
@@ -79,7 +79,7 @@ impl Verifier for StandardWebhooksVerifier {
             "webhook-signature",
             signing::standard_webhooks_signature(key, &event.id, t, &body),
         );
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

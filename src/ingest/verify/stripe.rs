@@ -75,7 +75,7 @@ impl Verifier for StripeVerifier {
         vec!["user-agent".into()]
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let mut draft = Draft::new(event);
         let body = draft.body();
         let t = unix_seconds(event.at).to_string();
@@ -85,7 +85,7 @@ impl Verifier for StripeVerifier {
             SIGNATURE_HEADER,
             format!("t={t},v1={}", hex::encode(mac.as_ref())),
         );
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

@@ -212,7 +212,7 @@ impl Verifier for TwilioVerifier {
             .to_vec()
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         // `--type message.delivered` is sent as `MessageStatus=delivered`.
         let typed = match event.event_type.split_once('.') {
             Some(("message", status)) => ("MessageStatus", status),
@@ -240,7 +240,7 @@ impl Verifier for TwilioVerifier {
             SIGNATURE,
             base64::engine::general_purpose::STANDARD.encode(mac.as_ref()),
         );
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }
 

@@ -38,11 +38,11 @@ impl Verifier for UnverifiedSource {
             .collect()
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let mut draft = Draft::new(event);
         draft.place_id(&self.id, &event.id);
         draft.place_type(&self.event_type, &event.event_type);
         let body = draft.body();
-        draft.finish(body)
+        Ok(draft.finish(body))
     }
 }

@@ -100,7 +100,7 @@ impl Verifier for ZoomVerifier {
         vec!["user-agent".into()]
     }
 
-    fn sign(&self, event: &SampleEvent) -> SignedRequest {
+    fn sign(&self, event: &SampleEvent) -> Result<SignedRequest, Error> {
         let t = unix_seconds(event.at);
         // The id travels in the body (Zoom's own bodies have none; relayd keys them by
         // their hash), so that each sample is a new event.
@@ -109,7 +109,7 @@ impl Verifier for ZoomVerifier {
             "event_ts": t * 1000,
             "payload": { "account_id": "relayd-test", "object": { "id": event.id, "topic": "sent by relayd send-test-event" } },
         }));
-        SCHEME.sign(draft, &self.secrets, t)
+        Ok(SCHEME.sign(draft, &self.secrets, t))
     }
 }
 
