@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod db;
+pub mod filter;
 pub mod http_error;
 pub mod ingest;
 pub mod listener;

@@ -86,6 +86,8 @@ pub struct Metrics {
     probes: Family<DestinationLabel, Counter>,
     rate_limited: Family<DestinationLabel, Counter>,
     ordering_unkeyed: Family<DestinationLabel, Counter>,
+    filtered: Family<DestinationLabel, Counter>,
+    filter_errors: Family<DestinationLabel, Counter>,
     broker_connected: Family<ComponentLabel, Gauge>,
     retention_deleted: Family<KindLabel, Counter>,
     retention_last_run: Gauge<f64, AtomicU64>,
@@ -197,6 +199,18 @@ impl Metrics {
             "Events for an ordered destination that had no ordering key, delivered unordered",
             ordering_unkeyed.clone(),
         );
+        let filtered = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_filtered",
+            "Events a destination subscribes to that its payload filter kept from it (errors included)",
+            filtered.clone(),
+        );
+        let filter_errors = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "relayd_filter_errors",
+            "Events whose payload filter could not be evaluated (a missing field, a wrong type, a body that is not JSON): no match",
+            filter_errors.clone(),
+        );
         let broker_connected = Family::<ComponentLabel, Gauge>::default();
         registry.register(
             "relayd_broker_connected",
@@ -246,6 +260,8 @@ impl Metrics {
             probes,
             rate_limited,
             ordering_unkeyed,
+            filtered,
+            filter_errors,
             broker_connected,
             retention_deleted,
             retention_last_run,
@@ -294,6 +310,27 @@ impl Metrics {
             destination: destination.into(),
         };
         drop(self.ordering_unkeyed.get_or_create(&label));
+    }
+
+    /// A filtered destination's counters exist from ingest's start, at zero.
+    pub fn filtered_destination_started(&self, destination: &str) {
+        let label = DestinationLabel {
+            destination: destination.into(),
+        };
+        drop(self.filtered.get_or_create(&label));
+        drop(self.filter_errors.get_or_create(&label));
+    }
+
+    /// `destination`'s filter kept an event from it; `failed` when it could not be
+    /// evaluated.
+    pub fn filtered(&self, destination: &str, failed: bool) {
+        let label = DestinationLabel {
+            destination: destination.into(),
+        };
+        self.filtered.get_or_create(&label).inc();
+        if failed {
+            self.filter_errors.get_or_create(&label).inc();
+        }
     }
 
     /// A worker's series of `destination` exist from its start, at zero (see the

@@ -27,6 +27,10 @@ pub struct DestinationConfig {
     /// Event type globs (`invoice.*`); empty means every type.
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// A CEL expression over `body`, `event_type` and `source` that an event must
+    /// satisfy too ([`crate::filter`]); every event passes when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// The most concurrent requests one worker sends to this destination (also bounded
     /// by `worker.concurrency`); within it the limit adapts to how the destination
     /// answers (see the README's "Worker and delivery").
@@ -59,6 +63,7 @@ impl DestinationConfig {
             signing_secret,
             sources: Vec::new(),
             event_types: Vec::new(),
+            filter: None,
             max_in_flight: default_max_in_flight(),
             min_in_flight: default_min_in_flight(),
             timeout: default_timeout(),
@@ -237,6 +242,11 @@ pub(super) fn validate_destinations(
                     format!("destinations[{i}].event_types[{j}]"),
                     e.to_string(),
                 ));
+            }
+        }
+        if let Some(filter) = &destination.filter {
+            if let Err(e) = crate::filter::Filter::compile(filter) {
+                return Err(invalid(key("filter"), e.to_string()));
             }
         }
         if destination.min_in_flight == 0 || destination.min_in_flight > destination.max_in_flight {

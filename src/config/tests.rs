@@ -214,3 +214,28 @@ fn a_discord_source_s_secrets_are_public_keys() {
         );
     }
 }
+
+#[test]
+fn a_filter_that_does_not_compile_names_its_destination_and_position() {
+    let destination = |filter: &str| {
+        load_toml(&format!(
+            "[[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"whsec_x\"]\n\
+             [[destinations]]\nname = \"billing\"\nurl = \"http://127.0.0.1:9/\"\n\
+             signing_secret = \"whsec_AQID\"\nfilter = '''{filter}'''\n"
+        ))
+    };
+    assert!(destination(r#"body.livemode && event_type == "invoice.paid""#).is_ok());
+    let message = |filter: &str| {
+        destination(filter)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        message("body.amount > ").contains("destinations[0].filter: line 1, column 15"),
+        "{}",
+        message("body.amount > ")
+    );
+    assert!(message("amount > 1").contains("unknown variable `amount`"));
+    assert!(message(&"x".repeat(2000)).contains("at most 1024 bytes"));
+}

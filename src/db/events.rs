@@ -21,6 +21,8 @@ pub struct BatchEvent {
     pub traceparent: Option<String>,
     /// One new delivery per destination.
     pub deliveries: Vec<NewDelivery>,
+    /// The destinations a payload filter kept it from, each with why (`None`: none).
+    pub filtered: Option<serde_json::Value>,
 }
 
 /// An outbox row to create with its event.
@@ -78,6 +80,9 @@ pub async fn insert_batch_with_outbox(
         .bind::<Array<diesel::sql_types::Nullable<Text>>, _>(
             batch.iter().map(|e| e.traceparent.as_deref()).collect::<Vec<_>>(),
         )
+        .bind::<Array<diesel::sql_types::Nullable<Jsonb>>, _>(
+            batch.iter().map(|e| e.filtered.as_ref()).collect::<Vec<_>>(),
+        )
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(event, _)| *event).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(
@@ -106,18 +111,18 @@ pub async fn insert_batch_with_outbox(
 }
 
 /// The statement of [`INSERT_SQL`] and [`INSERT_ORDERED_SQL`] around their `outbox`
-/// part: the events stored (`$1`–`$8` their columns) first, then `middle`, then the
+/// part: the events stored (`$1`–`$9` their columns) first, then `middle`, then the
 /// deliveries counted per stored event.
 macro_rules! insert_events_and {
     ($middle:literal) => {
         concat!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-                                      $6::text[], $7::jsonb[], $8::text[]) \
-                     AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent)), \
+                                      $6::text[], $7::jsonb[], $8::text[], $9::jsonb[]) \
+                     AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered)), \
              event AS ( \
-                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent) \
-                 SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent FROM input \
+                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered) \
+                 SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered FROM input \
                  ORDER BY source, event_id \
                  ON CONFLICT (source, event_id) DO NOTHING \
                  RETURNING id), ",
@@ -128,17 +133,17 @@ macro_rules! insert_events_and {
     };
 }
 
-/// The events and their rows: `$9`–`$11` the deliveries' id, event and destination.
+/// The events and their rows: `$10`–`$12` the deliveries' id, event and destination.
 const INSERT_SQL: &str = insert_events_and!(
     "outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status) \
          SELECT d.id, d.event_uuid, d.destination, 'pending' \
-         FROM unnest($9::uuid[], $10::uuid[], $11::text[]) AS d(id, event_uuid, destination) \
+         FROM unnest($10::uuid[], $11::uuid[], $12::text[]) AS d(id, event_uuid, destination) \
          JOIN event ON event.id = d.event_uuid \
          RETURNING event_id)"
 );
 
-/// [`INSERT_SQL`] with `$12`, the deliveries' ordering keys (NULL: unordered). Only
+/// [`INSERT_SQL`] with `$13`, the deliveries' ordering keys (NULL: unordered). Only
 /// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
 /// rows are upserted in key order (after every event row, since the count needs them
 /// all), so concurrent batches queue on them in one order.
@@ -146,7 +151,7 @@ const INSERT_ORDERED_SQL: &str = insert_events_and!(
     "wanted AS ( \
          SELECT d.id, d.event_uuid, d.destination, d.key, \
                 row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
-         FROM unnest($9::uuid[], $10::uuid[], $11::text[], $12::text[]) WITH ORDINALITY \
+         FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[]) WITH ORDINALITY \
              AS d(id, event_uuid, destination, key, n) \
          JOIN event ON event.id = d.event_uuid), \
      counted AS ( \
@@ -274,6 +279,9 @@ pub struct EventSummary {
     pub event_id: String,
     pub event_type: String,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The destinations a payload filter kept it from, each with why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<serde_json::Value>,
 }
 
 /// An event with everything stored about it.
@@ -289,6 +297,8 @@ pub struct Event {
     pub headers: serde_json::Value,
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub traceparent: Option<String>,
+    /// The destinations a payload filter kept it from, each with why.
+    pub filtered: Option<serde_json::Value>,
 }
 
 /// Filters of the event list; every field optional.

@@ -56,6 +56,7 @@ diesel::table! {
         headers -> Jsonb,
         received_at -> Timestamptz,
         traceparent -> Nullable<Text>,
+        filtered -> Nullable<Jsonb>,
     }
 }
 

@@ -17,6 +17,7 @@
 mod body;
 mod fields;
 mod ordering;
+mod payload;
 pub mod routing;
 pub mod verify;
 
@@ -117,6 +118,9 @@ async fn follow_reloads(state: web::Data<IngestState>, mut live: watch::Receiver
         for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
             state.ctx.metrics.ordered_destination_started(&destination.name);
         }
+        for destination in config.destinations.iter().filter(|d| d.filter.is_some()) {
+            state.ctx.metrics.filtered_destination_started(&destination.name);
+        }
         *state.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(&config));
     }
 }
@@ -160,6 +164,9 @@ pub async fn run(
     }
     for destination in in_force.destinations.iter().filter(|d| d.ordering.is_some()) {
         ctx.metrics.ordered_destination_started(&destination.name);
+    }
+    for destination in in_force.destinations.iter().filter(|d| d.filter.is_some()) {
+        ctx.metrics.filtered_destination_started(&destination.name);
     }
     let state = web::Data::new(IngestState {
         routes: RwLock::new(Arc::new(Routes::new(&in_force))),
@@ -348,10 +355,25 @@ async fn receive_for(
 
         let checked = fields::check(&verified, request.headers(), &source.kept_headers)
             .map_err(ApiError::InvalidPayload)?;
-        let payload = ordering::Payload::new(&body);
-        let deliveries = routes
-            .router
-            .destinations_for(&source_name, &verified.event_type)
+        let payload = payload::Payload::new(&body);
+        let (matched, refused) = routes.router.route(&source_name, &verified.event_type, &payload);
+        let filtered = (!refused.is_empty()).then(|| {
+            let mut reasons = serde_json::Map::new();
+            for refusal in &refused {
+                state
+                    .ctx
+                    .metrics
+                    .filtered(refusal.destination, refusal.error.is_some());
+                let reason = refusal.error.as_deref().map_or_else(
+                    || "no match".to_string(),
+                    |e| format!("error: {}", e.chars().take(200).collect::<String>()),
+                );
+                reasons.insert(refusal.destination.to_string(), reason.into());
+            }
+            serde_json::Value::Object(reasons)
+        });
+        let deliveries = matched
+            .into_iter()
             .map(|route| NewDelivery {
                 id: Uuid::now_v7(),
                 destination: route.destination.to_string(),
@@ -374,6 +396,7 @@ async fn receive_for(
             headers: checked.headers,
             traceparent: crate::telemetry::context::traceparent(&tracing::Span::current()),
             deliveries,
+            filtered,
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
             // Every field was checked above, so this is relayd's own bug: not a 4xx the

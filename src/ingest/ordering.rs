@@ -5,6 +5,7 @@
 
 use actix_web::http::header::{HeaderMap, HeaderName};
 
+use super::payload::Payload;
 use crate::config::OrderingConfig;
 
 /// Where a destination finds an event's key.
@@ -41,27 +42,6 @@ impl KeyRule {
             },
         };
         (!value.is_empty()).then(|| crate::db::ordering::stored_key(&value))
-    }
-}
-
-/// A request body, parsed as JSON the first time a rule asks (and only then).
-pub struct Payload<'a> {
-    body: &'a [u8],
-    parsed: std::cell::OnceCell<Option<serde_json::Value>>,
-}
-
-impl<'a> Payload<'a> {
-    pub fn new(body: &'a [u8]) -> Self {
-        Self {
-            body,
-            parsed: std::cell::OnceCell::new(),
-        }
-    }
-
-    fn json(&self) -> Option<&serde_json::Value> {
-        self.parsed
-            .get_or_init(|| serde_json::from_slice(self.body).ok())
-            .as_ref()
     }
 }
 

@@ -1,7 +1,10 @@
-//! Which destinations an event goes to: each destination's `sources` list and
-//! `event_types` globs, decided once at ingest so the outbox rows say it all.
+//! Which destinations an event goes to: each destination's `sources` list,
+//! `event_types` globs and payload `filter` ([`crate::filter`]), decided once at ingest
+//! so the outbox rows say it all (and the event keeps which filters refused it).
 
+use super::payload::Payload;
 use crate::config::DestinationConfig;
+use crate::filter::{Filter, Outcome};
 
 /// The subscription of one destination, compiled from its configuration.
 #[derive(Debug)]
@@ -13,6 +16,7 @@ struct Subscription {
     event_types: Vec<glob::Pattern>,
     /// Where its events' ordering key is, when it is ordered.
     ordering: Option<super::ordering::KeyRule>,
+    filter: Option<Filter>,
 }
 
 /// A destination an event goes to.
@@ -22,10 +26,27 @@ pub struct Route<'a> {
     pub ordering: Option<&'a super::ordering::KeyRule>,
 }
 
+/// A destination whose filter refused an event, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal<'a> {
+    pub destination: &'a str,
+    /// `None`: the filter said no; else why it could not be evaluated.
+    pub error: Option<String>,
+}
+
 /// Matches events to destinations.
 #[derive(Debug)]
 pub struct Router {
     subscriptions: Vec<Subscription>,
+}
+
+impl Subscription {
+    fn route(&self) -> Route<'_> {
+        Route {
+            destination: &self.destination,
+            ordering: self.ordering.as_ref(),
+        }
+    }
 }
 
 impl Router {
@@ -43,25 +64,70 @@ impl Router {
                     .filter_map(|p| glob::Pattern::new(p).ok())
                     .collect(),
                 ordering: d.ordering.as_ref().and_then(super::ordering::KeyRule::of),
+                // Validated with the configuration; one that still fails is logged and
+                // then matches nothing, like a pattern.
+                filter: d.filter.as_ref().map(|text| {
+                    Filter::compile(text).unwrap_or_else(|e| {
+                        tracing::error!(destination = %d.name, error = %e, "filter does not compile; it matches nothing");
+                        Filter::compile("false").expect("`false` compiles")
+                    })
+                }),
             })
             .collect();
         Self { subscriptions }
     }
 
-    /// The destinations subscribed to `event_type` from `source`, in configuration order.
+    /// The subscriptions to `event_type` from `source`, in configuration order.
+    fn subscribed<'a>(
+        &'a self,
+        source: &'a str,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = &'a Subscription> + 'a {
+        self.subscriptions
+            .iter()
+            .filter(move |s| s.sources.is_empty() || s.sources.iter().any(|name| name == source))
+            .filter(move |s| s.event_types.is_empty() || s.event_types.iter().any(|p| p.matches(event_type)))
+    }
+
+    /// The destinations subscribed to `event_type` from `source`, in configuration
+    /// order, before any payload filter.
     pub fn destinations_for<'a>(
         &'a self,
         source: &'a str,
         event_type: &'a str,
     ) -> impl Iterator<Item = Route<'a>> + 'a {
-        self.subscriptions
-            .iter()
-            .filter(move |s| s.sources.is_empty() || s.sources.iter().any(|name| name == source))
-            .filter(move |s| s.event_types.is_empty() || s.event_types.iter().any(|p| p.matches(event_type)))
-            .map(|s| Route {
-                destination: s.destination.as_str(),
-                ordering: s.ordering.as_ref(),
-            })
+        self.subscribed(source, event_type).map(Subscription::route)
+    }
+
+    /// Where this event goes: the subscribed destinations whose filter (if any) passes
+    /// it, and those whose filter refused it. The payload is parsed only if a filter
+    /// reads it.
+    pub fn route<'a>(
+        &'a self,
+        source: &'a str,
+        event_type: &'a str,
+        payload: &Payload<'_>,
+    ) -> (Vec<Route<'a>>, Vec<Refusal<'a>>) {
+        let mut routes = Vec::new();
+        let mut refused = Vec::new();
+        for subscription in self.subscribed(source, event_type) {
+            let outcome = match &subscription.filter {
+                None => Outcome::Match,
+                Some(filter) => filter.evaluate(payload.json(), source, event_type),
+            };
+            match outcome {
+                Outcome::Match => routes.push(subscription.route()),
+                Outcome::NoMatch => refused.push(Refusal {
+                    destination: &subscription.destination,
+                    error: None,
+                }),
+                Outcome::Failed(error) => refused.push(Refusal {
+                    destination: &subscription.destination,
+                    error: Some(error),
+                }),
+            }
+        }
+        (routes, refused)
     }
 }
 
@@ -78,6 +144,7 @@ mod tests {
             signing_secret: Secret::new("whsec_AQID"),
             sources: sources.iter().map(|s| s.to_string()).collect(),
             event_types: event_types.iter().map(|s| s.to_string()).collect(),
+            filter: None,
             max_in_flight: 1,
             min_in_flight: 1,
             timeout: Duration::from_secs(1),
@@ -115,6 +182,42 @@ mod tests {
         ]);
         assert_eq!(route(&router, "stripe", "x"), ["only-stripe", "everything"]);
         assert_eq!(route(&router, "github", "x"), ["everything"]);
+    }
+
+    #[test]
+    fn filters_pass_refuse_or_fail_and_each_refusal_says_why() {
+        let mut live = destination("live-invoices", &[], &["invoice.*"]);
+        live.filter = Some("body.livemode && body.data.object.amount_paid > 1000".into());
+        let router = Router::new(&[live, destination("all", &[], &[])]);
+        let routed = |body: &[u8]| {
+            let payload = Payload::new(body);
+            let (routes, refused) = router.route("stripe", "invoice.paid", &payload);
+            let routes: Vec<String> = routes.iter().map(|r| r.destination.to_string()).collect();
+            let refused: Vec<(String, Option<String>)> = refused
+                .into_iter()
+                .map(|r| (r.destination.to_string(), r.error))
+                .collect();
+            (routes, refused)
+        };
+        let (routes, refused) = routed(br#"{"livemode":true,"data":{"object":{"amount_paid":5000}}}"#);
+        assert_eq!(
+            (routes, refused),
+            (vec!["live-invoices".to_string(), "all".into()], vec![])
+        );
+        let (routes, refused) = routed(br#"{"livemode":false,"data":{"object":{"amount_paid":5000}}}"#);
+        assert_eq!(
+            (routes, refused),
+            (vec!["all".to_string()], vec![("live-invoices".to_string(), None)])
+        );
+        let (routes, refused) = routed(br#"{"livemode":true,"data":{}}"#);
+        assert_eq!(routes, ["all"]);
+        assert!(
+            refused[0].1.as_deref().is_some_and(|e| e.contains("object")),
+            "{refused:?}"
+        );
+        // A type no filter subscribes to is never evaluated.
+        let payload = Payload::new(b"not json");
+        assert_eq!(router.route("stripe", "customer.created", &payload).1, vec![]);
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn event(event_id: &str) -> BatchEvent {
         content_type: "application/json".into(),
         headers: serde_json::json!({}),
         traceparent: None,
+        filtered: None,
         deliveries: vec![NewDelivery {
             id: Uuid::now_v7(),
             destination: "billing".into(),

@@ -9,6 +9,7 @@ mod batches;
 mod browser;
 mod cli;
 mod deploy;
+mod filters;
 mod flow;
 mod hostile;
 mod ingest;

@@ -236,6 +236,7 @@ pub fn destination(name: &str, sources: &[&str], event_types: &[&str]) -> Destin
         signing_secret: Secret::new(DESTINATION_SECRET),
         sources: sources.iter().map(|s| s.to_string()).collect(),
         event_types: event_types.iter().map(|s| s.to_string()).collect(),
+        filter: None,
         max_in_flight: 4,
         min_in_flight: 1,
         timeout: Duration::from_secs(5),

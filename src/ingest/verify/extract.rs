@@ -93,35 +93,8 @@ impl TypeSource {
     }
 }
 
-/// A request body, parsed as JSON at most once and only if asked.
-pub struct Body<'a> {
-    pub bytes: &'a [u8],
-    json: std::cell::OnceCell<Option<serde_json::Value>>,
-}
-
-impl<'a> Body<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
-        Self {
-            bytes,
-            json: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// The value at `pointer`, if the body is JSON and has one there.
-    pub fn pointer(&self, pointer: &str) -> Option<&serde_json::Value> {
-        let json = self.json.get_or_init(|| serde_json::from_slice(self.bytes).ok());
-        json.as_ref()?.pointer(pointer)
-    }
-
-    /// The string (or number) at `pointer`, if the body is JSON and has one there.
-    pub fn pointer_text(&self, pointer: &str) -> Option<String> {
-        match self.pointer(pointer)? {
-            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    }
-}
+/// The request body as the verifiers read it.
+pub use crate::ingest::payload::Payload as Body;
 
 #[cfg(test)]
 mod tests {

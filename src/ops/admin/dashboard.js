@@ -146,7 +146,9 @@ async function loadEvents() {
   $("events").innerHTML = page.items.map(e =>
     `<tr class="event" data-id="${e.id}"><td>${when(e.received_at)}</td><td>${esc(e.source)}</td>` +
     `<td class="mono">${esc(e.event_id)}</td><td>${esc(e.event_type)}</td>` +
-    `<td>${e.deliveries.map(d => badge(d.status, d.destination + ": " + label(d.status))).join("") || '<span class="muted">none</span>'}</td></tr>`
+    `<td>${e.deliveries.map(d => badge(d.status, d.destination + ": " + label(d.status))).join("")}` +
+    `${Object.keys(e.filtered || {}).map(name => `<span class="badge filtered" title="${esc(name)}: filtered out">${esc(name)}: filtered</span>`).join("")}` +
+    `${e.deliveries.length || e.filtered ? "" : '<span class="muted">none</span>'}</td></tr>`
   ).join("") || `<tr><td colspan="5" class="muted">No events.</td></tr>`;
   for (const row of document.querySelectorAll("tr.event")) row.onclick = () => openEvent(row.dataset.id);
 }
@@ -179,7 +181,9 @@ async function openEvent(id) {
       <button id="close">Close</button></div>
     <p class="muted">${esc(e.source)} · <span class="mono">${esc(e.event_id)}</span> · ${when(e.received_at)}<br>
       webhook-id <span class="mono">${esc(e.id)}</span></p>
-    <h3>Deliveries</h3>${deliveries || '<p class="muted">No destination subscribes to this event.</p>'}
+    <h3>Deliveries</h3>${deliveries || '<p class="muted">No destination gets this event.</p>'}
+    ${Object.keys(e.filtered).length ? `<h3>Filtered out</h3><table id="filtered"><tbody>${Object.entries(e.filtered).map(([name, why]) =>
+      `<tr><td><strong>${esc(name)}</strong></td><td>${esc(why)}</td></tr>`).join("")}</tbody></table>` : ""}
     <h3>Payload <span class="muted">(${esc(e.content_type)})</span></h3><pre id="payload">${esc(pretty(e))}</pre>
     <h3>Headers</h3><pre>${esc(JSON.stringify(e.headers, null, 2))}</pre>`;
   $("detail").style.display = "block";

@@ -112,5 +112,8 @@ pub(super) async fn get(ctx: web::Data<AppContext>, id: web::Path<String>) -> Re
         "payload": payload,
         "payload_encoding": encoding,
         "deliveries": deliveries,
+        // The destinations that subscribe to it but whose payload filter refused it,
+        // each with why ("no match", or the evaluation's error).
+        "filtered": event.filtered.unwrap_or_else(|| json!({})),
     })))
 }
