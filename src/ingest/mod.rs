@@ -3,8 +3,9 @@
 //! `POST /webhooks/{source}` reads the raw body (bounded in size, time and total
 //! memory: `body`),
 //! verifies it with the source's verifier (the sources and routing in force: a reload
-//! replaces them whole for the requests that start after it, [`crate::reload`]), finds its ordering key for each ordered
-//! destination (`ordering`), and in one transaction stores the event
+//! replaces them whole for the requests that start after it, [`crate::reload`]), routes
+//! it (`routing`: sources, type globs and payload filters, [`crate::filter`]), finds its
+//! ordering key for each ordered destination (`ordering`), and in one transaction stores the event
 //! (`ON CONFLICT DO NOTHING` on `(source, event_id)`) together with one `pending`
 //! outbox row per subscribed destination, then wakes the relays ([`crate::wake`]). It
 //! answers only after the commit, so a 200 means the event is durable. Requests that

@@ -10,6 +10,7 @@
 //!     cargo build --release --bins && target/release/relayd-bench --out docs/bench
 
 mod collector;
+mod filter;
 mod flow;
 mod load;
 mod ordered;
@@ -59,6 +60,8 @@ enum Scenario {
     /// Per-key ordered delivery: unordered, then ordered over `--ordered-keys` keys, at
     /// `--ordered-rate`; then one key alone, bounded by one round trip per event.
     Ordered,
+    /// A destination's payload filter: CPU per event (evaluation and the JSON parse).
+    Filter,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -69,7 +72,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered"
+        default_value = "raw,ingest,ceiling,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered,filter"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -200,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Outage => rows.push(flow::outage(&args).await?),
             Scenario::RateLimited => rows.push(flow::rate_limited(&args).await?),
             Scenario::Ordered => rows.extend(ordered::ordered(&args).await?),
+            Scenario::Filter => rows.push(filter::filter()?),
             Scenario::Sweep => {
                 for &rate in &args.sweep_rates {
                     let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;
