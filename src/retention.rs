@@ -44,18 +44,22 @@ pub enum Kind {
     OrderingKeys,
     /// Replay jobs that ended (done, cancelled) longer than `retention.delivered` ago.
     ReplayJobs,
+    /// Dedup keys whose window ended over a minute ago (always on: an expired key
+    /// decides nothing).
+    DedupKeys,
 }
 
 impl Kind {
     /// In pass order. Attempts go first, so their count (and the dry run's) is only what
     /// the attempts rule deletes; attempts of pruned events then go with their event,
     /// uncounted.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Attempts,
         Kind::DeliveredEvents,
         Kind::DeadEvents,
         Kind::OrderingKeys,
         Kind::ReplayJobs,
+        Kind::DedupKeys,
     ];
 
     /// The metric label and report name.
@@ -66,6 +70,7 @@ impl Kind {
             Kind::Attempts => "attempts",
             Kind::OrderingKeys => "ordering_keys",
             Kind::ReplayJobs => "replay_jobs",
+            Kind::DedupKeys => "dedup_keys",
         }
     }
 
@@ -74,6 +79,7 @@ impl Kind {
             Kind::DeliveredEvents | Kind::OrderingKeys | Kind::ReplayJobs => config.delivered,
             Kind::DeadEvents => config.dead,
             Kind::Attempts => config.attempts,
+            Kind::DedupKeys => Duration::from_secs(60),
         }
     }
 
@@ -114,6 +120,11 @@ impl Kind {
                  WHERE j.status <> 'running' AND j.finished_at < now() - make_interval(secs => $1) \
                  ORDER BY j.finished_at"
             }
+            Kind::DedupKeys => {
+                "SELECT d.source, d.key FROM dedup_keys d \
+                 WHERE d.expires_at < now() - make_interval(secs => $1) \
+                 ORDER BY d.expires_at"
+            }
         }
     }
 
@@ -136,6 +147,13 @@ impl Kind {
             ),
             Kind::ReplayJobs => format!(
                 "WITH gone AS (DELETE FROM replay_jobs WHERE id IN ({candidates} LIMIT $2) RETURNING id) \
+                 SELECT count(*) AS n FROM gone"
+            ),
+            // Re-checked on the row itself: a key an ingest claimed again meanwhile stays.
+            Kind::DedupKeys => format!(
+                "WITH gone AS (DELETE FROM dedup_keys d USING ({candidates} LIMIT $2) c \
+                                WHERE d.source = c.source AND d.key = c.key AND d.expires_at < now() \
+                                RETURNING 1) \
                  SELECT count(*) AS n FROM gone"
             ),
             // Re-checked on the row itself: a key that an ingest made live meanwhile stays.

@@ -29,7 +29,7 @@ pub use listeners::{IngestConfig, OpsConfig};
 pub use operator::{OperatorConfig, OperatorHookConfig, NOTICE_SOURCE, NOTICE_TYPES};
 pub use secret::Secret;
 pub use services::{BrokerConfig, DatabaseConfig, QueueType};
-pub use sources::{SignatureEncoding, SourceConfig, SourceKind};
+pub use sources::{DedupConfig, SignatureEncoding, SourceConfig, SourceKind};
 
 use serde::{Deserialize, Serialize};
 

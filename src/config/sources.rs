@@ -53,7 +53,28 @@ pub struct SourceConfig {
     /// its `GET ?hub.mode=subscribe` handshake must present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_token: Option<Secret>,
+    /// Events whose values at these pointers match one stored within the window are
+    /// duplicates, whatever their ids (a sender that resends one change under new ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupConfig>,
 }
+
+/// `dedup = { key = ["/type", "/data/object/id"], window = "10m" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// JSON pointers into the body (`""`: the whole body); an event lacking one of them
+    /// is not deduplicated by this rule.
+    pub key: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// The most pointers a dedup key has.
+pub const MAX_DEDUP_POINTERS: usize = 8;
+
+/// The longest dedup window.
+pub const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)
@@ -77,6 +98,7 @@ impl SourceConfig {
             type_pointer: None,
             public_url: None,
             verify_token: None,
+            dedup: None,
         }
     }
 }
@@ -134,7 +156,34 @@ type Key<'a> = &'a dyn Fn(&str) -> String;
 fn validate_source(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> {
     check_secrets(source, key)?;
     check_fields_apply(source, key)?;
-    check_id_and_type(source, key)
+    check_id_and_type(source, key)?;
+    check_dedup(source, key)
+}
+
+/// A dedup rule has 1 to [`MAX_DEDUP_POINTERS`] pointers and a window of 1 s to
+/// [`MAX_DEDUP_WINDOW`].
+fn check_dedup(source: &SourceConfig, key: Key<'_>) -> Result<(), Error> {
+    let Some(dedup) = &source.dedup else {
+        return Ok(());
+    };
+    if dedup.key.is_empty() || dedup.key.len() > MAX_DEDUP_POINTERS {
+        return Err(invalid(
+            key("dedup.key"),
+            format!("1 to {MAX_DEDUP_POINTERS} JSON pointers, e.g. [\"/type\", \"/data/object/id\"]"),
+        ));
+    }
+    for (j, pointer) in dedup.key.iter().enumerate() {
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            return Err(invalid(
+                format!("{}[{j}]", key("dedup.key")),
+                "a JSON pointer starts with '/' (\"\" is the whole body)",
+            ));
+        }
+    }
+    if dedup.window < Duration::from_secs(1) || dedup.window > MAX_DEDUP_WINDOW {
+        return Err(invalid(key("dedup.window"), "from 1s to 30d"));
+    }
+    Ok(())
 }
 
 /// Secrets for every kind but `none`, none for it; Standard Webhooks ones are `whsec_`.

@@ -23,6 +23,15 @@ pub struct BatchEvent {
     pub deliveries: Vec<NewDelivery>,
     /// The destinations a payload filter kept it from, each with why (`None`: none).
     pub filtered: Option<serde_json::Value>,
+    /// Its key under its source's dedup rule, if the source has one and it has a key.
+    pub dedup: Option<Dedup>,
+}
+
+/// An event's dedup key ([`crate::ingest`]'s rule) and how long it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    pub key: Vec<u8>,
+    pub window: std::time::Duration,
 }
 
 /// An outbox row to create with its event.
@@ -83,6 +92,22 @@ pub async fn insert_batch_with_outbox(
         .bind::<Array<diesel::sql_types::Nullable<Jsonb>>, _>(
             batch.iter().map(|e| e.filtered.as_ref()).collect::<Vec<_>>(),
         )
+        .bind::<Array<diesel::sql_types::Nullable<Bytea>>, _>(
+            batch
+                .iter()
+                .map(|e| e.dedup.as_ref().map(|d| d.key.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<diesel::sql_types::Nullable<BigInt>>, _>(
+            batch
+                .iter()
+                .map(|e| {
+                    e.dedup
+                        .as_ref()
+                        .map(|d| i64::try_from(d.window.as_millis()).unwrap_or(i64::MAX))
+                })
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(event, _)| *event).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(
@@ -111,18 +136,39 @@ pub async fn insert_batch_with_outbox(
 }
 
 /// The statement of [`INSERT_SQL`] and [`INSERT_ORDERED_SQL`] around their `outbox`
-/// part: the events stored (`$1`–`$9` their columns) first, then `middle`, then the
-/// deliveries counted per stored event.
+/// part: the events (`$1`–`$9` their columns, `$10`/`$11` their dedup keys and windows
+/// in milliseconds, NULL without) first, then `middle`, then the deliveries counted per
+/// stored event.
+///
+/// An event with a dedup key is stored only if it claims the key: inserted, or taking
+/// over an expired one (`ON CONFLICT … DO UPDATE … WHERE expires_at <= now()`); a key
+/// held by an unexpired claim leaves the event out, a duplicate. Within one batch the
+/// first event of a key claims it (one row may not be updated twice by a statement).
+/// A concurrent statement claiming the same key waits for this one's commit, then sees
+/// the claim and leaves its event out.
 macro_rules! insert_events_and {
     ($middle:literal) => {
         concat!(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-                                      $6::text[], $7::jsonb[], $8::text[], $9::jsonb[]) \
-                     AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered)), \
+                                      $6::text[], $7::jsonb[], $8::text[], $9::jsonb[], $10::bytea[], \
+                                      $11::bigint[]) WITH ORDINALITY \
+                     AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent, \
+                          filtered, dedup_key, dedup_ms, n)), \
+             dedup AS ( \
+                 INSERT INTO dedup_keys AS d (source, key, event_id, expires_at) \
+                 SELECT source, dedup_key, id, now() + dedup_ms * interval '1 millisecond' \
+                 FROM (SELECT DISTINCT ON (source, dedup_key) * FROM input WHERE dedup_key IS NOT NULL \
+                       ORDER BY source, dedup_key, n) first \
+                 ORDER BY source, dedup_key \
+                 ON CONFLICT (source, key) DO UPDATE \
+                     SET event_id = excluded.event_id, expires_at = excluded.expires_at \
+                     WHERE d.expires_at <= now() \
+                 RETURNING d.event_id), \
              event AS ( \
                  INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered) \
                  SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered FROM input \
+                 WHERE dedup_key IS NULL OR id IN (SELECT event_id FROM dedup) \
                  ORDER BY source, event_id \
                  ON CONFLICT (source, event_id) DO NOTHING \
                  RETURNING id), ",
@@ -133,17 +179,17 @@ macro_rules! insert_events_and {
     };
 }
 
-/// The events and their rows: `$10`–`$12` the deliveries' id, event and destination.
+/// The events and their rows: `$12`–`$14` the deliveries' id, event and destination.
 const INSERT_SQL: &str = insert_events_and!(
     "outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status) \
          SELECT d.id, d.event_uuid, d.destination, 'pending' \
-         FROM unnest($10::uuid[], $11::uuid[], $12::text[]) AS d(id, event_uuid, destination) \
+         FROM unnest($12::uuid[], $13::uuid[], $14::text[]) AS d(id, event_uuid, destination) \
          JOIN event ON event.id = d.event_uuid \
          RETURNING event_id)"
 );
 
-/// [`INSERT_SQL`] with `$13`, the deliveries' ordering keys (NULL: unordered). Only
+/// [`INSERT_SQL`] with `$15`, the deliveries' ordering keys (NULL: unordered). Only
 /// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
 /// rows are upserted in key order (after every event row, since the count needs them
 /// all), so concurrent batches queue on them in one order.
@@ -151,7 +197,7 @@ const INSERT_ORDERED_SQL: &str = insert_events_and!(
     "wanted AS ( \
          SELECT d.id, d.event_uuid, d.destination, d.key, \
                 row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
-         FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[]) WITH ORDINALITY \
+         FROM unnest($12::uuid[], $13::uuid[], $14::text[], $15::text[]) WITH ORDINALITY \
              AS d(id, event_uuid, destination, key, n) \
          JOIN event ON event.id = d.event_uuid), \
      counted AS ( \
@@ -223,6 +269,18 @@ pub async fn store(conn: &mut AsyncPgConnection, events: &[BatchEvent]) -> Query
     } else {
         find_ids(conn, &duplicates).await?
     };
+    // Left out by a dedup key another event holds: that event is the one answered.
+    let by_dedup: Vec<(&str, &[u8])> = events
+        .iter()
+        .filter(|e| !inserted.contains_key(&e.id))
+        .filter(|e| !existing.contains_key(&(e.source.clone(), e.event_id.clone())))
+        .filter_map(|e| Some((e.source.as_str(), e.dedup.as_ref()?.key.as_slice())))
+        .collect();
+    let holders = if by_dedup.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        find_dedup_holders(conn, &by_dedup).await?
+    };
     Ok(events
         .iter()
         .map(|event| match inserted.get(&event.id) {
@@ -233,10 +291,41 @@ pub async fn store(conn: &mut AsyncPgConnection, events: &[BatchEvent]) -> Query
             None => Stored::Duplicate {
                 id: existing
                     .get(&(event.source.clone(), event.event_id.clone()))
+                    .or_else(|| {
+                        let key = event.dedup.as_ref()?.key.clone();
+                        holders.get(&(event.source.clone(), key))
+                    })
                     .copied(),
             },
         })
         .collect())
+}
+
+/// The stored events holding these dedup keys, keyed by `(source, key)`.
+async fn find_dedup_holders(
+    conn: &mut AsyncPgConnection,
+    keys: &[(&str, &[u8])],
+) -> QueryResult<std::collections::HashMap<(String, Vec<u8>), Uuid>> {
+    use diesel::sql_types::{Array, Bytea, Text};
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        source: String,
+        #[diesel(sql_type = Bytea)]
+        key: Vec<u8>,
+    }
+    let found: Vec<Found> = diesel::sql_query(
+        "SELECT e.id, d.source, d.key FROM dedup_keys d \
+         JOIN unnest($1::text[], $2::bytea[]) AS k(source, key) ON d.source = k.source AND d.key = k.key \
+         JOIN events e ON e.id = d.event_id",
+    )
+    .bind::<Array<Text>, _>(keys.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(keys.iter().map(|(_, k)| *k).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(found.into_iter().map(|f| ((f.source, f.key), f.id)).collect())
 }
 
 /// The stored ids of these provider events, keyed by `(source, event_id)`. Planned on

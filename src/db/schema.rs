@@ -1,6 +1,15 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    dedup_keys (source, key) {
+        source -> Text,
+        key -> Bytea,
+        event_id -> Uuid,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     deliveries (id) {
         id -> Uuid,
         event_id -> Uuid,
@@ -104,6 +113,7 @@ diesel::table! {
 diesel::joinable!(deliveries -> events (event_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    dedup_keys,
     deliveries,
     delivery_attempts,
     destination_states,

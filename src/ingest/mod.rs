@@ -16,6 +16,7 @@
 //! requests finish within the grace period.
 
 mod body;
+mod dedup;
 mod fields;
 mod ordering;
 mod payload;
@@ -30,7 +31,6 @@ use std::time::{Duration, SystemTime};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use serde_json::json;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -60,6 +60,7 @@ struct Source {
     verifier: Box<dyn verify::Verifier>,
     /// Request headers stored with each event (lower-case names).
     kept_headers: Vec<String>,
+    dedup: Option<dedup::DedupRule>,
 }
 
 /// The configured sources and the routing of their events, as one configuration says.
@@ -81,6 +82,7 @@ impl Routes {
                     Source {
                         verifier,
                         kept_headers,
+                        dedup: s.dedup.as_ref().map(dedup::DedupRule::of),
                     },
                 )
             })
@@ -95,34 +97,45 @@ impl Routes {
 /// Everything a request handler needs; built once per role start.
 struct IngestState {
     ctx: Arc<AppContext>,
-    /// Replaced whole by a reload; a request keeps the one it started with.
-    routes: RwLock<Arc<Routes>>,
+    /// The routes of the configuration in force, and that configuration: replaced whole
+    /// by the first request after a reload; a request keeps the one it started with.
+    routes: RwLock<(Arc<Config>, Arc<Routes>)>,
     bodies: body::BodyReader,
     committer: Batcher<StoreEvents>,
 }
 
 impl IngestState {
-    /// The sources and routing in force now.
+    /// The sources and routing of the configuration in force now: a request that starts
+    /// after a reload has answered sees the new one (it is compiled here, once, by the
+    /// first request that finds it).
     fn in_force(&self) -> Arc<Routes> {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let current = self.ctx.live.current();
+        {
+            let held = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            if Arc::ptr_eq(&held.0, &current) {
+                return held.1.clone();
+            }
+        }
+        let mut held = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&held.0, &current) {
+            started(&self.ctx, &current);
+            *held = (current.clone(), Arc::new(Routes::new(&current)));
+        }
+        held.1.clone()
     }
 }
 
-/// Puts each configuration a reload publishes in force for new requests; aborted when
-/// the role stops.
-async fn follow_reloads(state: web::Data<IngestState>, mut live: watch::Receiver<Arc<Config>>) {
-    while live.changed().await.is_ok() {
-        let config = live.borrow_and_update().clone();
-        for source in &config.sources {
-            state.ctx.metrics.source_started(&source.name);
-        }
-        for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
-            state.ctx.metrics.ordered_destination_started(&destination.name);
-        }
-        for destination in config.destinations.iter().filter(|d| d.filter.is_some()) {
-            state.ctx.metrics.filtered_destination_started(&destination.name);
-        }
-        *state.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Routes::new(&config));
+/// The labelled series of `config`'s sources and destinations exist from when it is in
+/// force, at zero.
+fn started(ctx: &AppContext, config: &Config) {
+    for source in &config.sources {
+        ctx.metrics.source_started(&source.name);
+    }
+    for destination in config.destinations.iter().filter(|d| d.ordering.is_some()) {
+        ctx.metrics.ordered_destination_started(&destination.name);
+    }
+    for destination in config.destinations.iter().filter(|d| d.filter.is_some()) {
+        ctx.metrics.filtered_destination_started(&destination.name);
     }
 }
 
@@ -133,9 +146,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &ctx.config;
-    // Subscribed before the routes are built, so no reload falls between the two.
-    let mut live = ctx.live.subscribe();
-    let in_force = live.borrow_and_update().clone();
+    let in_force = ctx.live.current();
     // The committers outlive the HTTP server's graceful stop, which waits for in-flight
     // requests (and so for their commits); they are stopped after it.
     let committers_stop = CancellationToken::new();
@@ -160,22 +171,13 @@ pub async fn run(
         },
         committers_stop.clone(),
     );
-    for source in &in_force.sources {
-        ctx.metrics.source_started(&source.name);
-    }
-    for destination in in_force.destinations.iter().filter(|d| d.ordering.is_some()) {
-        ctx.metrics.ordered_destination_started(&destination.name);
-    }
-    for destination in in_force.destinations.iter().filter(|d| d.filter.is_some()) {
-        ctx.metrics.filtered_destination_started(&destination.name);
-    }
+    started(&ctx, &in_force);
     let state = web::Data::new(IngestState {
-        routes: RwLock::new(Arc::new(Routes::new(&in_force))),
+        routes: RwLock::new((in_force.clone(), Arc::new(Routes::new(&in_force)))),
         bodies: body::BodyReader::new(&config.ingest),
         ctx: ctx.clone(),
         committer,
     });
-    let reloads = tokio::spawn(follow_reloads(state.clone(), live));
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(mount))
         .workers(workers)
@@ -187,7 +189,6 @@ pub async fn run(
         .shutdown_timeout(ctx.config.shutdown.grace_period.as_secs())
         .run();
     let served = crate::listener::serve_until_cancelled(server, shutdown).await;
-    reloads.abort();
     committers_stop.cancel();
     for committer in committers {
         let _ = committer.await;
@@ -398,6 +399,7 @@ async fn receive_for(
             traceparent: crate::telemetry::context::traceparent(&tracing::Span::current()),
             deliveries,
             filtered,
+            dedup: source.dedup.as_ref().and_then(|rule| rule.key(&payload)),
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
             // Every field was checked above, so this is relayd's own bug: not a 4xx the

@@ -47,6 +47,7 @@ fn event(event_id: &str) -> BatchEvent {
         headers: serde_json::json!({}),
         traceparent: None,
         filtered: None,
+        dedup: None,
         deliveries: vec![NewDelivery {
             id: Uuid::now_v7(),
             destination: "billing".into(),

@@ -8,6 +8,7 @@ mod support;
 mod batches;
 mod browser;
 mod cli;
+mod dedup;
 mod deploy;
 mod filters;
 mod flow;

@@ -239,7 +239,8 @@ async fn each_rule_deletes_what_is_older_than_its_horizon_and_never_what_is_in_f
             (Kind::DeliveredEvents, 2),
             (Kind::DeadEvents, 1),
             (Kind::OrderingKeys, 0),
-            (Kind::ReplayJobs, 0)
+            (Kind::ReplayJobs, 0),
+            (Kind::DedupKeys, 0)
         ],
         "attempts older than 30 days: 2 + 2 of the old events, 1 of the kept dead one"
     );
@@ -287,7 +288,8 @@ async fn a_zero_duration_disables_its_rule() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(report.deleted, vec![(Kind::DeadEvents, 1)]);
+    // Expired dedup keys always go (they decide nothing); no rule turns that off.
+    assert_eq!(report.deleted, vec![(Kind::DeadEvents, 1), (Kind::DedupKeys, 0)]);
     assert!(exists(&db, delivered_old).await);
     assert!(!exists(&db, dead_old).await);
     // With the attempts rule off, the pruned event's attempt still goes with it.
