@@ -1,5 +1,6 @@
 //! The dashboard in a real headless Chromium (events, detail, replay; the destinations
-//! page's pause and resume; an ordered key waiting, and skip; replay jobs' progress and cancel), driven through chromedriver's WebDriver
+//! page's pause and resume; an ordered key waiting, and skip; replay jobs' progress and
+//! cancel; what a payload filter refused), driven through chromedriver's WebDriver
 //! HTTP API (a few JSON calls; no extra client crate). Needs Debian's `chromium` and
 //! `chromium-driver` (installed on first need, [`crate::support::tools`]); `RELAYD_SKIP_BROWSER=1` opts out
 //! explicitly on a machine without them.
@@ -456,6 +457,51 @@ async fn dashboard_shows_a_waiting_key_and_skips_the_delivery_that_blocks_it() {
         .await;
     let order: Vec<String> = sink.received().iter().map(|r| r.event_id()).collect();
     assert_eq!(order, ["evt_ui_k1", "evt_ui_k1", "evt_ui_k2"]);
+    browser.quit().await;
+    relayd.stop().await.unwrap();
+}
+
+/// A payload filter on the dashboard: the event a filter kept from a destination lists
+/// that destination as filtered, and its panel says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_shows_which_destinations_a_filter_kept_an_event_from() {
+    if std::env::var("RELAYD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("RELAYD_SKIP_BROWSER=1: the dashboard browser test is skipped");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing", "big"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let destinations = vec![
+        to_sink("billing", &sink),
+        DestinationConfig {
+            filter: Some("body.data.object.amount_due > 100000".into()),
+            ..to_sink("big", &sink)
+        },
+    ];
+    let relayd = Relayd::start(config(&db, &broker, destinations), &[Role::Ingest]).await;
+    post_stripe(
+        &reqwest::Client::new(),
+        &relayd.url("/webhooks/stripe"),
+        &stripe_event("evt_ui_small", "invoice.paid"),
+    )
+    .await;
+    let browser = Browser::logged_in(&relayd).await;
+    browser
+        .wait_until(
+            "the event listed with its delivery and the destination its filter refused",
+            "const t = document.querySelector('#events')?.innerText || ''; \
+             return t.includes('evt_ui_small') && t.includes('billing: pending') && t.includes('big: filtered');",
+        )
+        .await;
+    browser.click("tr.event:nth-child(1)").await;
+    browser
+        .wait_until(
+            "the panel's Filtered out table",
+            "const d = document.querySelector('#filtered'); return !!d && d.innerText.includes('big') \
+             && d.innerText.includes('no match');",
+        )
+        .await;
     browser.quit().await;
     relayd.stop().await.unwrap();
 }
