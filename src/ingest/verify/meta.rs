@@ -159,6 +159,32 @@ mod tests {
         assert!(verifier().verify(&headers, &changed, SystemTime::now()).is_err());
     }
 
+    /// Meta publishes no test vector for `X-Hub-Signature-256`; the header is GitHub's
+    /// scheme exactly (`sha256=` + hex HMAC-SHA256 of the raw body under the secret), so
+    /// GitHub's documented example ("Validating webhook deliveries": this secret, the
+    /// body `Hello, World!`) must verify as Meta's too.
+    #[test]
+    fn the_documented_x_hub_signature_256_example_verifies() {
+        let verifier = MetaVerifier::new(vec![b"It's a Secret to Everybody".to_vec()], "t");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static(SIGNATURE),
+            HeaderValue::from_static(
+                "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            ),
+        );
+        // The signature holds; the body is then refused only for not being a notification.
+        let verified = verifier.verify(&headers, b"Hello, World!", SystemTime::now());
+        assert!(
+            !matches!(verified, Err(Error::InvalidSignature(_))),
+            "{verified:?}"
+        );
+        assert!(matches!(
+            verifier.verify(&headers, b"Hello, World?", SystemTime::now()),
+            Err(Error::InvalidSignature(_))
+        ));
+    }
+
     #[test]
     fn the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token() {
         let answer = verifier()
