@@ -422,17 +422,6 @@ mod tests {
         }
     }
 
-    fn header_map(request: &SignedRequest) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &request.headers {
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        headers
-    }
-
     /// What `relayd send-test-event` sends is what ingest accepts, for every kind: the
     /// id and type arrive where the source reads them, and the signature holds only for
     /// the configured secret.
@@ -457,7 +446,7 @@ mod tests {
             let event = if i == 14 { &interaction } else { &event };
             let request = verifier.sign(event).unwrap();
             let verified = verifier
-                .verify(&header_map(&request), &request.body, event.at)
+                .verify(&request.header_map(), &request.body, event.at)
                 .unwrap_or_else(|e| panic!("kind #{i}: {e}"));
             let hashed = i == 5 || i == 10 || i == 12; // hmac by body hash; zoom and meta: no ids
             let untyped = i == 5 || i == 6;
@@ -486,7 +475,7 @@ mod tests {
             assert!(
                 matches!(
                     for_source(&source(kind, &["other"])).verify(
-                        &header_map(&request),
+                        &request.header_map(),
                         &request.body,
                         event.at
                     ),
@@ -499,7 +488,7 @@ mod tests {
             let request = verifiers[i].sign(&event).unwrap();
             assert!(
                 matches!(
-                    stranger.verify(&header_map(&request), &request.body, event.at),
+                    stranger.verify(&request.header_map(), &request.body, event.at),
                     Err(Error::InvalidSignature(_))
                 ),
                 "kind #{i} verified under another secret"

@@ -46,6 +46,22 @@ pub struct SignedRequest {
     pub body: Vec<u8>,
 }
 
+#[cfg(test)]
+impl SignedRequest {
+    /// The headers as a request would carry them.
+    pub fn header_map(&self) -> actix_web::http::header::HeaderMap {
+        use actix_web::http::header::{HeaderName, HeaderValue};
+        let mut map = actix_web::http::header::HeaderMap::new();
+        for (name, value) in &self.headers {
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(value).expect("a header value"),
+            );
+        }
+        map
+    }
+}
+
 /// A request being built by a verifier's `sign`.
 pub(super) struct Draft {
     headers: Vec<(String, String)>,

@@ -197,13 +197,7 @@ mod tests {
         let v = verifier(&[SECRET]);
         let sample = SampleEvent::new("Ev0RELAYD1", "app_mention");
         let request = v.sign(&sample).unwrap();
-        let mut map = HeaderMap::new();
-        for (name, value) in &request.headers {
-            map.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
+        let map = request.header_map();
         let event = v.verify(&map, &request.body, sample.at).unwrap();
         assert_eq!(
             (event.event_id.as_str(), event.event_type.as_str()),
