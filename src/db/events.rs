@@ -158,7 +158,8 @@ macro_rules! insert_events_and {
              dedup AS ( \
                  INSERT INTO dedup_keys AS d (source, key, event_id, expires_at) \
                  SELECT source, dedup_key, id, now() + dedup_ms * interval '1 millisecond' \
-                 FROM (SELECT DISTINCT ON (source, dedup_key) * FROM input WHERE dedup_key IS NOT NULL \
+                 FROM (SELECT DISTINCT ON (source, dedup_key) id, source, dedup_key, dedup_ms FROM input \
+                       WHERE dedup_key IS NOT NULL \
                        ORDER BY source, dedup_key, n) first \
                  ORDER BY source, dedup_key \
                  ON CONFLICT (source, key) DO UPDATE \

@@ -366,11 +366,7 @@ async fn receive_for(
                     .ctx
                     .metrics
                     .filtered(refusal.destination, refusal.error.is_some());
-                let reason = refusal.error.as_deref().map_or_else(
-                    || "no match".to_string(),
-                    |e| format!("error: {}", e.chars().take(200).collect::<String>()),
-                );
-                reasons.insert(refusal.destination.to_string(), reason.into());
+                reasons.insert(refusal.destination.to_string(), refusal.reason().into());
             }
             serde_json::Value::Object(reasons)
         });

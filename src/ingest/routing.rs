@@ -34,6 +34,16 @@ pub struct Refusal<'a> {
     pub error: Option<String>,
 }
 
+impl Refusal<'_> {
+    /// As the event keeps it: `no match`, or `error: …` (cut to 200 characters).
+    pub fn reason(&self) -> String {
+        match &self.error {
+            None => "no match".to_string(),
+            Some(error) => format!("error: {}", error.chars().take(200).collect::<String>()),
+        }
+    }
+}
+
 /// Matches events to destinations.
 #[derive(Debug)]
 pub struct Router {

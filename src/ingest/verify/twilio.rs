@@ -92,10 +92,9 @@ fn port_variants(url: &str) -> [String; 2] {
     ]
 }
 
-/// What follows the URL in the signed string of a form body: each name with each of its
-/// distinct values, names and values sorted.
-fn signed_params(body: &[u8]) -> Result<String, Error> {
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(body)
+/// A form body's parameters, in order (at most [`MAX_PARAMS`]).
+fn form_params(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(body)
         .take(MAX_PARAMS + 1)
         .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect();
@@ -104,9 +103,19 @@ fn signed_params(body: &[u8]) -> Result<String, Error> {
             "a Twilio form body has at most {MAX_PARAMS} parameters"
         )));
     }
-    params.sort();
-    params.dedup();
-    Ok(params.into_iter().map(|(name, value)| name + &value).collect())
+    Ok(params)
+}
+
+/// What follows the URL in the signed string of a form body: each name with each of its
+/// distinct values, names and values sorted.
+fn signed_params(params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+        .into_iter()
+        .map(|(name, value)| format!("{name}{value}"))
+        .collect()
 }
 
 /// The type a request's parameters (or JSON body) name.
@@ -155,10 +164,11 @@ impl Verifier for TwilioVerifier {
             .map(|(_, hash)| hash.into_owned());
         // A JSON body is signed through its hash in the URL; a form body parameter by
         // parameter.
-        let params = match &body_hash {
-            Some(_) => String::new(),
-            None => signed_params(body)?,
+        let form = match &body_hash {
+            Some(_) => Vec::new(),
+            None => form_params(body)?,
         };
+        let params = signed_params(&form);
         let suffix = if query.is_empty() {
             String::new()
         } else {
@@ -185,14 +195,6 @@ impl Verifier for TwilioVerifier {
             }
         }
         let json = Body::new(body);
-        let form: Vec<(String, String)> = if body_hash.is_some() {
-            Vec::new()
-        } else {
-            form_urlencoded::parse(body)
-                .take(MAX_PARAMS)
-                .map(|(n, v)| (n.into_owned(), v.into_owned()))
-                .collect()
-        };
         let event_id = match header_str(headers, IDEMPOTENCY_TOKEN)
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -226,7 +228,7 @@ impl Verifier for TwilioVerifier {
             .append_pair("Body", "sent by relayd send-test-event")
             .finish()
             .into_bytes();
-        let params = signed_params(&body).unwrap_or_default();
+        let params = signed_params(&form_params(&body).unwrap_or_default());
         let key = self.secrets.first().map_or(&[][..], Vec::as_slice);
         let mac = signing::sign_with(
             hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
