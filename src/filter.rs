@@ -151,6 +151,123 @@ impl Filter {
     }
 }
 
+/// What every event a filter matches must have, as far as the database can tell: its
+/// top-level conjunctions of `body.path == literal`, `event_type == "…"`,
+/// `event_type.startsWith("…")` and `source == "…"`. A search narrows its query with it
+/// (the body's GIN index answers the containments) and evaluates the filter itself on
+/// what is left, so the narrowing needs to be a superset only: a CEL `==` that is true
+/// means the value at that path is the literal, so the body contains it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Narrowing {
+    /// JSON documents the body contains (`@>`), one per equality.
+    pub contains: Vec<serde_json::Value>,
+    pub event_type: Option<String>,
+    pub event_type_prefix: Option<String>,
+    pub source: Option<String>,
+}
+
+impl Filter {
+    /// See [`Narrowing`].
+    pub fn narrowing(&self) -> Narrowing {
+        let mut narrowing = Narrowing::default();
+        narrow(self.program.expression(), &mut narrowing);
+        narrowing
+    }
+}
+
+fn narrow(node: &IdedExpr, into: &mut Narrowing) {
+    use cel::common::ast::operators;
+    let Expr::Call(call) = &node.expr else { return };
+    match (
+        call.func_name.as_str(),
+        call.target.as_deref(),
+        call.args.as_slice(),
+    ) {
+        (operators::LOGICAL_AND, None, [left, right]) => {
+            narrow(left, into);
+            narrow(right, into);
+        }
+        (operators::EQUALS, None, [left, right]) => {
+            let (path, literal) = match (body_path(left), literal_json(right)) {
+                (Some(path), Some(literal)) => (path, literal),
+                _ => match (body_path(right), literal_json(left)) {
+                    (Some(path), Some(literal)) => (path, literal),
+                    _ => {
+                        let text = |n: &IdedExpr| match literal_json(n) {
+                            Some(serde_json::Value::String(s)) => Some(s),
+                            _ => None,
+                        };
+                        for (variable, value) in [(left, right), (right, left)] {
+                            match (ident(variable), text(value)) {
+                                ("event_type", Some(value)) => into.event_type = Some(value),
+                                ("source", Some(value)) => into.source = Some(value),
+                                _ => {}
+                            }
+                        }
+                        return;
+                    }
+                },
+            };
+            let document = path
+                .into_iter()
+                .rev()
+                .fold(literal, |inner, field| serde_json::json!({ field: inner }));
+            into.contains.push(document);
+        }
+        ("startsWith", Some(target), [prefix]) if ident(target) == "event_type" => {
+            if let Some(serde_json::Value::String(prefix)) = literal_json(prefix) {
+                into.event_type_prefix = Some(prefix);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The name of a bare variable, `""` for anything else.
+fn ident(node: &IdedExpr) -> &str {
+    match &node.expr {
+        Expr::Ident(name) => name.as_str(),
+        _ => "",
+    }
+}
+
+/// The fields of a chain `body.a.b`, root first; `None` for anything else.
+fn body_path(node: &IdedExpr) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut operand = node;
+    while let Expr::Select(select) = &operand.expr {
+        if select.test {
+            return None;
+        }
+        fields.push(select.field.clone());
+        operand = &select.operand;
+    }
+    match &operand.expr {
+        Expr::Ident(name) if name == "body" && !fields.is_empty() => {
+            fields.reverse();
+            Some(fields)
+        }
+        _ => None,
+    }
+}
+
+/// A scalar literal as JSON; `None` for bytes, a non-finite double, or a non-literal.
+fn literal_json(node: &IdedExpr) -> Option<serde_json::Value> {
+    use cel::common::ast::LiteralValue;
+    let Expr::Literal(literal) = &node.expr else {
+        return None;
+    };
+    Some(match literal {
+        LiteralValue::Boolean(b) => serde_json::Value::Bool(*b.inner()),
+        LiteralValue::Int(i) => serde_json::Value::from(*i.inner()),
+        LiteralValue::UInt(u) => serde_json::Value::from(*u.inner()),
+        LiteralValue::Double(d) => serde_json::Number::from_f64(*d.inner()).map(serde_json::Value::Number)?,
+        LiteralValue::String(s) => serde_json::Value::String(s.inner().to_string()),
+        LiteralValue::Null => serde_json::Value::Null,
+        LiteralValue::Bytes(_) => return None,
+    })
+}
+
 /// Refuses brackets nested deeper than [`MAX_NESTING`] (outside string literals), at the
 /// first one too deep.
 fn check_nesting(text: &str) -> Result<(), CompileError> {
@@ -479,6 +596,45 @@ mod tests {
         };
         assert_eq!(root.map.len(), 2, "data and livemode only");
         assert_eq!(Filter::compile(r#"body["type"] == "x""#).unwrap().paths, None);
+    }
+
+    #[test]
+    fn the_narrowing_is_what_every_match_must_contain() {
+        let narrowing = Filter::compile(
+            r#"body.data.object.customer == "cus_123" && event_type.startsWith("invoice.")
+               && (body.data.object.amount_paid > 1000 && 2500 == body.data.object.amount_paid)
+               && source == "stripe" && body.livemode == true"#,
+        )
+        .unwrap()
+        .narrowing();
+        assert_eq!(
+            narrowing.contains,
+            vec![
+                serde_json::json!({"data": {"object": {"customer": "cus_123"}}}),
+                serde_json::json!({"data": {"object": {"amount_paid": 2500}}}),
+                serde_json::json!({"livemode": true}),
+            ]
+        );
+        assert_eq!(narrowing.event_type_prefix.as_deref(), Some("invoice."));
+        assert_eq!(narrowing.source.as_deref(), Some("stripe"));
+        // A disjunction, a negation or a comparison narrows nothing (a superset only).
+        for open in [
+            r#"body.a == 1 || body.b == 2"#,
+            r#"!(body.a == 1)"#,
+            r#"body.a >= 1"#,
+            r#"body.a != 1"#,
+            r#"event_type == body.type"#,
+        ] {
+            assert_eq!(
+                Filter::compile(open).unwrap().narrowing(),
+                Narrowing::default(),
+                "{open}"
+            );
+        }
+        let typed = Filter::compile(r#"event_type == "invoice.paid""#)
+            .unwrap()
+            .narrowing();
+        assert_eq!(typed.event_type.as_deref(), Some("invoice.paid"));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum ApiError {
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// A search that PostgreSQL stopped at its statement timeout: too broad to answer
+    /// now; the message says how to narrow it.
+    #[error("{0}")]
+    SearchTooBroad(String),
 }
 
 impl ApiError {
@@ -73,6 +77,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::SearchTooBroad(_) => "search_too_broad",
         }
     }
 }
@@ -104,8 +109,7 @@ impl ResponseError for ApiError {
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Unavailable(_) | Self::SearchTooBroad(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -26,6 +26,7 @@ pub mod reload;
 pub mod replay;
 pub mod retention;
 pub mod retry;
+pub mod search;
 pub mod signing;
 pub mod telemetry;
 pub mod wake;

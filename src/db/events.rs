@@ -25,6 +25,17 @@ pub struct BatchEvent {
     pub filtered: Option<serde_json::Value>,
     /// Its key under its source's dedup rule, if the source has one and it has a key.
     pub dedup: Option<Dedup>,
+    /// The payload is JSON that `jsonb` can hold ([`searchable`]): it is stored as the
+    /// searchable `body` too.
+    pub searchable: bool,
+}
+
+/// Whether a payload can be stored as `jsonb` too: it parsed as JSON (`json`) and holds
+/// no `\u0000`, which `jsonb` refuses (the statement would fail for the whole batch).
+/// Everything else serde_json accepts, PostgreSQL does: both take strict RFC 8259,
+/// serde_json refuses lone surrogates and numbers beyond `f64`, and nests at most 128.
+pub fn searchable(json: Option<&serde_json::Value>, payload: &[u8]) -> bool {
+    json.is_some() && !payload.windows(6).any(|w| w == b"\\u0000")
 }
 
 /// An event's dedup key ([`crate::ingest`]'s rule) and how long it holds.
@@ -108,6 +119,7 @@ pub async fn insert_batch_with_outbox(
                 })
                 .collect::<Vec<_>>(),
         )
+        .bind::<Array<diesel::sql_types::Bool>, _>(batch.iter().map(|e| e.searchable).collect::<Vec<_>>())
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(_, d)| d.id).collect::<Vec<_>>())
         .bind::<Array<diesel::sql_types::Uuid>, _>(outbox.iter().map(|(event, _)| *event).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(
@@ -137,7 +149,8 @@ pub async fn insert_batch_with_outbox(
 
 /// The statement of [`INSERT_SQL`] and [`INSERT_ORDERED_SQL`] around their `outbox`
 /// part: the events (`$1`–`$9` their columns, `$10`/`$11` their dedup keys and windows
-/// in milliseconds, NULL without) first, then `middle`, then the deliveries counted per
+/// in milliseconds, NULL without, `$12` whether the payload is stored as `body` too)
+/// first, then `middle`, then the deliveries counted per
 /// stored event.
 ///
 /// An event with a dedup key is stored only if it claims the key: inserted, or taking
@@ -152,9 +165,9 @@ macro_rules! insert_events_and {
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
                                       $6::text[], $7::jsonb[], $8::text[], $9::jsonb[], $10::bytea[], \
-                                      $11::bigint[]) WITH ORDINALITY \
+                                      $11::bigint[], $12::bool[]) WITH ORDINALITY \
                      AS t(id, source, event_id, event_type, payload, content_type, headers, traceparent, \
-                          filtered, dedup_key, dedup_ms, n)), \
+                          filtered, dedup_key, dedup_ms, searchable, n)), \
              dedup AS ( \
                  INSERT INTO dedup_keys AS d (source, key, event_id, expires_at) \
                  SELECT source, dedup_key, id, now() + dedup_ms * interval '1 millisecond' \
@@ -167,8 +180,10 @@ macro_rules! insert_events_and {
                      WHERE d.expires_at <= now() \
                  RETURNING d.event_id), \
              event AS ( \
-                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered) \
-                 SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered FROM input \
+                 INSERT INTO events (id, source, event_id, event_type, payload, content_type, headers, traceparent, \
+                                     filtered, body) \
+                 SELECT id, source, event_id, event_type, payload, content_type, headers, traceparent, filtered, \
+                        CASE WHEN searchable THEN convert_from(payload, 'UTF8')::jsonb END FROM input \
                  WHERE dedup_key IS NULL OR id IN (SELECT event_id FROM dedup) \
                  ORDER BY source, event_id \
                  ON CONFLICT (source, event_id) DO NOTHING \
@@ -180,17 +195,17 @@ macro_rules! insert_events_and {
     };
 }
 
-/// The events and their rows: `$12`–`$14` the deliveries' id, event and destination.
+/// The events and their rows: `$13`–`$15` the deliveries' id, event and destination.
 const INSERT_SQL: &str = insert_events_and!(
     "outbox AS ( \
          INSERT INTO deliveries (id, event_id, destination, status) \
          SELECT d.id, d.event_uuid, d.destination, 'pending' \
-         FROM unnest($12::uuid[], $13::uuid[], $14::text[]) AS d(id, event_uuid, destination) \
+         FROM unnest($13::uuid[], $14::uuid[], $15::text[]) AS d(id, event_uuid, destination) \
          JOIN event ON event.id = d.event_uuid \
          RETURNING event_id)"
 );
 
-/// [`INSERT_SQL`] with `$15`, the deliveries' ordering keys (NULL: unordered). Only
+/// [`INSERT_SQL`] with `$16`, the deliveries' ordering keys (NULL: unordered). Only
 /// the stored events' deliveries are numbered (a duplicate leaves no gap); the keys'
 /// rows are upserted in key order (after every event row, since the count needs them
 /// all), so concurrent batches queue on them in one order.
@@ -198,7 +213,7 @@ const INSERT_ORDERED_SQL: &str = insert_events_and!(
     "wanted AS ( \
          SELECT d.id, d.event_uuid, d.destination, d.key, \
                 row_number() OVER (PARTITION BY d.destination, d.key ORDER BY d.n) AS rank \
-         FROM unnest($12::uuid[], $13::uuid[], $14::text[], $15::text[]) WITH ORDINALITY \
+         FROM unnest($13::uuid[], $14::uuid[], $15::text[], $16::text[]) WITH ORDINALITY \
              AS d(id, event_uuid, destination, key, n) \
          JOIN event ON event.id = d.event_uuid), \
      counted AS ( \
@@ -391,13 +406,67 @@ pub struct Event {
     pub filtered: Option<serde_json::Value>,
 }
 
+/// What the database checks of an event in a search, a replay or the stream: every
+/// field optional. (A search's `where` narrows these, [`crate::filter::Narrowing`], and
+/// is evaluated on what they leave.)
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EventConditions {
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type_prefix: Option<String>,
+    /// Received at or after.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Received before.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// JSON documents the body contains (`@>`, the GIN index): events without a JSON
+    /// body never match one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contains: Vec<serde_json::Value>,
+}
+
+impl EventConditions {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `query` narrowed to the events these conditions select.
+    pub fn apply<'a, ST: 'a>(
+        &self,
+        mut query: events::BoxedQuery<'a, diesel::pg::Pg, ST>,
+    ) -> events::BoxedQuery<'a, diesel::pg::Pg, ST> {
+        use diesel::PgJsonbExpressionMethods;
+        if let Some(source) = &self.source {
+            query = query.filter(events::source.eq(source.clone()));
+        }
+        if let Some(event_type) = &self.event_type {
+            query = query.filter(events::event_type.eq(event_type.clone()));
+        }
+        if let Some(prefix) = &self.event_type_prefix {
+            query = query.filter(events::event_type.like(format!("{}%", escape_like(prefix))));
+        }
+        if let Some(since) = self.since {
+            query = query.filter(events::received_at.ge(since));
+        }
+        if let Some(until) = self.until {
+            query = query.filter(events::received_at.lt(until));
+        }
+        for document in &self.contains {
+            query = query.filter(events::body.contains(document.clone()));
+        }
+        query
+    }
+}
+
 /// Filters of the event list; every field optional.
 #[derive(Debug, Default, Clone)]
 pub struct EventFilter {
-    pub source: Option<String>,
-    pub event_type: Option<String>,
+    pub conditions: EventConditions,
     /// Events with at least one delivery in this status.
     pub status: Option<String>,
+    /// Events with a delivery to this destination.
+    pub destination: Option<String>,
     /// A prefix of the provider's event id.
     pub q: Option<String>,
     /// Keyset cursor: only events older than this id (ids are time-ordered UUIDv7).
@@ -405,34 +474,55 @@ pub struct EventFilter {
     pub limit: i64,
 }
 
+/// An event a search found: its summary, and its body for a `where` to evaluate.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+pub struct Found {
+    #[diesel(embed)]
+    pub summary: EventSummary,
+    pub body: Option<serde_json::Value>,
+}
+
 /// Newest first.
-pub async fn list(conn: &mut AsyncPgConnection, filter: &EventFilter) -> QueryResult<Vec<EventSummary>> {
-    use super::schema::deliveries;
-    let mut query = events::table
-        .select(EventSummary::as_select())
-        .order(events::id.desc())
-        .limit(filter.limit)
-        .into_boxed();
-    if let Some(source) = &filter.source {
-        query = query.filter(events::source.eq(source));
-    }
-    if let Some(event_type) = &filter.event_type {
-        query = query.filter(events::event_type.eq(event_type));
-    }
+pub async fn list(conn: &mut AsyncPgConnection, filter: &EventFilter) -> QueryResult<Vec<Found>> {
+    let mut query = filter.conditions.apply(
+        events::table
+            .select(Found::as_select())
+            .order(events::id.desc())
+            .limit(filter.limit)
+            .into_boxed(),
+    );
     if let Some(q) = &filter.q {
         query = query.filter(events::event_id.like(format!("{}%", escape_like(q))));
     }
     if let Some(before) = filter.before {
         query = query.filter(events::id.lt(before));
     }
-    if let Some(status) = &filter.status {
-        query = query.filter(diesel::dsl::exists(
-            deliveries::table
-                .filter(deliveries::event_id.eq(events::id))
-                .filter(deliveries::status.eq(status.clone())),
-        ));
+    owed(query, filter.status.as_deref(), filter.destination.as_deref())
+        .load(conn)
+        .await
+}
+
+/// `query` narrowed to the events with a delivery in `status` and to `destination`
+/// (`None`: either). Written out: diesel cannot box a subquery that reads the outer row.
+pub fn owed<'a, ST: 'a>(
+    query: events::BoxedQuery<'a, diesel::pg::Pg, ST>,
+    status: Option<&str>,
+    destination: Option<&str>,
+) -> events::BoxedQuery<'a, diesel::pg::Pg, ST> {
+    use diesel::sql_types::{Nullable, Text};
+    if status.is_none() && destination.is_none() {
+        return query;
     }
-    query.load(conn).await
+    query.filter(
+        diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = coalesce(",
+        )
+        .bind::<Nullable<Text>, _>(status.map(str::to_string))
+        .sql(", d.status) AND d.destination = coalesce(")
+        .bind::<Nullable<Text>, _>(destination.map(str::to_string))
+        .sql(", d.destination))"),
+    )
 }
 
 /// `LIKE` treats `%`, `_` and `\` specially; a user's search text must not.

@@ -66,6 +66,8 @@ diesel::table! {
         received_at -> Timestamptz,
         traceparent -> Nullable<Text>,
         filtered -> Nullable<Jsonb>,
+        body -> Nullable<Jsonb>,
+        txid -> Nullable<Int8>,
     }
 }
 

@@ -396,6 +396,7 @@ async fn receive_for(
             deliveries,
             filtered,
             dedup: source.dedup.as_ref().and_then(|rule| rule.key(&payload)),
+            searchable: crate::db::events::searchable(payload.json(), &body),
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
             // Every field was checked above, so this is relayd's own bug: not a 4xx the

@@ -48,6 +48,7 @@ fn event(event_id: &str) -> BatchEvent {
         traceparent: None,
         filtered: None,
         dedup: None,
+        searchable: true,
         deliveries: vec![NewDelivery {
             id: Uuid::now_v7(),
             destination: "billing".into(),

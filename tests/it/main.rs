@@ -25,6 +25,7 @@ mod relay;
 mod reload;
 mod replays;
 mod retention;
+mod search;
 mod statements;
 mod tls;
 mod traces;

@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{connection, cursor, limit, next_cursor, non_empty, parse_id, parse_status};
+use super::{connection, cursor, limit, non_empty, parse_id, parse_status, parse_time};
 use crate::context::AppContext;
-use crate::db::events::{self, EventFilter};
+use crate::db::events::{self, EventConditions, EventFilter};
 use crate::db::{attempts, deliveries};
 use crate::http_error::ApiError;
+use crate::search::{self, Search, Terms};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +20,16 @@ pub(super) struct EventsQuery {
     source: Option<String>,
     event_type: Option<String>,
     status: Option<String>,
+    destination: Option<String>,
     q: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// JSON the body contains ([`crate::search`]).
+    #[serde(rename = "match")]
+    matches: Option<String>,
+    /// A filter-language expression the event satisfies.
+    #[serde(rename = "where")]
+    filter: Option<String>,
     limit: Option<i64>,
     before: Option<String>,
 }
@@ -39,16 +49,30 @@ pub(super) async fn list(
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
+    let search = Search::new(
+        EventConditions {
+            source: non_empty(query.source),
+            event_type: non_empty(query.event_type),
+            since: parse_time("since", query.since)?,
+            until: parse_time("until", query.until)?,
+            ..EventConditions::default()
+        },
+        Terms {
+            matches: query.matches,
+            filter: query.filter,
+        },
+    )?;
     let filter = EventFilter {
-        source: non_empty(query.source),
-        event_type: non_empty(query.event_type),
         status: parse_status(&query.status)?,
+        destination: non_empty(query.destination),
         q: non_empty(query.q),
         before: cursor(query.before)?,
         limit: limit(query.limit)?,
+        ..EventFilter::default()
     };
     let mut conn = connection(&ctx).await?;
-    let page = events::list(&mut conn, &filter).await?;
+    let found = search::page(&mut conn, &search, filter, ctx.config.database.query_timeout).await?;
+    let page: Vec<_> = found.found.iter().map(|f| &f.summary).collect();
     let ids: Vec<Uuid> = page.iter().map(|e| e.id).collect();
     let mut by_event: std::collections::HashMap<Uuid, Vec<DeliverySummary>> = Default::default();
     for d in deliveries::for_events(&mut conn, &ids).await? {
@@ -60,17 +84,26 @@ pub(super) async fn list(
             last_status_code: d.last_status_code,
         });
     }
-    let next_cursor = next_cursor(page.len(), filter.limit, page.last().map(|e| e.id));
-    let items: Vec<serde_json::Value> = page
-        .into_iter()
+    let items: Vec<serde_json::Value> = found
+        .found
+        .iter()
         .map(|event| {
-            let deliveries = by_event.remove(&event.id).unwrap_or_default();
-            let mut item = serde_json::to_value(&event).unwrap_or_default();
+            let deliveries = by_event.remove(&event.summary.id).unwrap_or_default();
+            let mut item = serde_json::to_value(&event.summary).unwrap_or_default();
             item["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+            item["body_searchable"] = event.body.is_some().into();
             item
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+    let mut answer = json!({ "items": items, "next_cursor": found.next_cursor });
+    if !search.terms.is_empty() {
+        // A `where` page that stopped at its budget says how far it read; every
+        // payload search says what it cannot see.
+        answer["scanned"] = found.scanned.into();
+        answer["complete"] = found.complete.into();
+        answer["not_searched"] = search::NOT_SEARCHED.into();
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// `GET /admin/api/events/{id}`: the event with its payload, headers, deliveries and

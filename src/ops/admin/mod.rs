@@ -173,6 +173,20 @@ pub(super) fn parse_status(text: &Option<String>) -> Result<Option<String>, ApiE
     }
 }
 
+/// `since`/`until`: an RFC 3339 time (`2026-12-07T10:00:00Z`).
+pub(super) fn parse_time(
+    name: &str,
+    text: Option<String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    non_empty(text)
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map(|at| at.with_timezone(&chrono::Utc))
+                .map_err(|e| ApiError::BadRequest(format!("{name} is not an RFC 3339 time ({e}): {t:?}")))
+        })
+        .transpose()
+}
+
 pub(super) fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     match requested {
         None => Ok(DEFAULT_LIMIT),
