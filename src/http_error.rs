@@ -57,6 +57,8 @@ pub enum ApiError {
     /// now; the message says how to narrow it.
     #[error("{0}")]
     SearchTooBroad(String),
+    #[error("{0} event streams are open already; try again later")]
+    TooManyStreams(usize),
 }
 
 impl ApiError {
@@ -78,6 +80,7 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
             Self::SearchTooBroad(_) => "search_too_broad",
+            Self::TooManyStreams(_) => "too_many_streams",
         }
     }
 }
@@ -109,7 +112,9 @@ impl ResponseError for ApiError {
             }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Busy | Self::Unavailable(_) | Self::SearchTooBroad(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Unavailable(_) | Self::SearchTooBroad(_) | Self::TooManyStreams(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,7 +140,7 @@ impl ResponseError for ApiError {
             // The rest of the body is not read: close rather than drain it.
             response.force_close();
         }
-        if matches!(self, Self::Unavailable(_) | Self::Busy) {
+        if matches!(self, Self::Unavailable(_) | Self::Busy | Self::TooManyStreams(_)) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
         }
         response.json(json!({ "error": self.code(), "message": self.to_string() }))

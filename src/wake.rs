@@ -7,7 +7,9 @@
 //! relays elsewhere hear it through [`listen`], which holds its own connection, pings
 //! it, and replaces it by itself when it fails or stops answering. A lost wake-up
 //! (database down, a connection being replaced) only delays a relay until its poll
-//! interval. Both tasks stop with their shutdown token.
+//! interval. Both tasks stop with their shutdown token. Ingest also counts its commits
+//! of new events ([`OutboxWake::events_stored`]), which wakes the admin API's event
+//! streams in this process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,9 @@ pub struct OutboxWake {
     /// lock and every relay an empty extra turn (relays elsewhere still find the rows
     /// on their poll interval).
     remote: Option<Notify>,
+    /// Counts commits of new events in this process, for the admin API's event streams
+    /// here (each watches it; streams in other processes poll).
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl OutboxWake {
@@ -45,7 +50,18 @@ impl OutboxWake {
         Self {
             local: Notify::new(),
             remote: (!local_relay).then(Notify::new),
+            stored: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// New events were committed (whether or not any delivery is due).
+    pub fn events_stored(&self) {
+        self.stored.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes at each [`Self::events_stored`] after this call.
+    pub fn watch_stored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stored.subscribe()
     }
 
     /// Due rows were committed: wake the relay here, or relays elsewhere.

@@ -427,6 +427,24 @@ pub struct EventConditions {
 }
 
 impl EventConditions {
+    /// Events of `source` and of type `event_type`, where `invoice.*` asks for a prefix
+    /// (as a destination's `event_types` do).
+    pub fn of_type(source: Option<String>, event_type: Option<String>) -> Self {
+        let (event_type, event_type_prefix) = match event_type {
+            Some(pattern) => match pattern.strip_suffix('*') {
+                Some(prefix) => (None, Some(prefix.to_string())),
+                None => (Some(pattern), None),
+            },
+            None => (None, None),
+        };
+        Self {
+            source,
+            event_type,
+            event_type_prefix,
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
@@ -547,4 +565,92 @@ pub async fn oldest_received_at(
         .select(diesel::dsl::min(events::received_at))
         .first(conn)
         .await
+}
+
+/// A place in the event stream: the storing transaction's id and the event's. Events
+/// are streamed in this order, and only once every transaction before them has ended.
+pub type StreamPosition = (i64, Uuid);
+
+/// Where a stream that starts now begins: after every event committed so far, before
+/// any transaction still running (its events are new to the stream).
+pub async fn stream_start(conn: &mut AsyncPgConnection) -> QueryResult<StreamPosition> {
+    #[derive(QueryableByName)]
+    struct Horizon {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        xmin: i64,
+    }
+    let horizon: Horizon =
+        diesel::sql_query("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin")
+            .get_result(conn)
+            .await?;
+    Ok((horizon.xmin - 1, Uuid::max()))
+}
+
+/// The stream position of event `id` (a client's `Last-Event-ID`); `None` when it is
+/// not stored, or was stored before the stream existed.
+pub async fn stream_position_of(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<StreamPosition>> {
+    let txid: Option<Option<i64>> = events::table
+        .find(id)
+        .select(events::txid)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(txid.flatten().map(|txid| (txid, id)))
+}
+
+/// The next `limit` stream positions after `after`, of events whose transaction ended
+/// before the oldest one still running: a transaction that commits later has a larger
+/// id than the horizon, so it can never land behind a position already passed.
+pub async fn stream_next(
+    conn: &mut AsyncPgConnection,
+    after: StreamPosition,
+    limit: i64,
+) -> QueryResult<Vec<StreamPosition>> {
+    #[derive(QueryableByName)]
+    struct Position {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        txid: i64,
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let positions: Vec<Position> = diesel::sql_query(
+        "SELECT txid, id FROM events \
+         WHERE (txid, id) > ($1, $2) AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+         ORDER BY txid, id LIMIT $3",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(after.0)
+    .bind::<diesel::sql_types::Uuid, _>(after.1)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(positions.into_iter().map(|p| (p.txid, p.id)).collect())
+}
+
+/// An event as the stream sends it, with its body for a `where` to evaluate.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+pub struct Streamed {
+    #[diesel(embed)]
+    pub event: Event,
+    pub body: Option<serde_json::Value>,
+}
+
+/// The events among `ids` that `conditions` select and that have a delivery to
+/// `destination` (if asked), in no particular order.
+pub async fn stream_events(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    conditions: &EventConditions,
+    destination: Option<&str>,
+) -> QueryResult<Vec<Streamed>> {
+    let query = conditions.apply(
+        events::table
+            .select(Streamed::as_select())
+            .filter(events::id.eq_any(ids.to_vec()))
+            .into_boxed(),
+    );
+    owed(query, None, destination).load(conn).await
 }

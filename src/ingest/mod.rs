@@ -409,6 +409,7 @@ async fn receive_for(
                 if deliveries > 0 {
                     state.ctx.wake.wake();
                 }
+                state.ctx.wake.events_stored();
                 tracing::info!(event.uuid = %id, deliveries, "accepted");
                 ("accepted", Some(id))
             }

@@ -26,13 +26,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = web::Data::from(ctx);
+    let streams = admin::Streams::new(shutdown.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
-            .configure(|cfg| admin::configure(cfg, &state))
+            .configure(|cfg| admin::configure(cfg, &state, &streams))
             .default_service(web::to(crate::listener::not_found))
     })
     // Probes and scrapes are light: one worker thread is plenty and keeps the cores for

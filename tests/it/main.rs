@@ -27,6 +27,7 @@ mod replays;
 mod retention;
 mod search;
 mod statements;
+mod stream;
 mod tls;
 mod traces;
 mod worker;

@@ -51,11 +51,9 @@ pub(super) async fn list(
     let query = query.into_inner();
     let search = Search::new(
         EventConditions {
-            source: non_empty(query.source),
-            event_type: non_empty(query.event_type),
             since: parse_time("since", query.since)?,
             until: parse_time("until", query.until)?,
-            ..EventConditions::default()
+            ..EventConditions::of_type(non_empty(query.source), non_empty(query.event_type))
         },
         Terms {
             matches: query.matches,
@@ -117,13 +115,7 @@ pub(super) async fn get(ctx: web::Data<AppContext>, id: web::Path<String>) -> Re
     let event_deliveries = deliveries::for_events(&mut conn, &[id]).await?;
     let delivery_ids: Vec<Uuid> = event_deliveries.iter().map(|d| d.id).collect();
     let attempts = attempts::for_deliveries(&mut conn, &delivery_ids).await?;
-    let (payload, encoding) = match String::from_utf8(event.payload) {
-        Ok(text) => (text, "utf-8"),
-        Err(e) => (
-            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
-            "base64",
-        ),
-    };
+    let (payload, encoding) = payload_text(event.payload);
     let deliveries: Vec<serde_json::Value> = event_deliveries
         .into_iter()
         .map(|d| {
@@ -149,4 +141,15 @@ pub(super) async fn get(ctx: web::Data<AppContext>, id: web::Path<String>) -> Re
         // each with why ("no match", or the evaluation's error).
         "filtered": event.filtered.unwrap_or_else(|| json!({})),
     })))
+}
+
+/// A payload as JSON can carry it: its text when it is UTF-8, else base64; and which.
+pub(super) fn payload_text(payload: Vec<u8>) -> (String, &'static str) {
+    match String::from_utf8(payload) {
+        Ok(text) => (text, "utf-8"),
+        Err(e) => (
+            base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+            "base64",
+        ),
+    }
 }

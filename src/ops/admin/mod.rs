@@ -7,7 +7,7 @@
 //! API), so the browser can load it without a header. Malformed ids, unknown query
 //! parameters and bad cursors are 400; unknown ids 404. This module mounts the routes
 //! and holds what every endpoint shares; each resource's handlers are in a module of
-//! their own (events, deliveries, destinations, replays).
+//! their own (events, the event stream, deliveries, destinations, replays).
 
 use std::sync::Arc;
 
@@ -26,6 +26,9 @@ mod deliveries;
 mod destinations;
 mod events;
 mod replays;
+mod stream;
+
+pub use stream::Streams;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -37,7 +40,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const DASHBOARD_SCRIPT: &str = include_str!("dashboard.js");
 
 /// Mounts `/admin` when a token is configured.
-pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
+pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext, streams: &Streams) {
     let Some(token) = &ctx.config.ops.admin_token else {
         return;
     };
@@ -53,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
     )
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
     .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()))
+    .app_data(web::Data::new(streams.clone()))
     .route("/admin", web::get().to(redirect_to_dashboard))
     .route("/admin/", web::get().to(dashboard))
     .route("/admin/dashboard.js", web::get().to(dashboard_script))
@@ -71,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, ctx: &AppContext) {
             })
             .route("/stats", web::get().to(deliveries::stats))
             .route("/events", web::get().to(events::list))
+            .route("/events/stream", web::get().to(stream::stream))
             .route("/events/{id}", web::get().to(events::get))
             .route("/deliveries", web::get().to(deliveries::list))
             .route("/deliveries/{id}/replay", web::post().to(deliveries::replay))

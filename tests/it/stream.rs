@@ -1,0 +1,258 @@
+//! The live event stream (`GET /admin/api/events/stream`, Server-Sent Events) through
+//! the real binary: each event once with its id as the SSE id; a connection cut while
+//! events keep arriving resumes with `Last-Event-ID` with no gap and no duplicate; the
+//! stream's filters (source, type pattern, destination, where); a client that never
+//! reads is dropped with `slow_client` while ingest goes on answering; and a stream
+//! served by a process without ingest (other roles) sees events stored elsewhere.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+
+use crate::support::child::{config_with_admin_token, Process};
+use crate::support::sink::{Behaviour, Sink};
+use crate::support::{self, post_stripe, stripe_event, TestBroker, TestDb};
+
+const ADMIN_TOKEN: &str = "stream-admin-token-0123456789";
+
+/// An open stream: its SSE events.
+type Events =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+async fn open(relayd: &Process, params: &[(&str, &str)], last_event_id: Option<&str>) -> Events {
+    let url = url::Url::parse_with_params(&relayd.ops_url("/admin/api/events/stream"), params).unwrap();
+    let mut request = reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.map_err(|e| e.to_string())),
+    )
+}
+
+/// The next `event` frame's data and SSE id (skipping comments), within `timeout`.
+async fn next_event(events: &mut Events, timeout: Duration) -> Option<(serde_json::Value, String)> {
+    loop {
+        let event = tokio::time::timeout(timeout, events.next()).await.ok()??.ok()?;
+        if event.event == "event" {
+            return Some((serde_json::from_str(&event.data).unwrap(), event.id));
+        }
+        assert_ne!(event.event, "close", "closed: {}", event.data);
+    }
+}
+
+/// Posts `count` Stripe events named `{prefix}{n}`, `gap` apart; returns their stored ids.
+async fn post_many(url: String, prefix: &'static str, count: usize, gap: Duration) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut stored = Vec::new();
+    for n in 0..count {
+        let body = stripe_event(&format!("{prefix}{n}"), "invoice.paid");
+        let response = post_stripe(&client, &url, &body).await;
+        assert_eq!(response.status(), 200);
+        stored.push(response.headers()["x-relayd-event"].to_str().unwrap().to_string());
+        tokio::time::sleep(gap).await;
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_stream_resumes_with_last_event_id_with_no_gap_and_no_duplicate() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
+    // Stored before the stream opens: not part of it.
+    post_many(url.clone(), "evt_before_", 3, Duration::ZERO).await;
+
+    let mut events = open(&relayd, &[], None).await;
+    let posting = tokio::spawn(post_many(url.clone(), "evt_live_", 150, Duration::from_millis(5)));
+    let mut received: Vec<String> = Vec::new();
+    // Cut the connection twice while events keep arriving, and go on from the last id.
+    for cut in [30, 80] {
+        while received.len() < cut {
+            let (event, id) = next_event(&mut events, Duration::from_secs(20))
+                .await
+                .expect("an event");
+            assert_eq!(event["id"].as_str().unwrap(), id, "the SSE id is the event's id");
+            assert!(
+                event["event_id"].as_str().unwrap().starts_with("evt_live_"),
+                "{event}"
+            );
+            assert_eq!(event["destinations"], serde_json::json!(["sink"]), "{event}");
+            received.push(id);
+        }
+        drop(events);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        events = open(&relayd, &[], received.last().map(String::as_str)).await;
+    }
+    let stored = posting.await.unwrap();
+    while received.len() < stored.len() {
+        let Some((_, id)) = next_event(&mut events, Duration::from_secs(20)).await else {
+            break;
+        };
+        received.push(id);
+    }
+    let unique: HashSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "no event twice");
+    assert_eq!(
+        unique,
+        stored.iter().collect::<HashSet<_>>(),
+        "every event stored while streaming, none lost at the cuts"
+    );
+    assert!(
+        next_event(&mut events, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "nothing more"
+    );
+
+    // An id that is not stored cannot be resumed from: said, not guessed.
+    let response = reqwest::Client::new()
+        .get(relayd.ops_url("/admin/api/events/stream"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("last-event-id", uuid::Uuid::now_v7().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        answer["message"].as_str().unwrap().contains("not stored"),
+        "{answer}"
+    );
+    // Bad filters are 400 before anything streams; no token is 401.
+    for (params, status) in [
+        (vec![("where", "body.a >")], 400),
+        (vec![("last_event_id", "x")], 400),
+    ] {
+        let url = url::Url::parse_with_params(&relayd.ops_url("/admin/api/events/stream"), &params).unwrap();
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{params:?}");
+    }
+    let response = reqwest::get(relayd.ops_url("/admin/api/events/stream"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_filters_by_type_destination_and_where_and_sees_events_stored_by_another_process() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink", "other"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let other = Sink::start(Behaviour::Succeed).await;
+    let config = config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN)
+        + &format!(
+            "[[destinations]]\nname = \"other\"\nurl = \"{}\"\nsigning_secret = \"{}\"\nevent_types = [\"charge.*\"]\n",
+            other.url,
+            support::DESTINATION_SECRET
+        );
+    let file = support::temp_file(&config);
+    let ingest = Process::start(&file, "ingest,relay,worker");
+    ingest.wait_ready().await;
+    // Streams served by a process that stores nothing itself.
+    let watcher = Process::start(&file, "relay");
+    watcher.wait_ready().await;
+    let mut charges = open(&watcher, &[("event_type", "charge.*")], None).await;
+    let mut to_other = open(&watcher, &[("destination", "other")], None).await;
+    let mut big = open(&watcher, &[("where", "body.data.object.amount_due > 5000")], None).await;
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/webhooks/stripe", ingest.ingest.as_ref().unwrap());
+    for (id, event_type, amount) in [
+        ("evt_inv", "invoice.paid", 9000),
+        ("evt_charge", "charge.succeeded", 100),
+        ("evt_big", "payout.paid", 7000),
+    ] {
+        let body =
+            serde_json::json!({"id": id, "type": event_type, "data": {"object": {"amount_due": amount}}});
+        let response = post_stripe(&client, &url, body.to_string().as_bytes()).await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(drain_ids(&mut charges).await, ["evt_charge"]);
+    assert_eq!(drain_ids(&mut to_other).await, ["evt_charge"]);
+    assert_eq!(drain_ids(&mut big).await, ["evt_inv", "evt_big"]);
+}
+
+/// The provider ids of the events a stream sends until it is quiet for 3 s.
+async fn drain_ids(stream: &mut Events) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Some((event, _)) = next_event(stream, Duration::from_secs(3)).await {
+        ids.push(event["event_id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_is_dropped_with_a_reason_and_ingest_goes_on() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
+    let mut stalled = open(&relayd, &[], None).await;
+    // 16 KiB events: 1,200 of them are far more than the stream's buffer and the
+    // sockets' together.
+    let client = reqwest::Client::new();
+    let padding = "x".repeat(16 << 10);
+    let started = std::time::Instant::now();
+    for n in 0..1200 {
+        let body = serde_json::json!({"id": format!("evt_{n}"), "type": "invoice.paid", "pad": padding});
+        let response = post_stripe(&client, &url, body.to_string().as_bytes()).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "ingest answers while a stream client stalls"
+        );
+    }
+    eprintln!(
+        "1,200 events stored in {:?} with a stalled stream client",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while relayd
+        .logged("event stream dropped: the client reads too slowly")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled client was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reading now: what the sockets held, then the reason, then the end.
+    let mut close = None;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(10), stalled.next()).await {
+        let event = event.unwrap();
+        if event.event == "close" {
+            close = Some(event.data);
+        }
+    }
+    let close: serde_json::Value = serde_json::from_str(&close.expect("a close frame")).unwrap();
+    assert_eq!(close["reason"], "slow_client", "{close}");
+    // A new stream works.
+    let mut fresh = open(&relayd, &[], None).await;
+    post_many(url, "evt_after_", 1, Duration::ZERO).await;
+    let (event, _) = next_event(&mut fresh, Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(event["event_id"], "evt_after_0");
+}
