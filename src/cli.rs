@@ -78,6 +78,13 @@ pub enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Print a relayd's events as they arrive (its admin API's live stream), one line
+    /// each or `--json`; a dropped connection resumes where it was. Until Ctrl-C.
+    Tail(TailArgs),
+    /// Post a relayd's events, as they arrive, to a service on this machine (e.g.
+    /// staging's real events to your laptop), signed with Standard Webhooks, printing
+    /// each answer; resumes by itself after a break, and retries a target that is down.
+    Forward(ForwardArgs),
     /// Run one full retention pass now (as the relay does every `retention.interval`).
     Prune {
         /// Print what would be deleted now, and delete nothing.
@@ -117,6 +124,66 @@ pub struct SendTestEventArgs {
     /// Ed25519 seed (private key) of a key pair whose public key the source lists.
     #[arg(long, value_name = "PATH")]
     pub private_key_file: Option<std::path::PathBuf>,
+}
+
+/// Which relayd to follow and which of its events.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FollowArgs {
+    /// The admin base URL of the relayd to follow, e.g. `https://relayd.staging/admin`
+    /// (default: this machine's, from the configuration's `ops.listen`).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// The admin token (default: the configuration's `ops.admin_token`).
+    #[arg(long, env = "RELAYD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Only events from this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only events of this type; `invoice.*` for every type that starts `invoice.`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Only events with a delivery to this destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only events whose JSON body contains this JSON document (as the event search's
+    /// `match`).
+    #[arg(long = "match", value_name = "JSON")]
+    pub matches: Option<String>,
+    /// Only events for which this payload-filter expression is true (as the event
+    /// search's `where`).
+    #[arg(long = "where", value_name = "EXPRESSION")]
+    pub filter: Option<String>,
+    /// Start after this event (relayd's id of it, as printed), as a reconnect does;
+    /// default: the events stored from now on.
+    #[arg(long, value_name = "ID")]
+    pub after: Option<uuid::Uuid>,
+}
+
+/// What `relayd tail` prints.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub follow: FollowArgs,
+    /// Print each event whole, as the stream sends it (one JSON document per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where `relayd forward` posts, and how it signs.
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub follow: FollowArgs,
+    /// Where to post each event, e.g. `http://localhost:4000/hooks`.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// The Standard Webhooks secret to sign with (`whsec_…`); default: a new one, printed
+    /// at start.
+    #[arg(long, env = "RELAYD_FORWARD_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// How long one post may take before it counts as unanswered (and is tried again).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A `--role` value: a role, or `all` of them.

@@ -57,7 +57,15 @@ impl LocalServer {
     where
         F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
     {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_at("127.0.0.1:0", workers, routes)
+    }
+
+    /// [`LocalServer::start`] on `addr` (a receiver that comes back where it was).
+    pub fn start_at<F>(addr: &str, workers: usize, routes: F) -> std::io::Result<Self>
+    where
+        F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
+    {
+        let listener = std::net::TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(routes.clone()))
             .workers(workers)

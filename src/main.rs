@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         Some(Command::Skip { id }) => cmd::skip::run(&cli, id),
         Some(Command::SendTestEvent(ref args)) => cmd::send_test_event::run(&cli, args),
         Some(Command::Prune { dry_run }) => cmd::prune::run(&cli, dry_run),
+        Some(Command::Tail(ref args)) => cmd::tail::run(&cli, args),
+        Some(Command::Forward(ref args)) => cmd::forward::run(&cli, args),
         Some(Command::Health { ready }) => cmd::health::run(&cli, ready),
         Some(Command::Destinations { ref action }) => cmd::destinations::run(&cli, action),
         None => cmd::serve::run(&cli),

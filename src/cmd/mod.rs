@@ -2,6 +2,8 @@
 
 pub mod check_config;
 pub mod destinations;
+pub mod follow;
+pub mod forward;
 pub mod health;
 pub mod migrate;
 pub mod prune;
@@ -9,6 +11,7 @@ pub mod replay;
 pub mod send_test_event;
 pub mod serve;
 pub mod skip;
+pub mod tail;
 
 use anyhow::Context;
 

@@ -18,10 +18,20 @@ pub fn run(cli: &Cli, request: &Request) -> anyhow::Result<()> {
             .await
             .context("connecting to the database")?;
         if checked.dry_run {
-            let matching = deliveries::count_replayable(&mut conn, &checked.filter)
+            let counted = deliveries::count_replayable(&mut conn, &checked.filter)
                 .await
                 .context("counting")?;
-            println!("{matching} deliveries match; nothing was replayed (dry run)");
+            let at_least = if counted.complete { "" } else { "at least " };
+            println!(
+                "{at_least}{} deliveries match; nothing was replayed (dry run)",
+                counted.matching
+            );
+            if !counted.complete {
+                eprintln!(
+                    "the where was evaluated on the first {} candidates only; the replay reads them all",
+                    deliveries::COUNT_BUDGET
+                );
+            }
             return Ok(());
         }
         let job = replay_jobs::create(&mut conn, &checked.filter, checked.max_rate)

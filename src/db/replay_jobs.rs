@@ -49,7 +49,8 @@ pub struct ReplayJob {
     /// Deliveries replayed per second at most; `None`: as fast as pages go.
     pub max_rate: Option<i32>,
     pub status: JobStatus,
-    /// The matching deliveries counted when the job was created.
+    /// The matching deliveries counted when the job was created (with a `where`, at
+    /// most [`deliveries::COUNT_BUDGET`] candidates were evaluated for it).
     pub matching: i64,
     pub replayed: i64,
     /// The last delivery id handled: the job goes on after it.
@@ -82,7 +83,7 @@ pub async fn create(
     filter: &ReplayFilter,
     max_rate: Option<i32>,
 ) -> QueryResult<ReplayJob> {
-    let matching = deliveries::count_replayable(conn, filter).await?;
+    let matching = deliveries::count_replayable(conn, filter).await?.matching;
     diesel::insert_into(replay_jobs::table)
         .values((
             replay_jobs::id.eq(uuid::Uuid::now_v7()),

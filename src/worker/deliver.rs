@@ -111,6 +111,7 @@ impl Worker {
                 attempt: claimed.attempts,
                 content_type: &envelope.content_type,
                 traceparent: traceparent.as_deref(),
+                extra_headers: &[],
                 body,
             },
         )

@@ -33,7 +33,7 @@ mod lane;
 mod pace;
 mod permits;
 mod schedule;
-mod send;
+pub mod send;
 mod shared;
 
 use std::collections::HashMap;

@@ -31,6 +31,7 @@ pub struct Request<'a> {
     /// The provider's event id, sent as `x-relayd-event-id` (when it is a valid header
     /// value).
     pub event_id: &'a str,
+    /// Sent as `x-relayd-delivery` unless empty (`relayd forward` has no delivery).
     pub delivery_id: &'a str,
     pub source: &'a str,
     pub event_type: &'a str,
@@ -38,6 +39,9 @@ pub struct Request<'a> {
     pub content_type: &'a str,
     /// The attempt's W3C trace context, sent as `traceparent`.
     pub traceparent: Option<&'a str>,
+    /// More headers, by lower-case name (`relayd forward`'s `x-relayd-original-*`); one
+    /// that is not a valid header is left out.
+    pub extra_headers: &'a [(String, String)],
     pub body: Vec<u8>,
 }
 
@@ -97,10 +101,20 @@ pub async fn send(client: &reqwest::Client, target: &Target, request: Request<'_
     }
     put("x-relayd-source", request.source);
     put("x-relayd-event-type", request.event_type);
-    put("x-relayd-delivery", request.delivery_id);
+    if !request.delivery_id.is_empty() {
+        put("x-relayd-delivery", request.delivery_id);
+    }
     put("x-relayd-attempt", &request.attempt.to_string());
     if let Some(traceparent) = request.traceparent {
         put("traceparent", traceparent);
+    }
+    for (name, value) in request.extra_headers {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
     headers.insert(
         CONTENT_TYPE,
@@ -158,7 +172,9 @@ pub async fn send(client: &reqwest::Client, target: &Target, request: Request<'_
     }
 }
 
-fn describe(error: &reqwest::Error) -> String {
+/// What went wrong with a request that got no answer (`timeout: …`, `connect: …`,
+/// `request: …`), without the URL.
+pub fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

@@ -245,3 +245,162 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
         "answering again once the lock is gone"
     );
 }
+
+/// `POST` a JSON body to the admin API: its status and JSON.
+async fn admin_post(admin: &Admin, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = admin
+        .client
+        .post(format!("{}{path}", admin.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_of_a_search_resends_what_matched_and_nothing_else() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let config = config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
+    let file = support::temp_file(&config);
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let admin = Admin::of(&relayd);
+    let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
+    let events = [
+        invoice("evt_r1", "invoice.paid", "cus_123", 5000),
+        invoice("evt_r2", "invoice.paid", "cus_123", 7000),
+        invoice("evt_r3", "invoice.paid", "cus_123", 10),
+        invoice("evt_r4", "invoice.paid", "cus_999", 5000),
+        invoice("evt_r5", "invoice.finalized", "cus_123", 5000),
+        invoice("evt_r6", "charge.succeeded", "cus_123", 5000),
+    ];
+    for body in &events {
+        assert_eq!(post_stripe(&admin.client, &url, body).await.status(), 200);
+    }
+    let all: std::collections::HashSet<String> = (1..=6).map(|i| format!("evt_r{i}")).collect();
+    sink.wait_for_events(&all, Duration::from_secs(30)).await;
+    db.assert_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        6,
+        "every event delivered before the replay",
+    )
+    .await;
+    let first_ids: std::collections::HashMap<String, String> = sink
+        .received()
+        .iter()
+        .map(|r| (r.event_id(), r.webhook_id()))
+        .collect();
+
+    let search = serde_json::json!({
+        "status": "delivered",
+        "event_type": "invoice.*",
+        "match": r#"{"data":{"object":{"customer":"cus_123"}}}"#,
+        "where": "body.data.object.amount_paid >= 1000",
+    });
+    // Counted first; nothing changes.
+    let mut dry = search.clone();
+    dry["dry_run"] = true.into();
+    let (status, counted) = admin_post(&admin, "/admin/api/replays", dry).await;
+    assert_eq!(status, 200, "{counted}");
+    assert_eq!(counted["matching"], 3, "r1, r2 and r5: {counted}");
+    assert_eq!(counted["complete"], true, "{counted}");
+    // Bad terms: 400 naming the position, and no job.
+    let mut bad = search.clone();
+    bad["where"] = "body.data.object.amount_paid >=".into();
+    let (status, refused) = admin_post(&admin, "/admin/api/replays", bad).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("where: line 1, column"),
+        "{refused}"
+    );
+    db.assert_count(
+        "SELECT count(*) FROM replay_jobs",
+        0,
+        "a refused replay makes no job",
+    )
+    .await;
+
+    let (status, job) = admin_post(&admin, "/admin/api/replays", search).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["matching"], 3, "{job}");
+    assert_eq!(
+        job["filter"]["where"], "body.data.object.amount_paid >= 1000",
+        "{job}"
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, job) = admin.get(&format!("/admin/api/replays/{id}"), &[]).await;
+        if job["status"] == "done" {
+            assert_eq!(job["replayed"], 3, "{job}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not end: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sink.wait_for(9, Duration::from_secs(30)).await;
+    // Settled: no more than the three come again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut times: std::collections::BTreeMap<String, usize> = Default::default();
+    for received in sink.received() {
+        *times.entry(received.event_id()).or_default() += 1;
+        assert_eq!(
+            first_ids[&received.event_id()],
+            received.webhook_id(),
+            "a replay keeps the webhook-id"
+        );
+    }
+    let expected: std::collections::BTreeMap<String, usize> = (1..=6)
+        .map(|i| (format!("evt_r{i}"), if [1, 2, 5].contains(&i) { 2 } else { 1 }))
+        .collect();
+    assert_eq!(times, expected);
+
+    // `relayd replay` takes the same search.
+    let cli_config = support::temp_file(&format!("[database]\nurl = \"{}\"\n", db.url));
+    let output = std::process::Command::new(support::relayd_binary())
+        .args([
+            "replay",
+            "--status",
+            "delivered",
+            "--event-type",
+            "invoice.paid",
+            "--match",
+            r#"{"data":{"object":{"customer":"cus_123"}}}"#,
+            "--where",
+            "body.data.object.amount_paid < 1000",
+            "--dry-run",
+            "--config",
+        ])
+        .arg(&cli_config.0)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "1 deliveries match; nothing was replayed (dry run)",
+        "only evt_r3"
+    );
+    let output = std::process::Command::new(support::relayd_binary())
+        .args(["replay", "--match", "{\"data\": ", "--config"])
+        .arg(&cli_config.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("match is not JSON: line 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -256,3 +256,223 @@ async fn a_client_that_does_not_read_is_dropped_with_a_reason_and_ingest_goes_on
         .expect("an event");
     assert_eq!(event["event_id"], "evt_after_0");
 }
+
+/// A `relayd tail` or `relayd forward` child: its stdout and stderr lines as they come.
+struct Follower {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Follower {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(support::relayd_binary())
+            .args(args)
+            .env("RELAYD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The first line of `lines` that `matches`, waiting up to `timeout`.
+    async fn wait_line(
+        &self,
+        lines: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = lines.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such line; stdout: {:?}\nstderr: {:?}",
+                self.stdout.lock().unwrap(),
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relayd_forward_posts_each_event_once_signed_across_a_down_target_and_a_relayd_restart() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
+    let ops = crate::support::child::free_address();
+    let mut relayd = Process::start_with(&file, "all", &[("RELAYD__OPS__LISTEN", ops.as_str())]);
+    relayd.wait_ready().await;
+    let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
+    let from = format!("http://{ops}/admin");
+    let laptop_addr = crate::support::child::free_address();
+    let mut laptop = Sink::start_at(&laptop_addr, Behaviour::Succeed).await;
+    let to = laptop.url.clone();
+
+    let forward = Follower::start(&["forward", "--from", &from, "--to", &to, "--type", "invoice.*"]);
+    let tail = Follower::start(&["tail", "--from", &from, "--json", "--source", "stripe"]);
+    let secret = forward
+        .wait_line(
+            &forward.stderr,
+            |l| l.starts_with("signing with whsec_"),
+            Duration::from_secs(10),
+        )
+        .await
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    for follower in [&forward, &tail] {
+        follower
+            .wait_line(
+                &follower.stderr,
+                |l| l.starts_with("following "),
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+    let client = reqwest::Client::builder()
+        .user_agent("Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+        .build()
+        .unwrap();
+    let post = async |id: &str, event_type: &str| {
+        let response = post_stripe(&client, &url, &stripe_event(id, event_type)).await;
+        assert_eq!(response.status(), 200, "{id}");
+        response.headers()["x-relayd-event"].to_str().unwrap().to_string()
+    };
+
+    // Forwarded, signed with the printed secret, with the provider's headers; the type
+    // filter keeps the charge out.
+    let mut stored = std::collections::HashMap::new();
+    for n in 0..5 {
+        let id = format!("evt_fw_a{n}");
+        stored.insert(id.clone(), post(&id, "invoice.paid").await);
+    }
+    post("evt_fw_charge", "charge.succeeded").await;
+    let first = laptop.wait_for(5, Duration::from_secs(20)).await;
+    let webhook = standardwebhooks::Webhook::new(&secret).unwrap();
+    for request in &first {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &request.headers {
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        webhook
+            .verify(&request.body, &headers)
+            .expect("the standardwebhooks library verifies a forwarded event with the printed secret");
+        assert_eq!(
+            request.webhook_id(),
+            stored[&request.event_id()],
+            "webhook-id is relayd's event id"
+        );
+        assert_eq!(
+            request.header("x-relayd-original-user-agent"),
+            Some("Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+        );
+        assert_eq!(request.header("x-relayd-event-type"), Some("invoice.paid"));
+    }
+    forward
+        .wait_line(
+            &forward.stdout,
+            |l| l.contains("evt_fw_a4") && l.contains("→ 200 OK"),
+            Duration::from_secs(5),
+        )
+        .await;
+    // The tail printed every stripe event whole, the charge too.
+    for id in ["evt_fw_a0", "evt_fw_a4", "evt_fw_charge"] {
+        let line = tail
+            .wait_line(
+                &tail.stdout,
+                |l| l.contains(&format!("\"event_id\":\"{id}\"")),
+                Duration::from_secs(10),
+            )
+            .await;
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event["source"], "stripe");
+    }
+
+    // The target goes down: events wait, tried again with backoff.
+    let received_before = laptop.received();
+    laptop.stop().await;
+    for n in 0..3 {
+        let id = format!("evt_fw_b{n}");
+        stored.insert(id.clone(), post(&id, "invoice.paid").await);
+    }
+    forward
+        .wait_line(
+            &forward.stderr,
+            |l| l.contains("posting evt_fw_b0 again"),
+            Duration::from_secs(20),
+        )
+        .await;
+    // relayd itself restarts meanwhile; events arrive once it is back.
+    relayd.kill9();
+    relayd.restart();
+    relayd.wait_ready().await;
+    let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
+    for n in 0..3 {
+        let id = format!("evt_fw_c{n}");
+        let response = post_stripe(&client, &url, &stripe_event(&id, "invoice.paid")).await;
+        assert_eq!(response.status(), 200, "{id}");
+        stored.insert(
+            id,
+            response.headers()["x-relayd-event"].to_str().unwrap().to_string(),
+        );
+    }
+    // The target comes back where it was: everything it missed arrives, once, in order.
+    laptop = Sink::start_at(&laptop_addr, Behaviour::Succeed).await;
+    let after = laptop.wait_for(6, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ids: Vec<String> = received_before
+        .iter()
+        .chain(laptop.received().iter())
+        .map(|r| r.event_id())
+        .collect();
+    let expected: Vec<String> = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "c0", "c1", "c2"]
+        .iter()
+        .map(|n| format!("evt_fw_{n}"))
+        .collect();
+    assert_eq!(
+        ids, expected,
+        "each event once, in order, across the outage and the restart"
+    );
+    assert_eq!(after.len(), 6);
+    forward
+        .wait_line(
+            &forward.stderr,
+            |l| l.starts_with("following ") && l.contains(" after "),
+            Duration::from_secs(5),
+        )
+        .await;
+}

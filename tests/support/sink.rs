@@ -261,6 +261,11 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_at("127.0.0.1:0", behaviour).await
+    }
+
+    /// A sink on `addr`, for a target that goes away and comes back where it was.
+    pub async fn start_at(addr: &str, behaviour: Behaviour) -> Self {
         let state = Arc::new(State {
             behaviour,
             received: Mutex::new(Vec::new()),
@@ -272,7 +277,7 @@ impl Sink {
             answered: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(state.clone());
-        let server = LocalServer::start(2, move |cfg| {
+        let server = LocalServer::start_at(addr, 2, move |cfg| {
             cfg.app_data(data.clone())
                 .route("/hooks", web::post().to(receive));
         })

@@ -22,7 +22,9 @@ pub use outbox::{
     claim_due, due_summary, mark_queued, postpone_queued, quarantine, DueDelivery, DueSummary,
     CLAIM_DUE_SETUP, CLAIM_DUE_SQL,
 };
-pub use replay::{count_replayable, replay_one, replay_page, skip, ReplayFilter, Skipped};
+pub use replay::{
+    count_replayable, replay_one, replay_page, skip, Counted, ReplayFilter, Skipped, COUNT_BUDGET,
+};
 
 /// A delivery row as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]

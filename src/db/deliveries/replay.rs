@@ -4,7 +4,9 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use crate::db::events::EventConditions;
 use crate::db::schema::deliveries;
+use crate::filter::{Filter, Outcome};
 
 /// The changes of a replay: back to `pending`, due now, with a fresh attempt budget.
 /// (A macro because diesel's changeset tuple type is unwieldy to name.)
@@ -21,52 +23,50 @@ macro_rules! replay_reset {
     };
 }
 
-/// What a bulk replay selects. Event fields filter through the event.
+/// What a bulk replay selects: the deliveries' fields, the database's conditions on
+/// their events ([`crate::search::Search`] built them: the fields asked, the `match`
+/// document and what the `where` requires), and the `where` itself, evaluated here on
+/// the events those conditions leave. Stored with a replay job as JSON (the event
+/// fields at the top level, as jobs stored before searches have them).
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReplayFilter {
     pub status: Option<String>,
     pub destination: Option<String>,
-    pub source: Option<String>,
-    pub event_type: Option<String>,
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(flatten)]
+    pub conditions: EventConditions,
+    /// The `match` as asked, shown back (its document is in `conditions`).
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    /// The `where` expression in the payload-filter language.
+    #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 impl ReplayFilter {
     pub fn is_empty(&self) -> bool {
         self.status.is_none()
             && self.destination.is_none()
-            && self.source.is_none()
-            && self.event_type.is_none()
-            && self.since.is_none()
-            && self.until.is_none()
+            && self.conditions.is_empty()
+            && self.filter.is_none()
+    }
+
+    /// The `where`, compiled (it was checked when the replay was asked for).
+    fn compiled(&self) -> QueryResult<Option<Filter>> {
+        self.filter
+            .as_deref()
+            .map(Filter::compile)
+            .transpose()
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))
     }
 }
 
-/// The ids of the replayable deliveries `filter` selects.
+/// The ids of the replayable deliveries whose fields and events' conditions match
+/// `filter` (its `where` is not evaluated here).
 fn replayable(
     filter: &ReplayFilter,
 ) -> deliveries::BoxedQuery<'static, diesel::pg::Pg, diesel::sql_types::Uuid> {
     use super::DeliveryStatus;
     use crate::db::schema::events;
-    let mut events_query = events::table.select(events::id).into_boxed();
-    let mut by_event = false;
-    if let Some(source) = &filter.source {
-        events_query = events_query.filter(events::source.eq(source.clone()));
-        by_event = true;
-    }
-    if let Some(event_type) = &filter.event_type {
-        events_query = events_query.filter(events::event_type.eq(event_type.clone()));
-        by_event = true;
-    }
-    if let Some(since) = filter.since {
-        events_query = events_query.filter(events::received_at.ge(since));
-        by_event = true;
-    }
-    if let Some(until) = filter.until {
-        events_query = events_query.filter(events::received_at.lt(until));
-        by_event = true;
-    }
     let mut target = deliveries::table
         .select(deliveries::id)
         .filter(deliveries::status.eq_any(DeliveryStatus::REPLAYABLE))
@@ -77,15 +77,80 @@ fn replayable(
     if let Some(destination) = &filter.destination {
         target = target.filter(deliveries::destination.eq(destination.clone()));
     }
-    if by_event {
+    if !filter.conditions.is_empty() {
+        let events_query = filter
+            .conditions
+            .apply(events::table.select(events::id).into_boxed());
         target = target.filter(deliveries::event_id.eq_any(events_query));
     }
     target
 }
 
+/// The deliveries among `ids` whose event `where_` accepts (all of them without one).
+async fn accepted(
+    conn: &mut AsyncPgConnection,
+    ids: Vec<uuid::Uuid>,
+    where_: Option<&Filter>,
+) -> QueryResult<Vec<uuid::Uuid>> {
+    use crate::db::schema::events;
+    let Some(where_) = where_ else { return Ok(ids) };
+    let candidates: Vec<(uuid::Uuid, Option<serde_json::Value>, String, String)> = deliveries::table
+        .inner_join(events::table)
+        .filter(deliveries::id.eq_any(ids))
+        .select((deliveries::id, events::body, events::source, events::event_type))
+        .load(conn)
+        .await?;
+    Ok(candidates
+        .into_iter()
+        .filter(|(_, body, source, event_type)| {
+            where_.evaluate(body.as_ref(), source, event_type) == Outcome::Match
+        })
+        .map(|(id, ..)| id)
+        .collect())
+}
+
+/// Candidates a count with a `where` evaluates at most.
+pub const COUNT_BUDGET: usize = 200_000;
+
+/// Candidates read per statement by a count with a `where`.
+const COUNT_CHUNK: i64 = 1_000;
+
+/// How many deliveries a replay would reset now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counted {
+    pub matching: i64,
+    /// False when a `where` had more than [`COUNT_BUDGET`] candidates to evaluate:
+    /// `matching` counts those evaluated, and the replay itself reads them all.
+    pub complete: bool,
+}
+
 /// How many deliveries `filter` would replay now.
-pub async fn count_replayable(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<i64> {
-    replayable(filter).count().get_result(conn).await
+pub async fn count_replayable(conn: &mut AsyncPgConnection, filter: &ReplayFilter) -> QueryResult<Counted> {
+    let Some(where_) = filter.compiled()? else {
+        let matching = replayable(filter).count().get_result(conn).await?;
+        return Ok(Counted {
+            matching,
+            complete: true,
+        });
+    };
+    let (mut matching, mut scanned, mut after) = (0, 0, None);
+    loop {
+        let mut chunk = replayable(filter).order(deliveries::id).limit(COUNT_CHUNK);
+        if let Some(after) = after {
+            chunk = chunk.filter(deliveries::id.gt(after));
+        }
+        let ids: Vec<uuid::Uuid> = chunk.load(conn).await?;
+        let exhausted = ids.len() < COUNT_CHUNK as usize;
+        scanned += ids.len();
+        after = ids.last().copied();
+        matching += accepted(conn, ids, Some(&where_)).await?.len() as i64;
+        if exhausted || scanned >= COUNT_BUDGET {
+            return Ok(Counted {
+                matching,
+                complete: exhausted,
+            });
+        }
+    }
 }
 
 /// Resets the deliveries among `target` that are still replayable, handing ordered
@@ -111,8 +176,8 @@ async fn reset(
     Ok(replayed.len())
 }
 
-/// One page of a replay job: the first `limit` matching deliveries after `after` (by
-/// id), reset to `pending` with a fresh attempt budget (their attempts history stays,
+/// One page of a replay job: of the first `limit` deliveries after `after` (by id)
+/// that the database's conditions select, those whose event the `where` accepts, reset to `pending` with a fresh attempt budget (their attempts history stays,
 /// and so does their event, and with it the `webhook-id` destinations see), in the
 /// caller's transaction. Returns how many were reset and the last id looked at
 /// (`None`: nothing matched after `after`; the job is done). A delivery reset stays
@@ -132,6 +197,7 @@ pub async fn replay_page(
     let Some(last) = ids.last().copied() else {
         return Ok((0, None));
     };
+    let ids = accepted(conn, ids, filter.compiled()?.as_ref()).await?;
     let target = deliveries::table
         .select(deliveries::id)
         .filter(deliveries::id.eq_any(ids))

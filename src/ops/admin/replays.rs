@@ -12,6 +12,7 @@ use crate::db::deliveries;
 use crate::db::replay_jobs::{self, JobStatus, ReplayJob};
 use crate::http_error::ApiError;
 use crate::replay::{jobs, Checked, Request};
+use crate::search;
 
 /// The request's checks, as a 400.
 fn checked(body: web::Json<Request>) -> Result<Checked, ApiError> {
@@ -28,16 +29,32 @@ fn job_view(job: &ReplayJob) -> serde_json::Value {
 }
 
 /// The job `checked` asks for, created; or, for a dry run, the answer with the count
-/// of matching deliveries (`200 {dry_run, matching}`).
+/// of matching deliveries (`200 {dry_run, matching, complete}`; `complete` is false
+/// when a `where` had more candidates than a count evaluates).
+/// Each statement is bounded by the query timeout (a count that would read
+/// everything answers 503 `search_too_broad`, [`search::bounded`]).
 async fn begin(
     conn: &mut AsyncPgConnection,
     checked: &Checked,
+    timeout: std::time::Duration,
 ) -> Result<Result<ReplayJob, HttpResponse>, ApiError> {
+    Ok(search::bounded(conn, timeout, async |conn| {
+        Ok(counted_or_created(conn, checked).await?)
+    })
+    .await?)
+}
+
+async fn counted_or_created(
+    conn: &mut AsyncPgConnection,
+    checked: &Checked,
+) -> diesel::QueryResult<Result<ReplayJob, HttpResponse>> {
     if checked.dry_run {
-        let matching = deliveries::count_replayable(conn, &checked.filter).await?;
-        return Ok(Err(
-            HttpResponse::Ok().json(json!({ "dry_run": true, "matching": matching }))
-        ));
+        let counted = deliveries::count_replayable(conn, &checked.filter).await?;
+        return Ok(Err(HttpResponse::Ok().json(json!({
+            "dry_run": true,
+            "matching": counted.matching,
+            "complete": counted.complete,
+        }))));
     }
     Ok(Ok(
         replay_jobs::create(conn, &checked.filter, checked.max_rate).await?
@@ -52,7 +69,7 @@ pub(super) async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let checked = checked(body)?;
     let mut conn = connection(&ctx).await?;
-    let job = match begin(&mut conn, &checked).await? {
+    let job = match begin(&mut conn, &checked, ctx.config.database.query_timeout).await? {
         Ok(job) => job,
         Err(counted) => return Ok(counted),
     };
@@ -74,7 +91,7 @@ pub(super) async fn replay_now(
 ) -> Result<HttpResponse, ApiError> {
     let checked = checked(body)?;
     let mut conn = connection(&ctx).await?;
-    let job = match begin(&mut conn, &checked).await? {
+    let job = match begin(&mut conn, &checked, ctx.config.database.query_timeout).await? {
         Ok(job) => job,
         Err(counted) => return Ok(counted),
     };
