@@ -10,8 +10,10 @@
 //! most [`SCAN_BUDGET`] candidates or [`SCAN_TIME`], then answers with where it got to;
 //! each statement is bounded by PostgreSQL's `statement_timeout`, and one that hits it
 //! is [`Failed::TooBroad`] (503 with how to narrow it), never a connection held for
-//! minutes. Bodies that are not JSON (and events stored before searches existed) have no
-//! searchable body: a `match`, or a `where` that reads `body`, never matches them.
+//! minutes. Only sources with `searchable = true` keep a searchable body (its index costs
+//! ingest); their bodies that are not JSON, other sources' events and events stored
+//! before searches existed have none: a `match`, or a `where` that reads `body`, never
+//! matches them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +37,9 @@ pub const SCAN_TIME: Duration = Duration::from_secs(2);
 const CHUNK: i64 = 500;
 
 /// What the answer says of bodies that cannot be searched.
-pub const NOT_SEARCHED: &str = "events whose body is not JSON (or that were stored before relayd searched \
-     bodies) are found by source, type, status, time and provider id only: `match` and a `where` \
-     reading `body` never select them";
+pub const NOT_SEARCHED: &str = "events of sources without `searchable = true`, whose body is not JSON, or \
+     stored before relayd searched bodies, are found by source, type, status, time and provider id \
+     only: `match` and a `where` reading `body` never select them";
 
 /// A checked search.
 #[derive(Debug, Clone, Default)]

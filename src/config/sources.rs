@@ -57,6 +57,12 @@ pub struct SourceConfig {
     /// duplicates, whatever their ids (a sender that resends one change under new ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupConfig>,
+    /// Keep a `jsonb` copy of each JSON body, indexed, so that the event search's
+    /// `match` and `where` (and the stream's) find this source's events by what they
+    /// hold. Off by default: it costs ingest 12–20 % of its ceiling (README,
+    /// "Performance"); without it the source's events are found by their fields.
+    #[serde(default)]
+    pub searchable: bool,
 }
 
 /// `dedup = { key = ["/type", "/data/object/id"], window = "10m" }`.
@@ -99,6 +105,7 @@ impl SourceConfig {
             public_url: None,
             verify_token: None,
             dedup: None,
+            searchable: false,
         }
     }
 }

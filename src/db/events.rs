@@ -25,8 +25,8 @@ pub struct BatchEvent {
     pub filtered: Option<serde_json::Value>,
     /// Its key under its source's dedup rule, if the source has one and it has a key.
     pub dedup: Option<Dedup>,
-    /// The payload is JSON that `jsonb` can hold ([`searchable`]): it is stored as the
-    /// searchable `body` too.
+    /// Its source is `searchable` and the payload is JSON that `jsonb` can hold
+    /// ([`searchable`]): it is stored as the searchable `body` too.
     pub searchable: bool,
 }
 

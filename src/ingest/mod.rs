@@ -61,6 +61,8 @@ struct Source {
     /// Request headers stored with each event (lower-case names).
     kept_headers: Vec<String>,
     dedup: Option<dedup::DedupRule>,
+    /// Its JSON bodies are stored as a searchable `jsonb` copy too.
+    searchable: bool,
 }
 
 /// The configured sources and the routing of their events, as one configuration says.
@@ -83,6 +85,7 @@ impl Routes {
                         verifier,
                         kept_headers,
                         dedup: s.dedup.as_ref().map(dedup::DedupRule::of),
+                        searchable: s.searchable,
                     },
                 )
             })
@@ -396,7 +399,7 @@ async fn receive_for(
             deliveries,
             filtered,
             dedup: source.dedup.as_ref().and_then(|rule| rule.key(&payload)),
-            searchable: crate::db::events::searchable(payload.json(), &body),
+            searchable: source.searchable && crate::db::events::searchable(payload.json(), &body),
         };
         let stored = state.committer.submit(event).await.map_err(|e| match e {
             // Every field was checked above, so this is relayd's own bug: not a 4xx the

@@ -23,6 +23,13 @@ pub fn invoice(id: &str, event_type: &str, customer: &str, amount: i64) -> Vec<u
     .into_bytes()
 }
 
+/// `config` (a child's configuration text) with its Stripe source `searchable`.
+pub fn searchable(config: String) -> String {
+    let stripe = "name = \"stripe\"\nkind = \"stripe\"\n";
+    assert!(config.contains(stripe));
+    config.replace(stripe, &format!("{stripe}searchable = true\n"))
+}
+
 /// The admin API at `relayd`, authorized.
 pub struct Admin {
     pub client: reqwest::Client,
@@ -74,7 +81,7 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
-    let config = config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN)
+    let config = searchable(config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN))
         .replace("[database]\n", "[database]\nquery_timeout = \"2s\"\n")
         + "[[sources]]\nname = \"plain\"\nkind = \"none\"\nid_header = \"x-id\"\ntype_header = \"x-type\"\n";
     let file = support::temp_file(&config);
@@ -113,7 +120,26 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
         .await
         .unwrap();
     assert_eq!(plain.status(), 200);
-    let ids: Vec<&str> = events.iter().map(|(id, _)| *id).chain(["plain_1"]).collect();
+    // JSON, but from a source without `searchable`: found by its fields only.
+    let plain_json = admin
+        .client
+        .post(format!(
+            "http://{}/webhooks/plain",
+            relayd.ingest.as_ref().unwrap()
+        ))
+        .header("x-id", "plain_json")
+        .header("x-type", "invoice.paid")
+        .header("content-type", "application/json")
+        .body(invoice("plain_json", "invoice.paid", "cus_123", 5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain_json.status(), 200);
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(["plain_1", "plain_json"])
+        .collect();
     sink.wait_for_events(
         &ids.iter().map(|id| id.to_string()).collect(),
         Duration::from_secs(30),
@@ -181,7 +207,7 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
     assert_eq!(rest, set(&["evt_a"]), "{page}");
     assert!(page["next_cursor"].is_null(), "{page}");
     // Bodies that cannot be searched are found by provider id, and say so.
-    for id in ["plain_1", "evt_nul"] {
+    for id in ["plain_1", "evt_nul", "plain_json"] {
         let (found, page) = admin.found(&[("q", id)]).await;
         assert_eq!(found, set(&[id]));
         assert_eq!(page["items"][0]["body_searchable"], false, "{page}");
@@ -191,8 +217,8 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
         .await;
     assert_eq!(
         found,
-        set(&["plain_1"]),
-        "a where that does not read body still finds it"
+        set(&["plain_1", "plain_json"]),
+        "a where that does not read body still finds them"
     );
 
     // Bad input: 400 naming the place.
@@ -265,7 +291,7 @@ async fn a_replay_of_a_search_resends_what_matched_and_nothing_else() {
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
-    let config = config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN);
+    let config = searchable(config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
     let file = support::temp_file(&config);
     let relayd = Process::start(&file, "all");
     relayd.wait_ready().await;

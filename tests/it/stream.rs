@@ -157,7 +157,7 @@ async fn a_stream_filters_by_type_destination_and_where_and_sees_events_stored_b
     let broker = TestBroker::new(&["sink", "other"]);
     let sink = Sink::start(Behaviour::Succeed).await;
     let other = Sink::start(Behaviour::Succeed).await;
-    let config = config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN)
+    let config = crate::search::searchable(config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN))
         + &format!(
             "[[destinations]]\nname = \"other\"\nurl = \"{}\"\nsigning_secret = \"{}\"\nevent_types = [\"charge.*\"]\n",
             other.url,

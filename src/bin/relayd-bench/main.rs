@@ -17,6 +17,7 @@ mod ordered;
 mod process;
 mod report;
 mod scenarios;
+mod search;
 mod setup;
 mod sink;
 
@@ -62,6 +63,13 @@ enum Scenario {
     Ordered,
     /// A destination's payload filter: CPU per event (evaluation and the JSON parse).
     Filter,
+    /// What search costs ingest: ingest offered twice the raw INSERT ceiling (measured
+    /// first if `raw` has not run), with a plain source and then a `searchable` one
+    /// (bodies copied to jsonb and indexed) — each row's accepted rate is its ceiling.
+    IngestSearchable,
+    /// The admin API's event search over `--search-events` stored events: `match`,
+    /// `where` and an unindexed `where`, beside the same query in SQL.
+    Search,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -72,7 +80,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered,filter"
+        default_value = "raw,ingest,ceiling,ingest-searchable,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered,filter,search"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -145,6 +153,15 @@ struct Args {
     /// Offered rate of the ordered scenario's single-key run.
     #[arg(long, default_value_t = 200.0)]
     single_key_rate: f64,
+    /// Events stored for the search scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    search_events: u64,
+    /// Distinct customers among them (each has `search_events / search_customers`).
+    #[arg(long, default_value_t = 20_000)]
+    search_customers: u64,
+    /// The Stripe source is `searchable` (set by the ingest-searchable scenario).
+    #[arg(skip)]
+    searchable: bool,
     /// Events carry `data.object.customer = "cus_{index % keys}"` (0: no customer).
     #[arg(skip)]
     keys: u64,
@@ -177,6 +194,19 @@ async fn main() -> anyhow::Result<()> {
                 measure_raw(&args, &mut rows, &mut raw_ceiling).await?;
             }
             Scenario::Ingest => rows.push(ingest(&args, "ingest", args.ingest_rate).await?),
+            Scenario::IngestSearchable => {
+                let ceiling = match raw_ceiling {
+                    Some(ceiling) => ceiling,
+                    None => measure_raw(&args, &mut rows, &mut raw_ceiling).await?,
+                };
+                let rate = (ceiling * 2.0).round();
+                rows.push(ingest(&args, "ingest at 2× raw", rate).await?);
+                let searchable = Args {
+                    searchable: true,
+                    ..args.clone()
+                };
+                rows.push(ingest(&searchable, "ingest at 2× raw, searchable source", rate).await?);
+            }
             Scenario::Ceiling => {
                 let ceiling = match raw_ceiling {
                     Some(ceiling) => ceiling,
@@ -204,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::RateLimited => rows.push(flow::rate_limited(&args).await?),
             Scenario::Ordered => rows.extend(ordered::ordered(&args).await?),
             Scenario::Filter => rows.push(filter::filter()?),
+            Scenario::Search => rows.extend(search::search(&args).await?),
             Scenario::Sweep => {
                 for &rate in &args.sweep_rates {
                     let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;

@@ -101,6 +101,11 @@ pub fn write_config_with(
             )
         })
         .collect();
+    let searchable = if args.searchable {
+        "searchable = true\n"
+    } else {
+        ""
+    };
     let telemetry = args.otlp_endpoint.as_ref().map_or(String::new(), |url| {
         format!("[telemetry]\notlp_endpoint = \"{url}\"\n")
     });
@@ -111,7 +116,7 @@ pub fn write_config_with(
          [log]\nlevel = \"warn\"\n\
          {telemetry}\
          {tuned_roles}\
-         [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{destination}",
+         [[sources]]\nname = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"{STRIPE_SECRET}\"]\n{searchable}{destination}",
         args.broker_url,
     );
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));

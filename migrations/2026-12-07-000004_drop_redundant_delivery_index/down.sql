@@ -1,0 +1,1 @@
+CREATE INDEX deliveries_event_id_idx ON deliveries (event_id);
