@@ -40,6 +40,18 @@ pub struct StreamedEvent {
 }
 
 impl StreamedEvent {
+    /// `received_at  source  type  provider-id`: how `tail` and `forward` name it.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}  {}  {}  {}",
+            self.received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            self.source,
+            self.event_type,
+            self.event_id
+        )
+    }
+
     /// The raw body, byte for byte as the provider sent it.
     pub fn body(&self) -> anyhow::Result<Vec<u8>> {
         use base64::Engine;

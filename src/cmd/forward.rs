@@ -95,15 +95,7 @@ async fn post(
                     .ok()
                     .and_then(|s| s.canonical_reason())
                     .unwrap_or("");
-                println!(
-                    "{}  {}  {}  {}  → {code} {reason}  {took} ms",
-                    event
-                        .received_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    event.source,
-                    event.event_type,
-                    event.event_id,
-                );
+                println!("{}  → {code} {reason}  {took} ms", event.summary());
                 return Ok(());
             }
             (None, error) => {

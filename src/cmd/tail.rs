@@ -26,16 +26,7 @@ fn line(event: &StreamedEvent) -> String {
     } else {
         event.destinations.join(",")
     };
-    format!(
-        "{}  {}  {}  {}  → {destinations}  {}",
-        event
-            .received_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        event.source,
-        event.event_type,
-        event.event_id,
-        event.id
-    )
+    format!("{}  → {destinations}  {}", event.summary(), event.id)
 }
 
 #[cfg(test)]

@@ -608,3 +608,124 @@ async fn dashboard_starts_a_replay_job_shows_its_progress_and_cancels_one() {
     browser.quit().await;
     relayd.stop().await.unwrap();
 }
+
+/// Search by payload on the dashboard: a `match` and a `where` typed into the events
+/// page find what they should; "Replay these" counts first and replays the deliveries
+/// of what the search found (and nothing else); the Live tab shows an event as it
+/// arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_searches_by_payload_replays_what_it_found_and_follows_live() {
+    if std::env::var("RELAYD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("RELAYD_SKIP_BROWSER=1: the dashboard browser test is skipped");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new(&["billing"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let mut searchable = config(&db, &broker, vec![to_sink("billing", &sink)]);
+    for source in &mut searchable.sources {
+        source.searchable = true;
+    }
+    let relayd = Relayd::start(searchable, &[Role::Ingest, Role::Relay, Role::Worker]).await;
+    let client = reqwest::Client::new();
+    for (id, customer, amount) in [
+        ("evt_ui_s1", "cus_123", 5000),
+        ("evt_ui_s2", "cus_999", 5000),
+        ("evt_ui_s3", "cus_123", 10),
+    ] {
+        let body = crate::search::invoice(id, "invoice.paid", customer, amount);
+        post_stripe(&client, &relayd.url("/webhooks/stripe"), &body).await;
+    }
+    sink.wait_for(3, Duration::from_secs(20)).await;
+    db.wait_count(
+        "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+        3,
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let browser = Browser::logged_in(&relayd).await;
+    browser
+        .type_into("#f-match", r#"{"data":{"object":{"customer":"cus_123"}}}"#)
+        .await;
+    browser.click("#apply").await;
+    browser
+        .wait_until(
+            "the match's two events, and not the other customer's",
+            "const t = document.querySelector('#events').innerText; \
+             return t.includes('evt_ui_s1') && t.includes('evt_ui_s3') && !t.includes('evt_ui_s2');",
+        )
+        .await;
+    browser
+        .type_into("#f-where", "body.data.object.amount_paid >= 1000")
+        .await;
+    browser.click("#apply").await;
+    browser
+        .wait_until(
+            "the where leaving one",
+            "const t = document.querySelector('#events').innerText; \
+             return t.includes('evt_ui_s1') && !t.includes('evt_ui_s3');",
+        )
+        .await;
+    browser
+        .script("window.asked = []; window.confirm = text => { window.asked.push(text); return true; }; return true;")
+        .await;
+    browser.click("#replay-search").await;
+    browser
+        .wait_until(
+            "the search's replay job done",
+            "const r = document.querySelector('tr.replay-job'); \
+             return !!r && r.innerText.includes('done') && r.innerText.includes('1 of 1') \
+                 && r.innerText.includes('where=body.data.object.amount_paid >= 1000');",
+        )
+        .await;
+    assert_eq!(
+        browser.script("return window.asked;").await,
+        json!(["Replay 1 deliveries of the events this search finds?"])
+    );
+    sink.wait_for(4, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again: Vec<String> = sink.received()[3..].iter().map(|r| r.event_id()).collect();
+    assert_eq!(
+        again,
+        vec!["evt_ui_s1".to_string()],
+        "only what the search found comes again"
+    );
+
+    // The live view: following, then an event arriving shows.
+    browser.click("#tab-live").await;
+    browser.type_into("#l-type", "invoice.*").await;
+    browser.click("#live-toggle").await;
+    browser
+        .wait_until(
+            "the live view following",
+            "return document.querySelector('#live-state').innerText === 'following';",
+        )
+        .await;
+    // The charge first: once the invoice after it shows, the stream has passed it.
+    post_stripe(
+        &client,
+        &relayd.url("/webhooks/stripe"),
+        &stripe_event("evt_ui_live_charge", "charge.succeeded"),
+    )
+    .await;
+    post_stripe(
+        &client,
+        &relayd.url("/webhooks/stripe"),
+        &crate::search::invoice("evt_ui_live", "invoice.paid", "cus_1", 1),
+    )
+    .await;
+    browser
+        .wait_until(
+            "the arriving invoice in the live view, and not the charge its type filter leaves out",
+            "const t = document.querySelector('#live').innerText; \
+             return t.includes('evt_ui_live') && t.includes('billing') && !t.includes('evt_ui_live_charge');",
+        )
+        .await;
+    browser
+        .screenshot(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live.png"))
+        .await;
+    browser.click("#live-toggle").await;
+    browser.quit().await;
+    relayd.stop().await.unwrap();
+}

@@ -38,7 +38,7 @@ async function start() {
 }
 
 function showTab(name) {
-  for (const tab of ["events", "destinations", "replays"]) {
+  for (const tab of ["events", "destinations", "replays", "live"]) {
     $(tab + "-page").style.display = tab === name ? "block" : "none";
     $("tab-" + tab).classList.toggle("active", tab === name);
   }
@@ -69,7 +69,9 @@ async function loadDestinations() {
 }
 
 // What a replay job's filter says, in short.
-const filterText = f => Object.entries(f).filter(([, v]) => v != null).map(([k, v]) => `${k}=${v}`).join(" ") || "all";
+// (`contains` is left out: the match and where it came from are shown.)
+const filterText = f => Object.entries(f).filter(([k, v]) => v != null && k !== "contains")
+  .map(([k, v]) => k === "event_type_prefix" ? `event_type=${v}*` : `${k}=${v}`).join(" ") || "all";
 
 async function loadReplays() {
   const { items } = await api("/replays");
@@ -129,20 +131,29 @@ function drawChart() {
   }
 }
 
+// The search the events page shows: the admin API's names, and the inputs they come from.
+const SEARCH = [["q", "f-q"], ["source", "f-source"], ["event_type", "f-type"], ["status", "f-status"], ["match", "f-match"], ["where", "f-where"]];
+function search() {
+  return Object.fromEntries(SEARCH.map(([key, id]) => [key, $(id).value.trim()]).filter(([, v]) => v));
+}
+
 function filters() {
-  const p = new URLSearchParams();
-  for (const [key, id] of [["q", "f-q"], ["source", "f-source"], ["event_type", "f-type"], ["status", "f-status"]]) {
-    if ($(id).value) p.set(key, $(id).value);
-  }
+  const p = new URLSearchParams(search());
   p.set("limit", "25");
   if (cursor) p.set("before", cursor);
   return p.toString();
 }
 
 async function loadEvents() {
-  const page = await api("/events?" + filters());
+  let page;
+  try { page = await api("/events?" + filters()); } catch (err) { $("search-note").textContent = err.message; $("search-note").className = "error"; throw err; }
   nextCursor = page.next_cursor;
   $("next").disabled = !nextCursor;
+  // What a search could not look at, and where a where search stopped.
+  const notes = [];
+  if (page.complete === false) notes.push(`Read ${page.scanned} events without filling the page: "Older →" goes on.`);
+  if (page.not_searched) notes.push(page.not_searched);
+  $("search-note").textContent = notes.join(" "); $("search-note").className = "muted";
   $("events").innerHTML = page.items.map(e =>
     `<tr class="event" data-id="${e.id}"><td>${when(e.received_at)}</td><td>${esc(e.source)}</td>` +
     `<td class="mono">${esc(e.event_id)}</td><td>${esc(e.event_type)}</td>` +
@@ -213,7 +224,23 @@ $("logout").onclick = () => logout();
 $("tab-events").onclick = () => showTab("events");
 $("tab-destinations").onclick = () => { showTab("destinations"); loadDestinations().catch(err => flash(err.message, true)); };
 $("tab-replays").onclick = () => { showTab("replays"); loadReplays().catch(err => flash(err.message, true)); };
-$("apply").onclick = () => { cursor = null; loadEvents(); };
+$("apply").onclick = () => { cursor = null; loadEvents().catch(() => {}); };
+$("replay-search").onclick = async () => {
+  // A replay job of what the search finds: its event terms (a provider id prefix is not
+  // one) and, when the status chosen can be replayed, that status.
+  const { q, ...terms } = search();
+  if (!Object.keys(terms).length) { flash("Search first: a replay of everything is not offered here.", true); return; }
+  try {
+    const { matching } = await api("/replays", { method: "POST", body: JSON.stringify({ ...terms, dry_run: true }) });
+    if (!confirm(`Replay ${matching} deliveries of the events this search finds?`)) return;
+    await api("/replays", { method: "POST", body: JSON.stringify(terms) });
+    flash(`Replaying ${matching} deliveries; progress under Replays.${q ? " (The provider id prefix is not part of a replay.)" : ""}`);
+    showTab("replays");
+    await loadReplays();
+  } catch (err) { flash(err.message, true); }
+};
+$("tab-live").onclick = () => showTab("live");
+$("live-toggle").onclick = () => live ? stopLive() : followLive();
 $("first").onclick = () => { cursor = null; loadEvents(); };
 $("next").onclick = () => { if (nextCursor) { cursor = nextCursor; loadEvents(); } };
 $("replay-dead").onclick = async () => {
@@ -231,6 +258,63 @@ $("replay-dead").onclick = async () => {
   } catch (err) { flash(err.message, true); }
   await Promise.all([refreshStats(), loadEvents()]);
 };
+// The live view: the event stream read with fetch (EventSource cannot send the token),
+// resumed with Last-Event-ID after a break; the newest 200 events shown.
+let live = null, lastLiveId = null;
+function stopLive() {
+  if (live) live.abort();
+  live = null; $("live-toggle").textContent = "Follow"; $("live-state").textContent = "stopped";
+}
+async function followLive() {
+  const controller = new AbortController();
+  live = controller; $("live-toggle").textContent = "Stop"; lastLiveId = null; $("live").innerHTML = "";
+  const params = new URLSearchParams();
+  if ($("l-source").value) params.set("source", $("l-source").value);
+  if ($("l-type").value) params.set("event_type", $("l-type").value);
+  while (live === controller) {
+    try {
+      const headers = { "Authorization": "Bearer " + sessionStorage.getItem("relayd-token") };
+      if (lastLiveId) headers["Last-Event-ID"] = lastLiveId;
+      const response = await fetch("/admin/api/events/stream?" + params, { headers, signal: controller.signal });
+      if (!response.ok) { const body = await response.json().catch(() => ({})); throw new Error(body.message || response.statusText); }
+      $("live-state").textContent = "following";
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          liveFrame(buffer.slice(0, end)); buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (err) {
+      if (live !== controller) return;
+      $("live-state").textContent = err.message;
+    }
+    await new Promise(resolve => setTimeout(resolve, 1000));
+  }
+}
+function liveFrame(text) {
+  const fields = {};
+  for (const line of text.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon > 0) fields[line.slice(0, colon)] = (fields[line.slice(0, colon)] ?? "") + line.slice(colon + 1).replace(/^ /, "");
+  }
+  if (fields.event === "close") { $("live-state").textContent = "closed: " + JSON.parse(fields.data).reason + ", reconnecting"; return; }
+  if (fields.event !== "event") return;
+  const e = JSON.parse(fields.data);
+  lastLiveId = fields.id;
+  const row = document.createElement("tr");
+  row.className = "event live-event"; row.dataset.id = e.id;
+  row.innerHTML = `<td>${when(e.received_at)}</td><td>${esc(e.source)}</td><td class="mono">${esc(e.event_id)}</td>` +
+    `<td>${esc(e.event_type)}</td><td>${e.destinations.map(d => `<span class="badge" style="background:${COLORS.queued}">${esc(d)}</span>`).join("") || '<span class="muted">none</span>'}</td>`;
+  row.onclick = () => openEvent(e.id);
+  $("live").prepend(row);
+  while ($("live").children.length > 200) $("live").lastChild.remove();
+}
+
 setInterval(() => {
   if (!sessionStorage.getItem("relayd-token")) return;
   refreshStats().catch(() => {});
