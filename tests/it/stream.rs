@@ -476,3 +476,87 @@ async fn relayd_forward_posts_each_event_once_signed_across_a_down_target_and_a_
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_and_forward_refuse_bad_arguments_and_a_refused_token_without_retrying() {
+    let db = TestDb::unique();
+    let broker = TestBroker::new(&["sink"]);
+    let sink = Sink::start(Behaviour::Succeed).await;
+    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
+    let relayd = Process::start(&file, "all");
+    relayd.wait_ready().await;
+    let from = relayd.ops_url("/admin");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(support::relayd_binary())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    // A token relayd refuses: 401 is final, not a reason to reconnect.
+    let (code, stderr) = run(&["tail", "--from", &from, "--token", "not-the-admin-token-at-all"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("refused the stream: 401"), "{stderr}");
+    // A bad filter: the 400 names it.
+    let (code, stderr) = run(&[
+        "tail",
+        "--from",
+        &from,
+        "--token",
+        ADMIN_TOKEN,
+        "--where",
+        "body.a >",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("400") && stderr.contains("where: line 1"),
+        "{stderr}"
+    );
+    for (args, expected) in [
+        (
+            vec![
+                "forward",
+                "--from",
+                &from,
+                "--token",
+                ADMIN_TOKEN,
+                "--to",
+                "ftp://x/hooks",
+            ],
+            "--to \"ftp://x/hooks\" is not an http(s) URL",
+        ),
+        (
+            vec![
+                "forward",
+                "--from",
+                "not a url",
+                "--token",
+                ADMIN_TOKEN,
+                "--to",
+                "http://127.0.0.1:1/",
+            ],
+            "is not a URL",
+        ),
+        (
+            vec![
+                "forward",
+                "--from",
+                &from,
+                "--token",
+                ADMIN_TOKEN,
+                "--to",
+                "http://127.0.0.1:1/",
+                "--secret",
+                "nope",
+            ],
+            "--secret is not a Standard Webhooks secret",
+        ),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
