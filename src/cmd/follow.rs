@@ -75,23 +75,25 @@ pub struct Source {
 impl Source {
     /// `args`' relayd, filling what they leave out from the configuration `cli` names.
     pub fn resolve(cli: &Cli, args: &FollowArgs) -> anyhow::Result<Self> {
-        let from = match &args.from {
-            Some(from) => from.trim_end_matches('/').to_string(),
-            None => format!("{}/admin", super::local_base(super::load_config(cli)?.ops.listen)),
+        // Read once, and only for what the arguments leave out.
+        let config = match (&args.from, &args.token) {
+            (Some(_), Some(_)) => None,
+            _ => Some(super::load_config(cli)?),
         };
-        let token = match &args.token {
-            Some(token) => token.clone(),
-            None => super::load_config(cli)?
-                .ops
-                .admin_token
+        let from = match (&args.from, &config) {
+            (Some(from), _) => from.trim_end_matches('/').to_string(),
+            (None, Some(config)) => format!("{}/admin", super::local_base(config.ops.listen)),
+            (None, None) => unreachable!("the configuration is read when --from is missing"),
+        };
+        let token = match (&args.token, &config) {
+            (Some(token), _) => token.clone(),
+            (None, config) => config
+                .as_ref()
+                .and_then(|c| c.ops.admin_token.as_ref())
                 .map(|t| t.expose().to_string())
                 .context("no admin token: give --token (or RELAYD_ADMIN_TOKEN), or set ops.admin_token")?,
         };
-        let mut stream = reqwest::Url::parse(&format!("{from}/api/events/stream"))
-            .with_context(|| format!("--from {from:?} is not a URL"))?;
-        if !matches!(stream.scheme(), "http" | "https") {
-            anyhow::bail!("--from {from:?} is not an http(s) URL");
-        }
+        let mut stream = http_url("--from", &format!("{from}/api/events/stream"))?;
         {
             let mut query = stream.query_pairs_mut();
             let terms = [
@@ -125,7 +127,7 @@ pub async fn follow(
         .build()
         .context("building the HTTP client")?;
     let mut last = after;
-    let mut delays = crate::retry::backoff_with_floor(Duration::from_millis(500), Duration::from_secs(10));
+    let mut delays = reconnect_delays();
     loop {
         let mut request = client
             .get(source.stream.clone())
@@ -143,17 +145,12 @@ pub async fn follow(
                     source.from,
                     last.map_or(String::new(), |id| format!(" after {id}"))
                 );
-                delays =
-                    crate::retry::backoff_with_floor(Duration::from_millis(500), Duration::from_secs(10));
+                delays = reconnect_delays();
                 read(response, &mut last, &mut handle).await?
             }
             Ok(response) => {
                 let status = response.status();
-                let answer = response.text().await.unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&answer)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_string))
-                    .unwrap_or(answer);
+                let message = message_of(response.text().await.unwrap_or_default());
                 if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                     format!("{} answered {status}: {message}", source.from)
                 } else {
@@ -165,6 +162,29 @@ pub async fn follow(
         eprintln!("{why}; connecting again in {:.1} s", delay.as_secs_f64());
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The pauses before each reconnect: 0.5 s doubling to 10 s, started again after a
+/// connection that was accepted.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    crate::retry::backoff_with_floor(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// The `message` of relayd's JSON answer or `close` frame, or the text as it is.
+fn message_of(text: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or(text)
+}
+
+/// `text` as an http(s) URL, or an error naming the `flag` it came from.
+pub fn http_url(flag: &str, text: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(text).with_context(|| format!("{flag} {text:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("{flag} {text:?} is not an http(s) URL");
+    }
+    Ok(url)
 }
 
 /// Reads one connection's events into `handle` until it breaks; says why it did.
@@ -189,11 +209,7 @@ async fn read(
                 *last = Some(event.id);
             }
             "close" => {
-                let reason = serde_json::from_str::<serde_json::Value>(&frame.data)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_string))
-                    .unwrap_or(frame.data);
-                return Ok(format!("relayd closed the stream: {reason}"));
+                return Ok(format!("relayd closed the stream: {}", message_of(frame.data)));
             }
             _ => {}
         }

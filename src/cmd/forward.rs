@@ -18,17 +18,14 @@ use crate::cli::{Cli, ForwardArgs};
 use crate::signing;
 use crate::worker::send;
 
-use super::follow::{follow, until_interrupted, Source, StreamedEvent};
+use super::follow::{follow, http_url, until_interrupted, Source, StreamedEvent};
 
 /// The prefix of the provider's headers as forwarded.
 pub const ORIGINAL_PREFIX: &str = "x-relayd-original-";
 
 pub fn run(cli: &Cli, args: &ForwardArgs) -> anyhow::Result<()> {
     let source = Source::resolve(cli, &args.follow)?;
-    let url = reqwest::Url::parse(&args.to).with_context(|| format!("--to {:?} is not a URL", args.to))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        anyhow::bail!("--to {:?} is not an http(s) URL", args.to);
-    }
+    let url = http_url("--to", &args.to)?;
     let signing_key = match &args.secret {
         Some(secret) => signing::decode_whsec(secret)
             .context("--secret is not a Standard Webhooks secret (whsec_ and base64)")?,

@@ -106,35 +106,29 @@ async fn a_search_finds_events_by_payload_type_and_time_and_says_what_it_cannot_
         // Apart in time, for the time range below.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let plain = admin
-        .client
-        .post(format!(
-            "http://{}/webhooks/plain",
-            relayd.ingest.as_ref().unwrap()
-        ))
-        .header("x-id", "plain_1")
-        .header("x-type", "note")
-        .header("content-type", "text/plain")
-        .body("customer cus_123 paid")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 200);
+    let plain_url = format!("http://{}/webhooks/plain", relayd.ingest.as_ref().unwrap());
+    let post_plain = async |id: &str, event_type: &str, content_type: &str, body: Vec<u8>| {
+        let response = admin
+            .client
+            .post(&plain_url)
+            .header("x-id", id)
+            .header("x-type", event_type)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{id}");
+    };
+    post_plain("plain_1", "note", "text/plain", b"customer cus_123 paid".to_vec()).await;
     // JSON, but from a source without `searchable`: found by its fields only.
-    let plain_json = admin
-        .client
-        .post(format!(
-            "http://{}/webhooks/plain",
-            relayd.ingest.as_ref().unwrap()
-        ))
-        .header("x-id", "plain_json")
-        .header("x-type", "invoice.paid")
-        .header("content-type", "application/json")
-        .body(invoice("plain_json", "invoice.paid", "cus_123", 5000))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain_json.status(), 200);
+    post_plain(
+        "plain_json",
+        "invoice.paid",
+        "application/json",
+        invoice("plain_json", "invoice.paid", "cus_123", 5000),
+    )
+    .await;
     let ids: Vec<&str> = events
         .iter()
         .map(|(id, _)| *id)

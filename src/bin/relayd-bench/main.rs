@@ -181,6 +181,18 @@ struct Args {
     out: PathBuf,
 }
 
+/// The raw INSERT ceiling of this run: measured by `raw`, or now if it has not run.
+async fn run_ceiling(
+    args: &Args,
+    rows: &mut Vec<report::Row>,
+    raw_ceiling: &mut Option<f64>,
+) -> anyhow::Result<f64> {
+    match *raw_ceiling {
+        Some(ceiling) => Ok(ceiling),
+        None => measure_raw(args, rows, raw_ceiling).await,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -195,10 +207,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Scenario::Ingest => rows.push(ingest(&args, "ingest", args.ingest_rate).await?),
             Scenario::IngestSearchable => {
-                let ceiling = match raw_ceiling {
-                    Some(ceiling) => ceiling,
-                    None => measure_raw(&args, &mut rows, &mut raw_ceiling).await?,
-                };
+                let ceiling = run_ceiling(&args, &mut rows, &mut raw_ceiling).await?;
                 let rate = (ceiling * 2.0).round();
                 rows.push(ingest(&args, "ingest at 2× raw", rate).await?);
                 let searchable = Args {
@@ -208,10 +217,7 @@ async fn main() -> anyhow::Result<()> {
                 rows.push(ingest(&searchable, "ingest at 2× raw, searchable source", rate).await?);
             }
             Scenario::Ceiling => {
-                let ceiling = match raw_ceiling {
-                    Some(ceiling) => ceiling,
-                    None => measure_raw(&args, &mut rows, &mut raw_ceiling).await?,
-                };
+                let ceiling = run_ceiling(&args, &mut rows, &mut raw_ceiling).await?;
                 let rate = (ceiling * 1.1).round();
                 rows.push(ingest(&args, "ingest at 1.1× raw", rate).await?);
             }

@@ -177,9 +177,10 @@ async fn reset(
 }
 
 /// One page of a replay job: of the first `limit` deliveries after `after` (by id)
-/// that the database's conditions select, those whose event the `where` accepts, reset to `pending` with a fresh attempt budget (their attempts history stays,
-/// and so does their event, and with it the `webhook-id` destinations see), in the
-/// caller's transaction. Returns how many were reset and the last id looked at
+/// that the database's conditions select, those whose event the `where` accepts, reset
+/// to `pending` with a fresh attempt budget (their attempts history stays, and so does
+/// their event, and with it the `webhook-id` destinations see), in the caller's
+/// transaction. Returns how many were reset and the last id looked at
 /// (`None`: nothing matched after `after`; the job is done). A delivery reset stays
 /// behind the cursor, so a page never meets it again. The relays are woken by the
 /// caller once this is committed ([`crate::wake`]).

@@ -225,19 +225,25 @@ $("tab-events").onclick = () => showTab("events");
 $("tab-destinations").onclick = () => { showTab("destinations"); loadDestinations().catch(err => flash(err.message, true)); };
 $("tab-replays").onclick = () => { showTab("replays"); loadReplays().catch(err => flash(err.message, true)); };
 $("apply").onclick = () => { cursor = null; loadEvents().catch(() => {}); };
+// A replay job of `filter`: counted first (a dry run), asked with `question(count)`,
+// then replayed in the background; the Replays tab shows it.
+async function replayJob(filter, question, started) {
+  try {
+    const { matching } = await api("/replays", { method: "POST", body: JSON.stringify({ ...filter, dry_run: true }) });
+    if (!confirm(question(matching))) return;
+    await api("/replays", { method: "POST", body: JSON.stringify(filter) });
+    flash(started(matching));
+    showTab("replays");
+    await loadReplays();
+  } catch (err) { flash(err.message, true); }
+}
 $("replay-search").onclick = async () => {
   // A replay job of what the search finds: its event terms (a provider id prefix is not
   // one) and, when the status chosen can be replayed, that status.
   const { q, ...terms } = search();
   if (!Object.keys(terms).length) { flash("Search first: a replay of everything is not offered here.", true); return; }
-  try {
-    const { matching } = await api("/replays", { method: "POST", body: JSON.stringify({ ...terms, dry_run: true }) });
-    if (!confirm(`Replay ${matching} deliveries of the events this search finds?`)) return;
-    await api("/replays", { method: "POST", body: JSON.stringify(terms) });
-    flash(`Replaying ${matching} deliveries; progress under Replays.${q ? " (The provider id prefix is not part of a replay.)" : ""}`);
-    showTab("replays");
-    await loadReplays();
-  } catch (err) { flash(err.message, true); }
+  await replayJob(terms, n => `Replay ${n} deliveries of the events this search finds?`,
+    n => `Replaying ${n} deliveries; progress under Replays.${q ? " (The provider id prefix is not part of a replay.)" : ""}`);
 };
 $("tab-live").onclick = () => showTab("live");
 $("live-toggle").onclick = () => live ? stopLive() : followLive();
@@ -246,16 +252,8 @@ $("next").onclick = () => { if (nextCursor) { cursor = nextCursor; loadEvents();
 $("replay-dead").onclick = async () => {
   const destination = $("dead-destination").value;
   if (!destination) return;
-  const filter = { status: "dead", destination };
-  try {
-    // Counted first (a dry run), then replayed in the background as a job.
-    const { matching } = await api("/replays", { method: "POST", body: JSON.stringify({ ...filter, dry_run: true }) });
-    if (!confirm(`Replay ${matching} dead deliveries of ${destination}?`)) return;
-    await api("/replays", { method: "POST", body: JSON.stringify(filter) });
-    flash(`Replaying ${matching} dead deliveries of ${destination}; progress under Replays.`);
-    showTab("replays");
-    await loadReplays();
-  } catch (err) { flash(err.message, true); }
+  await replayJob({ status: "dead", destination }, n => `Replay ${n} dead deliveries of ${destination}?`,
+    n => `Replaying ${n} dead deliveries of ${destination}; progress under Replays.`);
   await Promise.all([refreshStats(), loadEvents()]);
 };
 // The live view: the event stream read with fetch (EventSource cannot send the token),
