@@ -93,7 +93,12 @@ impl Source {
                 .map(|t| t.expose().to_string())
                 .context("no admin token: give --token (or RELAYD_ADMIN_TOKEN), or set ops.admin_token")?,
         };
-        let mut stream = http_url("--from", &format!("{from}/api/events/stream"))?;
+        let mut stream = http_url("--from", &from)?;
+        stream
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("--from {from:?} cannot hold a path"))?
+            .pop_if_empty()
+            .extend(["api", "events", "stream"]);
         {
             let mut query = stream.query_pairs_mut();
             let terms = [
