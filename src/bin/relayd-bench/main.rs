@@ -9,11 +9,14 @@
 //!
 //!     cargo build --release --bins && target/release/relayd-bench --out docs/bench
 
+mod amqpcount;
+mod anatomy;
 mod collector;
 mod filter;
 mod flow;
 mod load;
 mod ordered;
+mod pgserver;
 mod process;
 mod report;
 mod scenarios;
@@ -67,6 +70,11 @@ enum Scenario {
     /// first if `raw` has not run), with a plain source and then a `searchable` one
     /// (bodies copied to jsonb and indexed) — each row's accepted rate is its ceiling.
     IngestSearchable,
+    /// Where the time goes: end to end at `--e2e-rate` with the shipped defaults, each
+    /// role its own process, on a PostgreSQL server of the bench's own with
+    /// `pg_stat_statements`; CPU per process group, statements, row writes, WAL and AMQP
+    /// frames per 10,000 delivered events (writes anatomy.md).
+    Anatomy,
     /// The admin API's event search over `--search-events` stored events: `match`,
     /// `where` and an unindexed `where`, beside the same query in SQL.
     Search,
@@ -80,7 +88,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,ingest,ceiling,ingest-searchable,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered,filter,search"
+        default_value = "raw,ingest,ceiling,ingest-searchable,e2e,traced,backlog,sweep,defaults,slow-neighbour,outage,rate-limited,ordered,filter,search,anatomy"
     )]
     scenarios: Vec<Scenario>,
     /// Server URL of PostgreSQL; a `relayd_bench` database is (re)created on it.
@@ -241,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Ordered => rows.extend(ordered::ordered(&args).await?),
             Scenario::Filter => rows.push(filter::filter()?),
             Scenario::Search => rows.extend(search::search(&args).await?),
+            Scenario::Anatomy => rows.extend(anatomy::anatomy(&args).await?),
             Scenario::Sweep => {
                 for &rate in &args.sweep_rates {
                     let row = end_to_end(&args, &format!("sweep {rate}/s"), rate).await?;

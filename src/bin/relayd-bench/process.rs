@@ -1,5 +1,5 @@
 //! A relayd child process with the roles a scenario needs, and its resource use read from
-//! /proc: peak RSS (VmHWM) and CPU seconds (utime + stime).
+//! /proc: peak RSS (VmHWM) and CPU seconds (utime + stime), as for any other process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,9 +19,21 @@ pub struct Usage {
 impl Relayd {
     /// Starts `relayd --role ROLES --config CONFIG` and waits until `/readyz` says ready.
     pub async fn start(binary: &Path, config: &Path, roles: &str, ops: &str) -> anyhow::Result<Self> {
+        Self::start_with(binary, config, roles, ops, &[]).await
+    }
+
+    /// [`Relayd::start`] with environment variables of its own (`RELAYD__…` overrides).
+    pub async fn start_with(
+        binary: &Path,
+        config: &Path,
+        roles: &str,
+        ops: &str,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let child = Command::new(binary)
             .args(["--role", roles, "--config"])
             .arg(config)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -42,6 +54,10 @@ impl Relayd {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn usage(&self) -> Usage {
         let pid = self.child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -51,18 +67,9 @@ impl Relayd {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start after ") ".
-        let fields: Vec<&str> = stat
-            .rsplit_once(") ")
-            .map(|(_, f)| f.split(' ').collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat; here 0-based after the name: 11, 12.
-        let clock_ticks = 100.0;
         Usage {
             peak_rss_mb: peak_kb / 1024.0,
-            cpu_seconds: (ticks(11) + ticks(12)) / clock_ticks,
+            cpu_seconds: cpu_of(pid).own,
         }
     }
 
@@ -90,6 +97,41 @@ impl Drop for Relayd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds of a process from /proc: its own (utime + stime) and that of its children
+/// it has waited for (cutime + cstime); zero when it is gone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub own: f64,
+    pub reaped_children: f64,
+}
+
+pub fn cpu_of(pid: u32) -> Cpu {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, f)| f.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime, stime, cutime, cstime are fields 14–17 of stat; 0-based after the name: 11–14.
+    let clock_ticks = 100.0;
+    Cpu {
+        own: (ticks(11) + ticks(12)) / clock_ticks,
+        reaped_children: (ticks(13) + ticks(14)) / clock_ticks,
+    }
+}
+
+/// The pids of the processes whose executable's file name is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
 }
 
 /// The relayd binary next to this one (both come from the same `cargo build`).

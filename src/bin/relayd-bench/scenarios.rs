@@ -76,45 +76,78 @@ pub async fn end_to_end_with(
     let started = Instant::now();
     let samples = load::run(&load(args, &setup, rate, &run)).await;
     let elapsed = started.elapsed();
-    let accepted: HashSet<String> = samples
-        .iter()
-        .filter(|s| s.status == 200)
-        .map(|s| format!("evt_bench_{run}_{}", s.index))
-        .collect();
-    // Drain: everything accepted should arrive; give it up to 30 s.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sink.count_distinct() < accepted.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drain(sink, &samples, &run).await;
     let usage = relayd.stop();
     let mut row = Row::from_requests(name, rate, &samples, elapsed, usage);
-    {
-        let received = sink
-            .received
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sink poisoned"))?;
-        let mut e2e = Vec::new();
-        for sample in samples.iter().filter(|s| s.status == 200) {
-            let id = format!("evt_bench_{run}_{}", sample.index);
-            if let Some(first) = received.arrivals.get(&id).and_then(|a| a.iter().min()) {
-                e2e.push(first.duration_since(sample.scheduled).unwrap_or_default());
-            }
-        }
-        e2e.sort();
-        row.e2e_p50_ms = percentile_ms(&e2e, 0.50);
-        row.e2e_p99_ms = percentile_ms(&e2e, 0.99);
-        row.lost = Some(
-            accepted
-                .iter()
-                .filter(|id| !received.arrivals.contains_key(*id))
-                .count() as u64,
-        );
-        row.duplicates = Some(received.arrivals.values().map(|a| a.len() as u64 - 1).sum());
-        row.bad_signatures = Some(received.bad_signatures);
-    }
+    delivery_figures(&mut row, &samples, &run, sink)?;
     delete_topology(args, &setup);
     let _ = std::fs::remove_file(&setup.config);
     Ok(row)
+}
+
+/// The provider ids of the events of `run` that ingest accepted.
+fn accepted_ids(samples: &[load::Sample], run: &str) -> HashSet<String> {
+    samples
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| format!("evt_bench_{run}_{}", s.index))
+        .collect()
+}
+
+/// Waits until everything of `run` that was accepted has arrived at `sink`, 30 s at most.
+pub async fn drain(sink: &sink::Sink, samples: &[load::Sample], run: &str) {
+    let accepted = accepted_ids(samples, run);
+    let arrived = || {
+        sink.received.lock().map_or(0, |r| {
+            accepted.iter().filter(|id| r.arrivals.contains_key(*id)).count()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrived() < accepted.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fills `row`'s end-to-end percentiles (from each event's scheduled time to its first
+/// arrival), losses, duplicates and bad signatures, as `sink` saw `run`'s events.
+pub fn delivery_figures(
+    row: &mut Row,
+    samples: &[load::Sample],
+    run: &str,
+    sink: &sink::Sink,
+) -> anyhow::Result<()> {
+    let accepted = accepted_ids(samples, run);
+    let received = sink
+        .received
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sink poisoned"))?;
+    let mut e2e = Vec::new();
+    for sample in samples.iter().filter(|s| s.status == 200) {
+        let id = format!("evt_bench_{run}_{}", sample.index);
+        if let Some(first) = received.arrivals.get(&id).and_then(|a| a.iter().min()) {
+            e2e.push(first.duration_since(sample.scheduled).unwrap_or_default());
+        }
+    }
+    e2e.sort();
+    row.e2e_p50_ms = percentile_ms(&e2e, 0.50);
+    row.e2e_p99_ms = percentile_ms(&e2e, 0.99);
+    row.lost = Some(
+        accepted
+            .iter()
+            .filter(|id| !received.arrivals.contains_key(*id))
+            .count() as u64,
+    );
+    let of_run = format!("evt_bench_{run}_");
+    row.duplicates = Some(
+        received
+            .arrivals
+            .iter()
+            .filter(|(id, _)| id.starts_with(&of_run))
+            .map(|(_, a)| a.len() as u64 - 1)
+            .sum(),
+    );
+    row.bad_signatures = Some(received.bad_signatures);
+    Ok(())
 }
 
 pub async fn backlog(args: &Args) -> anyhow::Result<Row> {
