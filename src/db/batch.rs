@@ -3,8 +3,13 @@
 //!
 //! A [`Batcher`] owns a few tasks that take the first waiting item, then whatever else
 //! is already waiting (up to `max_batch`), run the [`Statement`] once for all of them
-//! and answer each caller. Nothing waits on purpose: a quiet process runs one statement
-//! per item, a busy one amortizes round trips and WAL flushes.
+//! and answer each caller. A quiet process runs one statement per item, a busy one
+//! amortizes round trips, planning and WAL flushes. With [`Options::eager`] above one,
+//! a further statement starts while one runs only once that many items wait (or after
+//! [`Options::form_wait`]): under moderate load the items that arrive during one
+//! statement's commit form the next batch instead of being spread over idle tasks in
+//! batches of one or two, each paying a statement's fixed cost; under heavy load the
+//! tasks still run side by side.
 //!
 //! The isolation rule lives here, once: when the database *rejects* a statement
 //! because of what is in it ([`BatchError::Rejected`]: a constraint, invalid data), the
@@ -105,6 +110,11 @@ pub struct Options {
     pub max_batch: usize,
     /// Statements in flight at once: while one runs, the next batch forms.
     pub tasks: usize,
+    /// While a statement runs, the next starts only when this many items wait (1: at
+    /// once, with any).
+    pub eager: usize,
+    /// …or when its first item has waited this long.
+    pub form_wait: Duration,
     /// When a statement the database was unavailable for is tried again.
     pub retry: Retry,
 }
@@ -136,12 +146,22 @@ type Queue<S> = Arc<Mutex<mpsc::Receiver<Submitted<S>>>>;
 /// The callers' side.
 pub struct Batcher<S: Statement> {
     sender: mpsc::Sender<Submitted<S>>,
+    flow: Arc<Flow>,
+}
+
+/// What the tasks know of each other and of arrivals, for [`Options::eager`].
+#[derive(Default)]
+struct Flow {
+    running: std::sync::atomic::AtomicUsize,
+    finished: tokio::sync::Notify,
+    arrived: tokio::sync::Notify,
 }
 
 impl<S: Statement> Clone for Batcher<S> {
     fn clone(&self) -> Self {
         Self {
             sender: self.sender.clone(),
+            flow: self.flow.clone(),
         }
     }
 }
@@ -153,10 +173,11 @@ impl<S: Statement> Batcher<S> {
         let (sender, receiver) = mpsc::channel(max_batch * options.tasks.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let shared = Arc::new((statement, options));
+        let flow = Arc::new(Flow::default());
         let tasks = (0..shared.1.tasks.max(1))
-            .map(|_| tokio::spawn(run(shared.clone(), receiver.clone(), stop.clone())))
+            .map(|_| tokio::spawn(run(shared.clone(), receiver.clone(), flow.clone(), stop.clone())))
             .collect();
-        (Self { sender }, tasks)
+        (Self { sender, flow }, tasks)
     }
 
     /// Submits `item` and waits for its own result.
@@ -166,11 +187,18 @@ impl<S: Statement> Batcher<S> {
             .send((item, reply))
             .await
             .map_err(|_| BatchError::Stopped)?;
+        self.flow.arrived.notify_one();
         answer.await.map_err(|_| BatchError::Stopped)?
     }
 }
 
-async fn run<S: Statement>(shared: Arc<(S, Options)>, receiver: Queue<S>, stop: CancellationToken) {
+async fn run<S: Statement>(
+    shared: Arc<(S, Options)>,
+    receiver: Queue<S>,
+    flow: Arc<Flow>,
+    stop: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
     let (statement, options) = &*shared;
     loop {
         let batch = {
@@ -182,20 +210,49 @@ async fn run<S: Statement>(shared: Arc<(S, Options)>, receiver: Queue<S>, stop: 
             };
             let Some(first) = first else { return };
             let mut batch = vec![first];
-            while batch.len() < options.max_batch {
-                match receiver.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+            take_waiting(&mut receiver, &mut batch, options.max_batch);
+            let deadline = tokio::time::Instant::now() + options.form_wait;
+            while batch.len() < options.eager.min(options.max_batch) {
+                // Registered before the checks, so a statement ending or an item
+                // arriving between them and the wait is not missed.
+                let finished = flow.finished.notified();
+                let arrived = flow.arrived.notified();
+                let (mut finished, mut arrived) = (std::pin::pin!(finished), std::pin::pin!(arrived));
+                finished.as_mut().enable();
+                arrived.as_mut().enable();
+                if flow.running.load(SeqCst) == 0 {
+                    break;
                 }
+                tokio::select! {
+                    _ = finished => {}
+                    _ = arrived => {}
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.cancelled() => break,
+                }
+                take_waiting(&mut receiver, &mut batch, options.max_batch);
             }
+            take_waiting(&mut receiver, &mut batch, options.max_batch);
+            flow.running.fetch_add(1, SeqCst);
             batch
         };
         let (items, replies): (Vec<S::Item>, Vec<_>) = batch.into_iter().unzip();
         let started = std::time::Instant::now();
         let results = settle(statement, &items, &options.retry, &stop).await;
+        flow.running.fetch_sub(1, SeqCst);
+        flow.finished.notify_waiters();
         tracing::debug!(batch = items.len(), took = ?started.elapsed(), "{} a batch", S::WHAT);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
+        }
+    }
+}
+
+/// Moves what already waits into `batch`, up to `max` items.
+fn take_waiting<T>(receiver: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
         }
     }
 }
@@ -331,6 +388,8 @@ mod tests {
         Options {
             max_batch: 64,
             tasks: 1,
+            eager: 1,
+            form_wait: Duration::ZERO,
             retry: Retry::delays(retry),
         }
     }
@@ -347,6 +406,87 @@ mod tests {
             &CancellationToken::new(),
         )
         .await
+    }
+
+    /// Batches and when each started.
+    type Runs = Arc<StdMutex<Vec<(tokio::time::Instant, Vec<i64>)>>>;
+
+    /// Takes 100 ms a statement; records each batch and when it started.
+    struct Slow {
+        runs: Runs,
+    }
+
+    impl Statement for Slow {
+        type Item = i64;
+        type Output = i64;
+        const WHAT: &'static str = "slow";
+
+        async fn run(&self, items: &[i64]) -> Result<Vec<i64>, BatchError> {
+            self.runs
+                .lock()
+                .unwrap()
+                .push((tokio::time::Instant::now(), items.to_vec()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(items.to_vec())
+        }
+    }
+
+    /// One item, then `later` more submitted while its statement runs, through four
+    /// tasks with `eager`: each batch with when it started after the first.
+    async fn behind_one(eager: usize, later: i64) -> Vec<(Duration, Vec<i64>)> {
+        let runs = Runs::default();
+        let stop = CancellationToken::new();
+        let (batcher, _tasks) = Batcher::start(
+            Slow { runs: runs.clone() },
+            Options {
+                max_batch: 64,
+                tasks: 4,
+                eager,
+                form_wait: Duration::from_secs(1),
+                retry: Retry::default(),
+            },
+            stop.clone(),
+        );
+        let submit = |i: i64| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.submit(i).await })
+        };
+        let first = submit(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let rest: Vec<_> = (1..=later).map(submit).collect();
+        assert_eq!(first.await.unwrap(), Ok(0));
+        for (i, handle) in (1..).zip(rest) {
+            assert_eq!(handle.await.unwrap(), Ok(i));
+        }
+        stop.cancel();
+        let runs = runs.lock().unwrap();
+        let start = runs[0].0;
+        runs.iter()
+            .map(|(at, items)| (*at - start, items.clone()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn items_arriving_during_a_statement_form_the_next_batch_when_few() {
+        let runs = behind_one(32, 5).await;
+        assert_eq!(
+            runs,
+            vec![
+                (Duration::ZERO, vec![0]),
+                (Duration::from_millis(100), vec![1, 2, 3, 4, 5])
+            ]
+        );
+        // Without `eager` an idle task takes them at once, beside the running one.
+        let runs = behind_one(1, 5).await;
+        assert_eq!(runs[1], (Duration::from_millis(10), vec![1, 2, 3, 4, 5]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enough_waiting_items_start_a_statement_beside_the_running_one() {
+        let runs = behind_one(4, 4).await;
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[1].1, vec![1, 2, 3, 4]);
+        assert!(runs[1].0 < Duration::from_millis(100), "{runs:?}");
     }
 
     #[tokio::test]

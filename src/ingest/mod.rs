@@ -49,6 +49,16 @@ const MAX_BATCH: usize = 128;
 /// next batch forms.
 const COMMITTERS: usize = 4;
 
+/// A second committer starts while one commits only once this many events wait (or
+/// after [`FORM_WAIT`]). Below that, the requests that arrive during one commit form
+/// the next batch: at 1,000 events/s four eager committers stored 1.9 events per
+/// statement, and the statement's fixed cost made PostgreSQL's ingest backends the
+/// largest CPU user of the whole pipeline (docs/bench/anatomy.md).
+const EAGER: usize = MAX_BATCH / 4;
+
+/// How long a formed batch waits for a running commit before it starts beside it.
+const FORM_WAIT: Duration = Duration::from_millis(10);
+
 /// The outcome of a stored request (`accepted`, `duplicate`) and relayd's id of the event,
 /// also in the headers of every `200`: for a provider whose answer replaces relayd's
 /// JSON (Discord).
@@ -161,6 +171,8 @@ pub async fn run(
         batch::Options {
             max_batch: MAX_BATCH,
             tasks: COMMITTERS,
+            eager: EAGER,
+            form_wait: FORM_WAIT,
             // A primary that went away (restart, failover) is given until
             // `database.connect_timeout` to be back before the provider is answered 503
             // (it retries that itself; holding its request longer would only pile more

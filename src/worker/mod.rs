@@ -113,6 +113,8 @@ async fn run_with(
     let options = batch::Options {
         max_batch: MAX_BATCH,
         tasks: 1,
+        eager: 1,
+        form_wait: Duration::ZERO,
         retry: batch::Retry::delays(
             crate::retry::backoff(Duration::from_millis(100), Duration::from_secs(2)).take(6),
         ),

@@ -20,6 +20,8 @@ fn options() -> Options {
     Options {
         max_batch: 128,
         tasks: 1,
+        eager: 1,
+        form_wait: std::time::Duration::ZERO,
         retry: relayd::db::batch::Retry::default(),
     }
 }

@@ -243,6 +243,10 @@ struct Statement {
     calls: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     rows: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    plans: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    plan_ms: f64,
     #[diesel(sql_type = diesel::sql_types::Double)]
     ms: f64,
     #[diesel(sql_type = diesel::sql_types::Double)]
@@ -289,8 +293,8 @@ struct DatabaseStats {
 impl DatabaseStats {
     async fn read(conn: &mut AsyncPgConnection) -> anyhow::Result<Self> {
         let statements = diesel::sql_query(
-            "SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows, \
-                    total_exec_time AS ms, wal_bytes::float8 AS wal_bytes \
+            "SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, rows, plans, \
+                    total_plan_time AS plan_ms, total_exec_time AS ms, wal_bytes::float8 AS wal_bytes \
              FROM pg_stat_statements \
              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND query NOT LIKE '%pg_stat%' \
@@ -433,15 +437,17 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n| statement (pg_stat_statements) | calls | rows | exec ms | WAL KB |\n|---|---:|---:|---:|---:|"
+            "\n| statement (pg_stat_statements) | calls | rows | plans | plan ms | exec ms | WAL KB |\n|---|---:|---:|---:|---:|---:|---:|"
         );
         for s in self.database.statements.iter().take(20) {
             let query: String = s.query.chars().take(90).collect::<String>().replace('|', "\\|");
             let _ = writeln!(
                 out,
-                "| `{query}` | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| `{query}` | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 self.per(s.calls as f64),
                 self.per(s.rows as f64),
+                self.per(s.plans as f64),
+                self.per(s.plan_ms),
                 self.per(s.ms),
                 self.per(s.wal_bytes) / 1024.0
             );

@@ -69,7 +69,8 @@ impl PgServer {
             .arg(&server.data))?;
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 \
-             -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=1000",
+             -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=1000 \
+             -c pg_stat_statements.track_planning=on",
             server.port,
             server.dir.display()
         );
