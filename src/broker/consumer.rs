@@ -9,8 +9,13 @@
 //! connection are redelivered by the broker, so their stale ackers are ignored.
 //! [`Consumer::stop`] cancels consumption and lets in-flight messages be settled
 //! within a grace period before the connection closes.
+//!
+//! Acks are sent with `multiple` where they can be: the acks of a run of tags below the
+//! lowest still unsettled one go as one `basic.ack`, and an ack that cannot join such a
+//! run (a slower message below it) is sent alone after [`ACK_DELAY`]. Requeues and
+//! rejects go at once, one each. A tag is acknowledged exactly once either way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,10 @@ use tokio::sync::mpsc;
 use super::session::{self, SessionError};
 use super::{Health, Topology};
 use crate::config::BrokerConfig;
+
+/// The longest an ack waits for the messages below it to be settled, so that one
+/// `basic.ack` with `multiple` covers them all.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// A message taken from a destination queue, not yet settled.
 #[derive(Debug)]
@@ -231,10 +240,14 @@ impl ConsumerThread {
         // delivery tags stay valid across, and settlements go through the channel.
         let mut consumer: Option<(amiquip::Consumer, u16)> = None;
         let mut cancelling = false;
-        let mut unsettled: HashMap<u64, Delivery> = HashMap::new();
+        let mut unsettled: BTreeMap<u64, Delivery> = BTreeMap::new();
+        let mut acks = PendingAcks::default();
         let mut stop_deadline: Option<Instant> = None;
         let never = crossbeam_channel::never();
         let ended = loop {
+            if let Err(e) = acks.send_due(&channel, unsettled.keys().next().copied(), Instant::now()) {
+                break Ended::Lost(e.to_string());
+            }
             if let Some(deadline) = stop_deadline {
                 if unsettled.is_empty() || Instant::now() >= deadline {
                     break Ended::Stopped;
@@ -264,9 +277,14 @@ impl ConsumerThread {
                     (None, None) => {}
                 }
             }
-            let wait = stop_deadline.map_or(Duration::from_secs(1), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
+            let wait = stop_deadline
+                .map_or(Duration::from_secs(1), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .min(
+                    acks.next_due()
+                        .map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now())),
+                );
             let messages = consumer.as_ref().map_or(&never, |(c, _)| c.receiver());
             select! {
                 recv(messages) -> message => match message {
@@ -292,7 +310,10 @@ impl ConsumerThread {
                         }
                         if let Some(delivery) = unsettled.remove(&tag) {
                             let result = match how {
-                                Settle::Ack => delivery.ack(&channel),
+                                Settle::Ack => {
+                                    acks.push(tag, delivery, Instant::now());
+                                    Ok(())
+                                }
                                 Settle::Requeue => delivery.nack(&channel, true),
                                 Settle::Reject => delivery.reject(&channel, false),
                             };
@@ -310,6 +331,12 @@ impl ConsumerThread {
                 default(wait) => {}
             }
         };
+        if matches!(ended, Ended::Stopped) {
+            // Whatever was acked goes before the close (a message left unsettled is
+            // redelivered; one below it keeps the rest from `multiple`).
+            let floor = unsettled.keys().next().copied();
+            let _ = acks.send_due(&channel, floor, Instant::now() + ACK_DELAY);
+        }
         drop(consumer);
         // Closing joins amiquip's I/O thread: this is the consumer's own thread.
         let _ = channel.close();
@@ -349,5 +376,57 @@ impl ConsumerThread {
                 commands: self.commands.clone(),
             },
         }
+    }
+}
+
+/// Acks settled by the worker and not yet sent to the broker, by delivery tag, each
+/// with when it was settled.
+#[derive(Default)]
+struct PendingAcks {
+    pending: BTreeMap<u64, (Delivery, Instant)>,
+}
+
+impl PendingAcks {
+    fn push(&mut self, tag: u64, delivery: Delivery, at: Instant) {
+        self.pending.insert(tag, (delivery, at));
+    }
+
+    /// When the oldest pending ack must go alone.
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.values().map(|(_, at)| *at + ACK_DELAY).min()
+    }
+
+    /// Sends what may go now: every pending ack below `lowest_unsettled` (all of them
+    /// when nothing is unsettled) as one `basic.ack` with `multiple` on the highest of
+    /// them, since every tag below that one is settled; then, alone, each ack that has
+    /// waited [`ACK_DELAY`] by `now`.
+    fn send_due(
+        &mut self,
+        channel: &amiquip::Channel,
+        lowest_unsettled: Option<u64>,
+        now: Instant,
+    ) -> amiquip::Result<()> {
+        let covered = match lowest_unsettled {
+            Some(floor) => {
+                let above = self.pending.split_off(&floor);
+                std::mem::replace(&mut self.pending, above)
+            }
+            None => std::mem::take(&mut self.pending),
+        };
+        if let Some((_, (highest, _))) = covered.into_iter().next_back() {
+            highest.ack_multiple(channel)?;
+        }
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| *at + ACK_DELAY <= now)
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in due {
+            if let Some((delivery, _)) = self.pending.remove(&tag) {
+                delivery.ack(channel)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -204,17 +204,20 @@ fn cpu_table(before: &Snapshot, after: &Snapshot) -> Vec<(String, f64)> {
         .sum();
     let exited = after.postmaster.reaped_children - before.postmaster.reaped_children - gone;
     let postmaster = after.postmaster.own - before.postmaster.own;
+    // relayd names its pools' sessions by role; its LISTEN session has no name; the
+    // rest are PostgreSQL's own processes (WAL writer, checkpointer, autovacuum, …).
+    let mut background = 0.0;
     for (name, cpu) in groups {
-        if name == "relayd-bench" {
-            continue; // the bench's own statistics queries
+        match name.as_str() {
+            "relayd-bench" => {} // the bench's own statistics queries
+            "client backend" => lines.push(("PostgreSQL sessions without a name (LISTEN)".into(), cpu)),
+            relayd if relayd.starts_with("relayd-") => {
+                lines.push((format!("PostgreSQL backends of {relayd}"), cpu))
+            }
+            _ => background += cpu,
         }
-        let label = if name.starts_with("relayd-") {
-            format!("PostgreSQL backends of {name}")
-        } else {
-            format!("PostgreSQL {name}")
-        };
-        lines.push((label, cpu));
     }
+    lines.push(("PostgreSQL background processes".into(), background));
     lines.push((
         "PostgreSQL postmaster and exited backends".into(),
         postmaster + exited.max(0.0),
