@@ -13,7 +13,7 @@ migrate:
 test *ARGS:
     cargo test {{ARGS}}
 
-# The standard benchmark set (about nine minutes; needs PostgreSQL and RabbitMQ): writes
+# The standard benchmark set (about eleven minutes; needs PostgreSQL and RabbitMQ): writes
 # docs/bench/results.md, results.json and latency.svg.
 bench *ARGS:
     cargo build --release --bins

@@ -5,7 +5,7 @@
 //! relayd role, of PostgreSQL's backends grouped by `application_name` (relayd names
 //! them by role) and of its background processes, and of RabbitMQ (beam.smp); the
 //! database's transactions, statements, row writes and WAL; the AMQP frames. Writes
-//! `anatomy.md` to `--out` and returns the run's end-to-end row. The load generator,
+//! `anatomy-table.md` to `--out` and returns the run's end-to-end row. The load generator,
 //! the sink and the proxy run in the bench's process and are not counted.
 
 use std::collections::BTreeMap;
@@ -122,9 +122,9 @@ pub async fn anatomy(args: &Args) -> anyhow::Result<Vec<Row>> {
     let text = report.markdown();
     println!("{text}");
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("anatomy.md"), &text)?;
+    std::fs::write(args.out.join("anatomy-table.md"), &text)?;
     row.notes = Some(format!(
-        "host CPU {:.3} ms per event (relayd {:.3}); tables in anatomy.md",
+        "host CPU {:.3} ms per event (relayd {:.3}); tables in anatomy-table.md",
         report.host_cpu_ms_per_event(),
         report.relayd_cpu_ms_per_event()
     ));

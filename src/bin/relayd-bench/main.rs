@@ -73,7 +73,7 @@ enum Scenario {
     /// Where the time goes: end to end at `--e2e-rate` with the shipped defaults, each
     /// role its own process, on a PostgreSQL server of the bench's own with
     /// `pg_stat_statements`; CPU per process group, statements, row writes, WAL and AMQP
-    /// frames per 10,000 delivered events (writes anatomy.md).
+    /// frames per 10,000 delivered events (writes anatomy-table.md).
     Anatomy,
     /// The admin API's event search over `--search-events` stored events: `match`,
     /// `where` and an unindexed `where`, beside the same query in SQL.
