@@ -63,14 +63,24 @@ async fn post_many(url: String, prefix: &'static str, count: usize, gap: Duratio
     stored
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cut_stream_resumes_with_last_event_id_with_no_gap_and_no_duplicate() {
+/// What a test's relayd needs alive while it runs: its config file, sink, broker names
+/// and database, dropped in that order after the relayd.
+type Kept = (support::TempFile, Sink, TestBroker, TestDb);
+
+/// A ready relayd with every role and [`ADMIN_TOKEN`], delivering to one sink.
+async fn start_with_admin_token() -> (Kept, Process) {
     let db = TestDb::unique();
     let broker = TestBroker::new(&["sink"]);
     let sink = Sink::start(Behaviour::Succeed).await;
     let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
     let relayd = Process::start(&file, "all");
     relayd.wait_ready().await;
+    ((file, sink, broker, db), relayd)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_stream_resumes_with_last_event_id_with_no_gap_and_no_duplicate() {
+    let (_kept, relayd) = start_with_admin_token().await;
     let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
     // Stored before the stream opens: not part of it.
     post_many(url.clone(), "evt_before_", 3, Duration::ZERO).await;
@@ -201,12 +211,7 @@ async fn drain_ids(stream: &mut Events) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_does_not_read_is_dropped_with_a_reason_and_ingest_goes_on() {
-    let db = TestDb::unique();
-    let broker = TestBroker::new(&["sink"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
-    let relayd = Process::start(&file, "all");
-    relayd.wait_ready().await;
+    let (_kept, relayd) = start_with_admin_token().await;
     let url = format!("http://{}/webhooks/stripe", relayd.ingest.as_ref().unwrap());
     let mut stalled = open(&relayd, &[], None).await;
     // 16 KiB events: 1,200 of them are far more than the stream's buffer and the
@@ -479,12 +484,7 @@ async fn relayd_forward_posts_each_event_once_signed_across_a_down_target_and_a_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tail_and_forward_refuse_bad_arguments_and_a_refused_token_without_retrying() {
-    let db = TestDb::unique();
-    let broker = TestBroker::new(&["sink"]);
-    let sink = Sink::start(Behaviour::Succeed).await;
-    let file = support::temp_file(&config_with_admin_token(&db, &broker, &sink, ADMIN_TOKEN));
-    let relayd = Process::start(&file, "all");
-    relayd.wait_ready().await;
+    let (_kept, relayd) = start_with_admin_token().await;
     let from = relayd.ops_url("/admin");
     let run = |args: &[&str]| {
         let output = std::process::Command::new(support::relayd_binary())
