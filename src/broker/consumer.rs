@@ -380,14 +380,21 @@ impl ConsumerThread {
 }
 
 /// Acks settled by the worker and not yet sent to the broker, by delivery tag, each
-/// with when it was settled.
-#[derive(Default)]
-struct PendingAcks {
-    pending: BTreeMap<u64, (Delivery, Instant)>,
+/// with when it was settled (`D`: amiquip's `Delivery`; a plain value in tests).
+struct PendingAcks<D = Delivery> {
+    pending: BTreeMap<u64, (D, Instant)>,
 }
 
-impl PendingAcks {
-    fn push(&mut self, tag: u64, delivery: Delivery, at: Instant) {
+impl<D> Default for PendingAcks<D> {
+    fn default() -> Self {
+        Self {
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<D> PendingAcks<D> {
+    fn push(&mut self, tag: u64, delivery: D, at: Instant) {
         self.pending.insert(tag, (delivery, at));
     }
 
@@ -396,16 +403,11 @@ impl PendingAcks {
         self.pending.values().map(|(_, at)| *at + ACK_DELAY).min()
     }
 
-    /// Sends what may go now: every pending ack below `lowest_unsettled` (all of them
-    /// when nothing is unsettled) as one `basic.ack` with `multiple` on the highest of
-    /// them, since every tag below that one is settled; then, alone, each ack that has
-    /// waited [`ACK_DELAY`] by `now`.
-    fn send_due(
-        &mut self,
-        channel: &amiquip::Channel,
-        lowest_unsettled: Option<u64>,
-        now: Instant,
-    ) -> amiquip::Result<()> {
+    /// What may go now: the highest pending ack below `lowest_unsettled` (below
+    /// nothing when all is settled), to send with `multiple` since every tag below it
+    /// is settled, the others it covers forgotten; then each ack that has waited
+    /// [`ACK_DELAY`] by `now`, to send alone.
+    fn take_due(&mut self, lowest_unsettled: Option<u64>, now: Instant) -> (Option<D>, Vec<D>) {
         let covered = match lowest_unsettled {
             Some(floor) => {
                 let above = self.pending.split_off(&floor);
@@ -413,20 +415,61 @@ impl PendingAcks {
             }
             None => std::mem::take(&mut self.pending),
         };
-        if let Some((_, (highest, _))) = covered.into_iter().next_back() {
-            highest.ack_multiple(channel)?;
-        }
+        let multiple = covered.into_values().next_back().map(|(highest, _)| highest);
         let due: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, (_, at))| *at + ACK_DELAY <= now)
             .map(|(tag, _)| *tag)
             .collect();
-        for tag in due {
-            if let Some((delivery, _)) = self.pending.remove(&tag) {
-                delivery.ack(channel)?;
-            }
+        let alone = due
+            .into_iter()
+            .filter_map(|tag| self.pending.remove(&tag).map(|(d, _)| d))
+            .collect();
+        (multiple, alone)
+    }
+}
+
+impl PendingAcks {
+    /// Sends what [`PendingAcks::take_due`] lets go.
+    fn send_due(
+        &mut self,
+        channel: &amiquip::Channel,
+        lowest_unsettled: Option<u64>,
+        now: Instant,
+    ) -> amiquip::Result<()> {
+        let (multiple, alone) = self.take_due(lowest_unsettled, now);
+        if let Some(highest) = multiple {
+            highest.ack_multiple(channel)?;
+        }
+        for delivery in alone {
+            delivery.ack(channel)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_below_the_lowest_unsettled_tag_goes_as_one_ack_and_a_late_one_alone() {
+        let start = Instant::now();
+        let mut acks = PendingAcks::<u64>::default();
+        for tag in [1, 2, 3, 5] {
+            acks.push(tag, tag, start);
+        }
+        // Tag 4 is still being delivered: 1–3 go as one ack on 3; 5 waits for it.
+        assert_eq!(acks.take_due(Some(4), start), (Some(3), vec![]));
+        assert_eq!(acks.next_due(), Some(start + ACK_DELAY));
+        // 4 is slow: 5 goes alone once it has waited ACK_DELAY, and only once.
+        assert_eq!(acks.take_due(Some(4), start + ACK_DELAY), (None, vec![5]));
+        assert_eq!(acks.take_due(Some(4), start + ACK_DELAY), (None, vec![]));
+        // Everything settled: what is pending goes as one ack on the highest.
+        acks.push(4, 4, start + ACK_DELAY);
+        acks.push(6, 6, start + ACK_DELAY);
+        assert_eq!(acks.take_due(None, start + ACK_DELAY), (Some(6), vec![]));
+        assert_eq!(acks.next_due(), None);
     }
 }
